@@ -1,0 +1,506 @@
+//! Turning a matched call into its [`AuditRecord`].
+
+use std::borrow::Cow;
+use std::cell::OnceCell;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+use smallvec::SmallVec;
+use uuid::Uuid;
+
+use crate::RuleSet;
+use crate::matcher::Candidates;
+use crate::model::{FileMeta, OnQueueFailure, Rule, When};
+use crate::path::decode_param;
+use crate::record::{
+    Actor, AuditRecord, Outcome, RequestInfo, Resource, ResponseInfo, SCHEMA_VERSION,
+};
+use crate::template::{Lookup, Source, Template, to_text};
+
+/// The operation of a record for a mutating call that no rule matched (`unmatched: record`).
+pub const UNMATCHED_OPERATION: &str = "unmatched";
+
+/// How far a bearer token's claims can be trusted.
+#[derive(Debug, Clone, Copy, Default)]
+pub enum Claims<'a> {
+    /// Decode the claims from `Authorization: Bearer` without checking the signature; an
+    /// actor read from them is marked `(unverified)` in `actor.source`.
+    #[default]
+    Unverified,
+    /// Claims whose signature the caller has checked.
+    Verified(&'a Value),
+    /// The token was checked and refused, or must not be read: `jwt/` sources yield nothing.
+    Absent,
+}
+
+/// Everything the capturing side knows about a call once it is over.
+///
+/// Built with [`Call::new`] and filled in field by field; the record takes from it only what
+/// the rule asks for.
+#[derive(Debug, Clone)]
+pub struct Call<'a> {
+    /// The request method.
+    pub method: &'a http::Method,
+    /// The request target; its path is normalised, its query read by `query.` sources.
+    pub uri: &'a http::Uri,
+    /// The request headers.
+    pub headers: &'a http::HeaderMap,
+    /// The start of the request body, up to the capture limit; `None` when not captured.
+    pub request_body: Option<&'a [u8]>,
+    /// The status the client got; `None` when none was sent.
+    pub status: Option<u16>,
+    /// The start of the response body, up to the capture limit.
+    pub response_body: Option<&'a [u8]>,
+    /// Set when the call did not simply get a response: [`Outcome::Error`] when the proxy
+    /// answered itself, [`Outcome::Aborted`] when the client left. Otherwise the outcome
+    /// follows `status`.
+    pub outcome: Option<Outcome>,
+    /// The client address as it should appear in the record (see [`ClientIpMode`]).
+    pub client_ip: Option<String>,
+    /// How to read `jwt/` sources.
+    pub claims: Claims<'a>,
+    /// The request ID given to the call at its start ([`Match::request_id`]); read from the
+    /// headers, or generated, when `None`.
+    pub request_id: Option<&'a str>,
+    /// When the request arrived.
+    pub time: DateTime<Utc>,
+    /// From arrival to the end of the response.
+    pub duration: Duration,
+}
+
+impl<'a> Call<'a> {
+    /// A call that arrived now, with no bodies, no status and unverified claims.
+    pub fn new(
+        method: &'a http::Method,
+        uri: &'a http::Uri,
+        headers: &'a http::HeaderMap,
+    ) -> Call<'a> {
+        Call {
+            method,
+            uri,
+            headers,
+            request_body: None,
+            status: None,
+            response_body: None,
+            outcome: None,
+            client_ip: None,
+            claims: Claims::Unverified,
+            request_id: None,
+            time: Utc::now(),
+            duration: Duration::ZERO,
+        }
+    }
+}
+
+/// How much of the client's address a record keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientIpMode {
+    /// The whole address.
+    Full,
+    /// IPv4 cut to its /24, IPv6 to its /48.
+    #[default]
+    Anonymized,
+    /// No address.
+    None,
+}
+
+impl ClientIpMode {
+    /// The address as a record shows it.
+    ///
+    /// ```
+    /// use auditgate_rules::ClientIpMode;
+    /// let ip = "203.0.113.77".parse().unwrap();
+    /// assert_eq!(ClientIpMode::Anonymized.render(ip).as_deref(), Some("203.0.113.0"));
+    /// let ip6 = "2001:db8:1234:5678::1".parse().unwrap();
+    /// assert_eq!(ClientIpMode::Anonymized.render(ip6).as_deref(), Some("2001:db8:1234::"));
+    /// assert_eq!(ClientIpMode::None.render(ip), None);
+    /// ```
+    pub fn render(self, ip: IpAddr) -> Option<String> {
+        match self {
+            ClientIpMode::Full => Some(ip.to_string()),
+            ClientIpMode::None => None,
+            ClientIpMode::Anonymized => Some(match ip {
+                IpAddr::V4(v4) => {
+                    let [a, b, c, _] = v4.octets();
+                    std::net::Ipv4Addr::new(a, b, c, 0).to_string()
+                }
+                IpAddr::V6(v6) => {
+                    let s = v6.segments();
+                    std::net::Ipv6Addr::new(s[0], s[1], s[2], 0, 0, 0, 0, 0).to_string()
+                }
+            }),
+        }
+    }
+}
+
+/// The rules a request's method and path matched, found when the request starts.
+///
+/// It tells the capturing side what to collect (bodies or not, which request-ID header, whether
+/// a queue failure must refuse the call) and, once the call is over, makes its record.
+#[derive(Debug, Clone)]
+pub struct Match {
+    pub(crate) rules: RuleSet,
+    pub(crate) path: String,
+    pub(crate) bounds: SmallVec<[(u32, u32); 8]>,
+    pub(crate) candidates: Candidates,
+    /// For `unmatched: record`: the file whose settings the record takes.
+    pub(crate) unmatched: Option<usize>,
+}
+
+impl Match {
+    fn candidate_rules(&self) -> impl Iterator<Item = &Rule> {
+        self.candidates
+            .iter()
+            .map(|c| &self.rules.inner.rules[c.rule as usize])
+    }
+
+    fn file(&self) -> &FileMeta {
+        let index = self
+            .candidate_rules()
+            .next()
+            .map(|r| r.file)
+            .or(self.unmatched)
+            .unwrap_or(0);
+        &self.rules.inner.files[index]
+    }
+
+    /// The normalised path the rules were matched against.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The path pattern of the most specific matching rule.
+    pub fn route(&self) -> Option<&str> {
+        self.candidate_rules().next().map(|r| r.route.as_str())
+    }
+
+    /// The operation of the most specific matching rule (`unmatched` when none did).
+    pub fn operation(&self) -> &str {
+        self.candidate_rules()
+            .next()
+            .map_or(UNMATCHED_OPERATION, |r| r.operation.as_str())
+    }
+
+    /// Whether any matching rule reads the request body (`body/` sources or `when.body`).
+    pub fn needs_request_body(&self) -> bool {
+        let files = &self.rules.inner.files;
+        self.candidate_rules().any(|r| {
+            r.when.as_ref().is_some_and(|w| w.body.is_some())
+                || r.reads(&files[r.file], |s| matches!(s, Source::Body(_)))
+        })
+    }
+
+    /// Whether any matching rule reads the response body (`response/` sources).
+    pub fn needs_response_body(&self) -> bool {
+        let files = &self.rules.inner.files;
+        self.candidate_rules()
+            .any(|r| r.reads(&files[r.file], |s| matches!(s, Source::Response(_))))
+    }
+
+    /// `Closed` when any matching rule says `on_queue_failure: closed`: the choice between
+    /// them may depend on the body, which has not arrived when the call must be refused.
+    pub fn on_queue_failure(&self) -> OnQueueFailure {
+        if self
+            .candidate_rules()
+            .any(|r| r.on_queue_failure == OnQueueFailure::Closed)
+        {
+            OnQueueFailure::Closed
+        } else {
+            self.file().on_queue_failure
+        }
+    }
+
+    /// The header that carries the request ID (`defaults.request_id`).
+    pub fn request_id_header(&self) -> &http::HeaderName {
+        &self.file().request_id
+    }
+
+    /// The request ID for this call: the one in the request-ID header when it is a sane value
+    /// (1 to 128 visible ASCII characters), else a new UUIDv7. Callers forward it upstream,
+    /// echo it to the client and pass it back in [`Call::request_id`].
+    pub fn request_id(&self, headers: &http::HeaderMap) -> String {
+        read_request_id(headers, self.request_id_header())
+            .map_or_else(|| Uuid::now_v7().to_string(), str::to_owned)
+    }
+
+    /// Makes the call's record: the first candidate (most specific first) whose `when` holds
+    /// wins. `None` when no candidate's `when` holds and unmatched calls are not recorded.
+    pub fn record(&self, call: &Call<'_>) -> Option<AuditRecord> {
+        let lookup = CallLookup::new(self, call);
+        let chosen = self.candidates.iter().find(|c| {
+            let rule = &self.rules.inner.rules[c.rule as usize];
+            rule.when.as_ref().is_none_or(|w| when_holds(w, &lookup))
+        });
+        let (rule, file, lookup) = match chosen {
+            Some(c) => {
+                let rule = &self.rules.inner.rules[c.rule as usize];
+                let lookup = CallLookup {
+                    rule: Some(rule),
+                    captures: &c.captures,
+                    ..lookup
+                };
+                (Some(rule), &self.rules.inner.files[rule.file], lookup)
+            }
+            None => (None, &self.rules.inner.files[self.unmatched?], lookup),
+        };
+
+        let actor_templates = rule.and_then(|r| r.actor.as_ref()).unwrap_or(&file.actor);
+        let actor = actor_templates.iter().find_map(|t| {
+            let id = t.eval_text(&lookup).filter(|s| !s.is_empty())?;
+            let mut source = t.source_name().to_owned();
+            if matches!(call.claims, Claims::Unverified)
+                && t.uses(|e| matches!(e.source, Source::Jwt(_)))
+            {
+                source.push_str(" (unverified)");
+            }
+            Some(Actor { id, source })
+        });
+
+        let mut resources = Vec::new();
+        let mut details = Map::new();
+        let mut description = None;
+        if let Some(rule) = rule {
+            for r in &rule.resources {
+                expand_resource(r, &lookup, &mut resources);
+            }
+            for (name, template) in &rule.details {
+                if let Some(value) = template.eval(&lookup) {
+                    details.insert(name.clone(), value);
+                }
+            }
+            description = rule.description.as_ref().and_then(|t| t.eval_text(&lookup));
+        }
+
+        let request_id = match call.request_id {
+            Some(id) => id.to_owned(),
+            None => self.request_id(call.headers),
+        };
+        let outcome = call.outcome.unwrap_or(match call.status {
+            Some(status) => Outcome::from_status(status),
+            None => Outcome::Aborted,
+        });
+        Some(AuditRecord {
+            schema: SCHEMA_VERSION,
+            id: uuid_at(call.time),
+            time: call.time,
+            duration_ms: (call.duration.as_secs_f64() * 1_000_000.0).round() / 1000.0,
+            service: file.service.clone(),
+            operation: rule.map_or(UNMATCHED_OPERATION, |r| &r.operation).to_owned(),
+            rule: rule.map(|r| r.id.clone()),
+            description,
+            actor,
+            request: RequestInfo {
+                id: request_id,
+                method: call.method.as_str().to_owned(),
+                path: self.path.clone(),
+                route: rule.map(|r| r.route.clone()),
+                client_ip: call.client_ip.clone(),
+                user_agent: call
+                    .headers
+                    .get(http::header::USER_AGENT)
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            },
+            resources,
+            response: ResponseInfo {
+                status: call.status,
+            },
+            outcome,
+            details,
+            origin: None,
+        })
+    }
+}
+
+pub(crate) fn read_request_id<'h>(
+    headers: &'h http::HeaderMap,
+    name: &http::HeaderName,
+) -> Option<&'h str> {
+    let value = headers.get(name)?.to_str().ok()?;
+    let sane = (1..=128).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_graphic());
+    sane.then_some(value)
+}
+
+/// A UUIDv7 whose timestamp is the request's arrival, so ids sort by time.
+fn uuid_at(time: DateTime<Utc>) -> Uuid {
+    let secs = u64::try_from(time.timestamp()).unwrap_or(0);
+    let ts = uuid::Timestamp::from_unix(uuid::NoContext, secs, time.timestamp_subsec_nanos());
+    Uuid::new_v7(ts)
+}
+
+fn when_holds(when: &When, lookup: &CallLookup<'_>) -> bool {
+    when.body
+        .as_ref()
+        .is_none_or(|ptr| lookup.body().and_then(|b| b.pointer(ptr)).is_some())
+        && when
+            .query
+            .as_ref()
+            .is_none_or(|name| lookup.query(name).is_some())
+        && when
+            .header
+            .as_ref()
+            .is_none_or(|name| lookup.call.headers.contains_key(name))
+}
+
+/// A resource field's value: one, or one per element when its template yields an array.
+enum Field {
+    One(Option<String>),
+    Many(Vec<Option<String>>),
+}
+
+impl Field {
+    fn eval(template: Option<&Template>, lookup: &CallLookup<'_>) -> Field {
+        match template.and_then(|t| t.eval(lookup)) {
+            Some(Value::Array(items)) => Field::Many(items.iter().map(to_text).collect()),
+            Some(value) => Field::One(to_text(&value)),
+            None => Field::One(None),
+        }
+    }
+
+    fn len(&self) -> Option<usize> {
+        match self {
+            Field::One(_) => None,
+            Field::Many(items) => Some(items.len()),
+        }
+    }
+
+    fn get(&self, index: usize) -> Option<String> {
+        match self {
+            Field::One(value) => value.clone(),
+            Field::Many(items) => items.get(index).cloned().flatten(),
+        }
+    }
+}
+
+/// Adds one resource, or one per element when `id` or `path` yields an array (arrays in both
+/// are paired up by position). A resource with neither an id nor a path is left out.
+fn expand_resource(
+    template: &crate::model::ResourceTemplate,
+    lookup: &CallLookup<'_>,
+    out: &mut Vec<Resource>,
+) {
+    let Some(kind) = template.kind.eval_text(lookup) else {
+        return;
+    };
+    let ids = Field::eval(template.id.as_ref(), lookup);
+    let paths = Field::eval(template.path.as_ref(), lookup);
+    let count = match (ids.len(), paths.len()) {
+        (None, None) => 1,
+        (a, b) => a.unwrap_or(0).max(b.unwrap_or(0)),
+    };
+    for index in 0..count {
+        let (id, path) = (ids.get(index), paths.get(index));
+        if id.is_some() || path.is_some() {
+            out.push(Resource {
+                kind: kind.clone(),
+                id,
+                path,
+            });
+        }
+    }
+}
+
+/// The [`Lookup`] over one call: bodies and claims are parsed at most once, and only when a
+/// template asks for them.
+struct CallLookup<'a> {
+    m: &'a Match,
+    call: &'a Call<'a>,
+    /// The chosen rule and its captures; unset while `when` conditions are being tried.
+    rule: Option<&'a Rule>,
+    captures: &'a [(u32, u32)],
+    body: OnceCell<Option<Value>>,
+    response: OnceCell<Option<Value>>,
+    jwt: OnceCell<Option<Value>>,
+}
+
+impl<'a> CallLookup<'a> {
+    fn new(m: &'a Match, call: &'a Call<'a>) -> Self {
+        CallLookup {
+            m,
+            call,
+            rule: None,
+            captures: &[],
+            body: OnceCell::new(),
+            response: OnceCell::new(),
+            jwt: OnceCell::new(),
+        }
+    }
+}
+
+impl Lookup for CallLookup<'_> {
+    fn path_param(&self, name: &str) -> Option<Cow<'_, str>> {
+        let rule = self.rule?;
+        let index = rule.pattern.params().position(|p| p == name)?;
+        let (start, end) = *self.captures.get(index)?;
+        let from = self.m.bounds.get(start as usize)?.0 as usize;
+        let to = self.m.bounds.get(end.checked_sub(1)? as usize)?.1 as usize;
+        let raw = self.m.path.get(from..to)?;
+        Some(Cow::Owned(decode_param(raw).into_owned()))
+    }
+
+    fn query(&self, name: &str) -> Option<Cow<'_, str>> {
+        let query = self.call.uri.query()?;
+        query.split('&').find_map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (form_decode(key) == name).then(|| Cow::Owned(form_decode(value).into_owned()))
+        })
+    }
+
+    fn header(&self, name: &str) -> Option<Cow<'_, str>> {
+        let value = self.call.headers.get(name)?;
+        Some(String::from_utf8_lossy(value.as_bytes()))
+    }
+
+    fn body(&self) -> Option<&Value> {
+        self.body
+            .get_or_init(|| serde_json::from_slice(self.call.request_body?).ok())
+            .as_ref()
+    }
+
+    fn response(&self) -> Option<&Value> {
+        self.response
+            .get_or_init(|| serde_json::from_slice(self.call.response_body?).ok())
+            .as_ref()
+    }
+
+    fn jwt(&self) -> Option<&Value> {
+        match self.call.claims {
+            Claims::Verified(claims) => Some(claims),
+            Claims::Absent => None,
+            Claims::Unverified => self
+                .jwt
+                .get_or_init(|| decode_bearer_claims(self.call.headers))
+                .as_ref(),
+        }
+    }
+
+    fn hmac_key(&self) -> Option<&[u8]> {
+        self.m.rules.inner.hmac_key.as_deref()
+    }
+}
+
+/// The claims of `Authorization: Bearer <jwt>`, decoded without checking the signature.
+pub fn decode_bearer_claims(headers: &http::HeaderMap) -> Option<Value> {
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let payload = token.trim().split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: Value = serde_json::from_slice(&bytes).ok()?;
+    claims.is_object().then_some(claims)
+}
+
+/// `application/x-www-form-urlencoded` decoding of one query key or value.
+fn form_decode(text: &str) -> Cow<'_, str> {
+    if !text.contains(['+', '%']) {
+        return Cow::Borrowed(text);
+    }
+    let spaced = text.replace('+', " ");
+    Cow::Owned(decode_param(&spaced).into_owned())
+}

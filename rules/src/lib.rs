@@ -1,0 +1,313 @@
+//! Rule files, matching and record evaluation for auditgate.
+//!
+//! A rule set maps API endpoints to named audit operations and says where the actor, the request
+//! ID and the touched resources come from. This crate is pure: it reads the files it is given,
+//! matches a method and a path to the most specific rule, and turns a finished call into an
+//! [`AuditRecord`]. The proxy and the tower layer do the I/O around it.
+//!
+//! ```
+//! use auditgate_rules::{Call, RuleSet};
+//!
+//! let rules = RuleSet::from_yaml("rules.yaml", r#"
+//! version: 1
+//! service: media-library
+//! rules:
+//!   - id: file-rename
+//!     operation: asset.rename
+//!     method: PATCH
+//!     path: /v1/files/{fileId}/details
+//!     resources: [{ type: file, id: "{path.fileId}" }]
+//!     details: { new_name: "{body/name}" }
+//! "#)?;
+//!
+//! let method = http::Method::PATCH;
+//! let uri: http::Uri = "/v1//files/abc/details/".parse()?;
+//! let headers = http::HeaderMap::new();
+//!
+//! // When the request starts: does any rule want it?
+//! let found = rules.matches(&method, uri.path()).expect("a rule matches");
+//! assert_eq!(found.route(), Some("/v1/files/{fileId}/details"));
+//!
+//! // When it is over: its record.
+//! let mut call = Call::new(&method, &uri, &headers);
+//! call.request_body = Some(br#"{"name": "tree.png"}"#);
+//! call.status = Some(200);
+//! let record = found.record(&call).expect("a record");
+//! assert_eq!(record.operation, "asset.rename");
+//! assert_eq!(record.resources[0].id.as_deref(), Some("abc"));
+//! assert_eq!(record.details["new_name"], "tree.png");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Loading reports every problem at once, each as `FILE:LINE:COL: message`:
+//!
+//! ```
+//! use auditgate_rules::RuleSet;
+//!
+//! let err = RuleSet::from_yaml("rules.yaml", "version: 1\nservice: x\nrules:\n  - operation: a.b\n    methd: POST\n    path: /x\n").unwrap_err();
+//! assert_eq!(
+//!     err.to_string(),
+//!     "rules.yaml:5:5: unknown key \"methd\" in a rule (did you mean \"method\"?)"
+//! );
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use smallvec::SmallVec;
+
+mod error;
+mod eval;
+mod load;
+mod matcher;
+mod model;
+mod path;
+mod record;
+mod template;
+mod yaml;
+
+pub use error::{Diagnostic, RulesError};
+pub use eval::{Call, Claims, ClientIpMode, Match, UNMATCHED_OPERATION, decode_bearer_claims};
+pub use model::{OnQueueFailure, Unmatched};
+pub use path::normalize_path;
+pub use record::{
+    Actor, AuditRecord, Origin, Outcome, RequestInfo, Resource, ResponseInfo, SCHEMA_VERSION,
+};
+
+use load::FileReader;
+use matcher::Matcher;
+use model::{FileMeta, MethodSet, Rule};
+use template::Source;
+
+/// A loaded, checked and compiled set of rules: cheap to clone and share between threads.
+#[derive(Debug, Clone)]
+pub struct RuleSet {
+    pub(crate) inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) files: Vec<FileMeta>,
+    pub(crate) rules: Vec<Rule>,
+    matcher: Matcher,
+    pub(crate) hmac_key: Option<Box<[u8]>>,
+    /// The first file that says `unmatched: record`.
+    unmatched: Option<usize>,
+    /// The methods `unmatched: record` applies to (that file's default methods).
+    unmatched_methods: MethodSet,
+}
+
+/// Options for loading a rule set; see [`RuleSet::loader`].
+#[derive(Debug, Default, Clone)]
+pub struct Loader {
+    hmac_key: Option<Vec<u8>>,
+    check_only: bool,
+}
+
+/// What a valid rule set holds, for `rules check`'s summary line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// Rule files read.
+    pub files: usize,
+    /// Rules in them.
+    pub rules: usize,
+    /// Distinct operations.
+    pub operations: usize,
+}
+
+impl Loader {
+    /// The key `| hmac` uses. Without one, a rule set that uses `hmac` does not load.
+    pub fn hmac_key(mut self, key: impl Into<Vec<u8>>) -> Self {
+        self.hmac_key = Some(key.into());
+        self
+    }
+
+    /// Reads the HMAC key from a file; a trailing newline is not part of the key.
+    pub fn hmac_key_file(self, path: impl AsRef<Path>) -> Result<Self, RulesError> {
+        let path = path.as_ref();
+        let mut key = std::fs::read(path).map_err(|source| RulesError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        while key.last().is_some_and(|b| matches!(b, b'\n' | b'\r')) {
+            key.pop();
+        }
+        if key.is_empty() {
+            return Err(RulesError::EmptyHmacKey {
+                path: path.to_path_buf(),
+            });
+        }
+        Ok(self.hmac_key(key))
+    }
+
+    /// Checks the rules without needing the HMAC key (what `auditgate rules check` does). A
+    /// set loaded this way evaluates `| hmac` to nothing, never to the raw value.
+    pub fn check_only(mut self) -> Self {
+        self.check_only = true;
+        self
+    }
+
+    /// Loads a file, or a directory whose `*.yaml` / `*.yml` files are read as one set.
+    pub fn load(&self, path: impl AsRef<Path>) -> Result<RuleSet, RulesError> {
+        self.load_all(&[path.as_ref().to_path_buf()])
+    }
+
+    /// Loads several files and directories as one set, in the order given.
+    pub fn load_all(&self, paths: &[PathBuf]) -> Result<RuleSet, RulesError> {
+        let files = load::expand(paths)?;
+        let mut texts = Vec::with_capacity(files.len());
+        for file in files {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|source| RulesError::Io {
+                    path: file.clone(),
+                    source,
+                })?;
+            texts.push((file, text));
+        }
+        self.compile(&texts)
+    }
+
+    /// Loads a set from text, naming it `name` in messages.
+    pub fn from_yaml(&self, name: impl AsRef<Path>, text: &str) -> Result<RuleSet, RulesError> {
+        self.compile(&[(name.as_ref().to_path_buf(), text.to_owned())])
+    }
+
+    fn compile(&self, texts: &[(PathBuf, String)]) -> Result<RuleSet, RulesError> {
+        let mut diags = Vec::new();
+        let mut files = Vec::new();
+        let mut rules = Vec::new();
+        for (path, text) in texts {
+            let mut reader = FileReader::new(path, files.len(), &mut diags);
+            if let Some((meta, file_rules)) = reader.read(text) {
+                files.push(meta);
+                rules.extend(file_rules);
+            }
+        }
+        load::check_ids(&files, &mut rules, &mut diags);
+        load::check_shadowing(&files, &rules, &mut diags);
+        if self.hmac_key.is_none() && !self.check_only {
+            for rule in &rules {
+                let file = &files[rule.file];
+                let uses_hmac = rule
+                    .templates()
+                    .chain(file.actor.iter())
+                    .any(|t| t.uses(|e| e.filters.contains(&template::Filter::Hmac)));
+                if uses_hmac {
+                    diags.push(Diagnostic {
+                        file: file.path.clone(),
+                        line: rule.pos.line,
+                        col: rule.pos.col,
+                        message: format!(
+                            "rule \"{}\" uses `| hmac` but no HMAC key was given: pass --hmac-key-file, set hmac_key_file in the proxy config, or call Loader::hmac_key",
+                            rule.id
+                        ),
+                    });
+                }
+            }
+        }
+        if !diags.is_empty() {
+            diags.sort();
+            diags.dedup();
+            return Err(RulesError::Invalid(diags));
+        }
+        let unmatched = files
+            .iter()
+            .position(|f| f.unmatched == Unmatched::Record);
+        let unmatched_methods = unmatched.map_or(MethodSet::default(), |i| files[i].methods);
+        let matcher = Matcher::build(&rules);
+        Ok(RuleSet {
+            inner: Arc::new(Inner {
+                files,
+                rules,
+                matcher,
+                hmac_key: self.hmac_key.clone().map(Vec::into_boxed_slice),
+                unmatched,
+                unmatched_methods,
+            }),
+        })
+    }
+}
+
+impl RuleSet {
+    /// Options for loading: an HMAC key, or checking only.
+    pub fn loader() -> Loader {
+        Loader::default()
+    }
+
+    /// Loads a file or a directory of rule files, without an HMAC key.
+    pub fn load(path: impl AsRef<Path>) -> Result<RuleSet, RulesError> {
+        Loader::default().load(path)
+    }
+
+    /// Loads a set from text, naming it `name` in messages, without an HMAC key.
+    pub fn from_yaml(name: impl AsRef<Path>, text: &str) -> Result<RuleSet, RulesError> {
+        Loader::default().from_yaml(name, text)
+    }
+
+    /// Counts for a summary line.
+    pub fn summary(&self) -> Summary {
+        let mut operations: Vec<&str> = self
+            .inner
+            .rules
+            .iter()
+            .map(|r| r.operation.as_str())
+            .collect();
+        operations.sort_unstable();
+        operations.dedup();
+        Summary {
+            files: self.inner.files.len(),
+            rules: self.inner.rules.len(),
+            operations: operations.len(),
+        }
+    }
+
+    /// Whether any rule reads `jwt/` claims (so a proxy knows whether to verify tokens).
+    pub fn reads_jwt(&self) -> bool {
+        self.inner
+            .rules
+            .iter()
+            .any(|r| r.reads(&self.inner.files[r.file], |s| matches!(s, Source::Jwt(_))))
+    }
+
+    /// Matches a request's method and path (normalised here; a query is ignored). `None` when
+    /// nothing is to be recorded: no rule matches and the call is not an `unmatched: record`
+    /// mutation. Rules with `when` are candidates until [`Match::record`] sees the call.
+    pub fn matches(&self, method: &http::Method, path: &str) -> Option<Match> {
+        let method_bit = MethodSet::of(method);
+        let normal = normalize_path(path);
+        let mut bounds: SmallVec<[(u32, u32); 8]> = SmallVec::new();
+        let mut candidates = SmallVec::new();
+        {
+            let mut segments: SmallVec<[&str; 8]> = SmallVec::new();
+            if normal.len() > 1 {
+                let mut start = 1usize;
+                for part in normal[1..].split('/') {
+                    let end = start + part.len();
+                    bounds.push((start as u32, end as u32));
+                    segments.push(part);
+                    start = end + 1;
+                }
+            }
+            self.inner
+                .matcher
+                .find(&self.inner.rules, method_bit, &segments, &mut candidates);
+        }
+        let unmatched = self
+            .inner
+            .unmatched
+            .filter(|_| self.inner.unmatched_methods.contains(method_bit));
+        if candidates.is_empty() && unmatched.is_none() {
+            return None;
+        }
+        Some(Match {
+            rules: self.clone(),
+            path: normal.into_owned(),
+            bounds,
+            candidates,
+            unmatched,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,542 @@
+//! Templates: `"Renamed file {path.fileId} to {body/name}"`, `"{body/value | hmac}"`.
+//!
+//! A template is literal text with `{SOURCE | FILTER ...}` placeholders (`{{` and `}}` stand for
+//! literal braces). A template that is exactly one placeholder keeps the JSON type of what it
+//! reads (an array of file ids stays an array, so a resource expands to one entry per element);
+//! anything else renders to a string. A placeholder whose source is missing makes the whole
+//! template yield nothing, so the field is omitted rather than filled with a half-truth.
+
+use std::borrow::Cow;
+
+use hmac::{Hmac, Mac};
+use serde_json::Value;
+use sha2::Sha256;
+
+/// Where a placeholder reads its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// `path.NAME`: a parameter of the rule's path pattern.
+    Path(String),
+    /// `query.NAME`: the first value of a query parameter.
+    Query(String),
+    /// `header.NAME`: the first value of a request header (name stored lower-case).
+    Header(String),
+    /// `body/POINTER`: a JSON pointer into the request body.
+    Body(String),
+    /// `response/POINTER`: a JSON pointer into the upstream's response body.
+    Response(String),
+    /// `jwt/POINTER`: a JSON pointer into the bearer token's claims.
+    Jwt(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Filter {
+    /// HMAC-SHA256 with the deployment's key, as lower-case hex.
+    Hmac,
+    Lower,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Expr {
+    pub(crate) source: Source,
+    pub(crate) filters: Vec<Filter>,
+    /// The placeholder's text without braces and spaces around `|`, e.g. `jwt/sub`: what a
+    /// record's `actor.source` shows.
+    pub(crate) text: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Part {
+    Literal(String),
+    Expr(Expr),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Template {
+    pub(crate) parts: Vec<Part>,
+    /// The template as written.
+    pub(crate) text: String,
+}
+
+/// A problem in a template: the character offset it starts at, and what to say.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct TemplateError {
+    pub(crate) offset: usize,
+    pub(crate) message: String,
+}
+
+/// What a template can read from one call. Implemented by the evaluator over a real request;
+/// every method answers `None` when the call does not have that value.
+pub(crate) trait Lookup {
+    fn path_param(&self, name: &str) -> Option<Cow<'_, str>>;
+    fn query(&self, name: &str) -> Option<Cow<'_, str>>;
+    fn header(&self, name: &str) -> Option<Cow<'_, str>>;
+    fn body(&self) -> Option<&Value>;
+    fn response(&self) -> Option<&Value>;
+    fn jwt(&self) -> Option<&Value>;
+    fn hmac_key(&self) -> Option<&[u8]>;
+}
+
+const SOURCES_HELP: &str =
+    "expected path.NAME, query.NAME, header.NAME, body/POINTER, response/POINTER or jwt/POINTER";
+
+impl Template {
+    pub(crate) fn parse(text: &str) -> Result<Template, TemplateError> {
+        let mut parts = Vec::new();
+        let mut literal = String::new();
+        let mut chars = text.char_indices().peekable();
+        // Offsets in messages count characters, the way a column does.
+        let char_offset = |byte: usize| text[..byte].chars().count();
+        while let Some((at, c)) = chars.next() {
+            match c {
+                '{' if chars.peek().map(|p| p.1) == Some('{') => {
+                    chars.next();
+                    literal.push('{');
+                }
+                '}' if chars.peek().map(|p| p.1) == Some('}') => {
+                    chars.next();
+                    literal.push('}');
+                }
+                '}' => {
+                    return Err(TemplateError {
+                        offset: char_offset(at),
+                        message: "lone '}' in a template (write '}}' for a literal brace)"
+                            .to_owned(),
+                    });
+                }
+                '{' => {
+                    let start = at + 1;
+                    let Some(len) = text[start..].find('}') else {
+                        return Err(TemplateError {
+                            offset: char_offset(at),
+                            message: "unclosed '{' in a template (write '{{' for a literal brace)"
+                                .to_owned(),
+                        });
+                    };
+                    let inner = &text[start..start + len];
+                    let expr = Expr::parse(inner).map_err(|e| TemplateError {
+                        offset: char_offset(start) + e.offset,
+                        message: e.message,
+                    })?;
+                    while chars.peek().is_some_and(|p| p.0 <= start + len) {
+                        chars.next();
+                    }
+                    if !literal.is_empty() {
+                        parts.push(Part::Literal(std::mem::take(&mut literal)));
+                    }
+                    parts.push(Part::Expr(expr));
+                }
+                c => literal.push(c),
+            }
+        }
+        if !literal.is_empty() {
+            parts.push(Part::Literal(literal));
+        }
+        Ok(Template {
+            parts,
+            text: text.to_owned(),
+        })
+    }
+
+    pub(crate) fn exprs(&self) -> impl Iterator<Item = &Expr> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Expr(e) => Some(e),
+            Part::Literal(_) => None,
+        })
+    }
+
+    /// The single placeholder this template consists of, if that is all it is.
+    pub(crate) fn single(&self) -> Option<&Expr> {
+        match self.parts.as_slice() {
+            [Part::Expr(e)] => Some(e),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn uses(&self, pred: impl Fn(&Expr) -> bool) -> bool {
+        self.exprs().any(pred)
+    }
+
+    /// What a record names as the source of a value: `jwt/sub` for `{jwt/sub}`, the template
+    /// text for anything longer.
+    pub(crate) fn source_name(&self) -> &str {
+        match self.single() {
+            Some(expr) => &expr.text,
+            None => &self.text,
+        }
+    }
+
+    /// Evaluates the template; `None` when any placeholder's source is missing.
+    pub(crate) fn eval(&self, lookup: &dyn Lookup) -> Option<Value> {
+        if let Some(expr) = self.single() {
+            return expr.eval(lookup);
+        }
+        let mut out = String::new();
+        for part in &self.parts {
+            match part {
+                Part::Literal(text) => out.push_str(text),
+                Part::Expr(expr) => out.push_str(&to_text(&expr.eval(lookup)?)?),
+            }
+        }
+        Some(Value::String(out))
+    }
+
+    /// Evaluates to text: a string stays itself, a number or boolean is written out, an array
+    /// of scalars is joined with ", ".
+    pub(crate) fn eval_text(&self, lookup: &dyn Lookup) -> Option<String> {
+        to_text(&self.eval(lookup)?)
+    }
+}
+
+impl Expr {
+    fn parse(inner: &str) -> Result<Expr, TemplateError> {
+        let mut pieces = inner.split('|');
+        let head = pieces.next().unwrap_or_default();
+        let lead = head.len() - head.trim_start().len();
+        let source_text = head.trim();
+        let source = parse_source(source_text).map_err(|message| TemplateError {
+            offset: inner[..lead].chars().count(),
+            message,
+        })?;
+        let mut filters = Vec::new();
+        let mut text = source_text.to_owned();
+        let mut offset = head.chars().count() + 1;
+        for piece in pieces {
+            let name = piece.trim();
+            let lead = piece.chars().count() - piece.trim_start().chars().count();
+            let filter = match name {
+                "hmac" => Filter::Hmac,
+                "lower" => Filter::Lower,
+                other => {
+                    let hint = crate::error::did_you_mean(other, &["hmac", "lower"]);
+                    return Err(TemplateError {
+                        offset: offset + lead,
+                        message: format!(
+                            "unknown filter \"{other}\"{hint}: the filters are hmac and lower"
+                        ),
+                    });
+                }
+            };
+            text.push_str(" | ");
+            text.push_str(name);
+            filters.push(filter);
+            offset += piece.chars().count() + 1;
+        }
+        Ok(Expr {
+            source,
+            filters,
+            text,
+        })
+    }
+
+    fn eval(&self, lookup: &dyn Lookup) -> Option<Value> {
+        let raw = match &self.source {
+            Source::Path(name) => Value::String(lookup.path_param(name)?.into_owned()),
+            Source::Query(name) => Value::String(lookup.query(name)?.into_owned()),
+            Source::Header(name) => Value::String(lookup.header(name)?.into_owned()),
+            Source::Body(ptr) => lookup.body()?.pointer(ptr)?.clone(),
+            Source::Response(ptr) => lookup.response()?.pointer(ptr)?.clone(),
+            Source::Jwt(ptr) => lookup.jwt()?.pointer(ptr)?.clone(),
+        };
+        let mut value = raw;
+        for filter in &self.filters {
+            value = apply(*filter, value, lookup)?;
+        }
+        match value {
+            Value::Null => None,
+            v => Some(v),
+        }
+    }
+}
+
+fn parse_source(text: &str) -> Result<Source, String> {
+    fn named(
+        rest: &str,
+        kind: &str,
+        make: fn(String) -> Source,
+        valid: fn(&str) -> bool,
+    ) -> Result<Source, String> {
+        if rest.is_empty() {
+            return Err(format!("\"{kind}.\" needs a name, as in {kind}.id"));
+        }
+        if !valid(rest) {
+            return Err(format!("bad {kind} name \"{rest}\""));
+        }
+        Ok(make(rest.to_owned()))
+    }
+    if let Some(rest) = text.strip_prefix("path.") {
+        return named(rest, "path", Source::Path, crate::path::is_identifier);
+    }
+    if let Some(rest) = text.strip_prefix("query.") {
+        return named(rest, "query", Source::Query, |n| {
+            !n.contains(['&', '=', ' ', '{', '}'])
+        });
+    }
+    if let Some(rest) = text.strip_prefix("header.") {
+        return named(
+            rest,
+            "header",
+            |n| Source::Header(n.to_ascii_lowercase()),
+            |n| http::HeaderName::from_bytes(n.as_bytes()).is_ok(),
+        );
+    }
+    for (prefix, make) in [
+        ("body", Source::Body as fn(String) -> Source),
+        ("response", Source::Response),
+        ("jwt", Source::Jwt),
+    ] {
+        if let Some(rest) = text.strip_prefix(prefix) {
+            if rest.is_empty() || rest.starts_with('/') {
+                check_pointer(rest)?;
+                return Ok(make(rest.to_owned()));
+            }
+            if let Some(r) = rest.strip_prefix('.') {
+                return Err(format!(
+                    "\"{text}\": a {prefix} field is read with a JSON pointer, write \"{prefix}/{}\"",
+                    r.replace('.', "/")
+                ));
+            }
+        }
+    }
+    for (prefix, kind) in [("path/", "path"), ("query/", "query"), ("header/", "header")] {
+        if let Some(rest) = text.strip_prefix(prefix) {
+            return Err(format!(
+                "\"{text}\": {kind} values are named with a dot, write \"{kind}.{rest}\""
+            ));
+        }
+    }
+    let word = text
+        .split(['.', '/'])
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let hint = crate::error::did_you_mean(
+        &word,
+        &["path", "query", "header", "body", "response", "jwt"],
+    );
+    if text.is_empty() {
+        return Err(format!("empty placeholder \"{{}}\": {SOURCES_HELP}"));
+    }
+    Err(format!("unknown source \"{text}\"{hint}: {SOURCES_HELP}"))
+}
+
+/// Checks RFC 6901 syntax: `~` is only ever followed by `0` or `1`.
+fn check_pointer(pointer: &str) -> Result<(), String> {
+    let bytes = pointer.as_bytes();
+    for (i, b) in bytes.iter().enumerate() {
+        if *b == b'~' && !matches!(bytes.get(i + 1), Some(b'0' | b'1')) {
+            return Err(format!(
+                "bad JSON pointer \"{pointer}\": '~' must be followed by 0 ('~') or 1 ('/')"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn apply(filter: Filter, value: Value, lookup: &dyn Lookup) -> Option<Value> {
+    Some(match value {
+        Value::Null => Value::Null,
+        Value::Array(items) => Value::Array(
+            items
+                .into_iter()
+                .map(|v| apply(filter, v, lookup))
+                .collect::<Option<Vec<_>>>()?,
+        ),
+        Value::String(s) => match filter {
+            Filter::Lower => Value::String(s.to_lowercase()),
+            Filter::Hmac => Value::String(hmac_hex(lookup.hmac_key()?, s.as_bytes())),
+        },
+        other => match filter {
+            Filter::Lower => other,
+            Filter::Hmac => Value::String(hmac_hex(lookup.hmac_key()?, other.to_string().as_bytes())),
+        },
+    })
+}
+
+/// HMAC-SHA256 of `data` under `key`, as lower-case hex.
+pub(crate) fn hmac_hex(key: &[u8], data: &[u8]) -> String {
+    // `new_from_slice` accepts keys of any length for HMAC; it cannot fail here.
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key) else {
+        return String::new();
+    };
+    mac.update(data);
+    let digest = mac.finalize().into_bytes();
+    let mut out = String::with_capacity(64);
+    for b in digest {
+        out.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
+        out.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
+    }
+    out
+}
+
+/// Renders a value as record text: strings as themselves, numbers and booleans written out,
+/// arrays of scalars joined with ", ", objects as JSON. Null is nothing.
+pub(crate) fn to_text(value: &Value) -> Option<String> {
+    match value {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Array(items) => Some(
+            items
+                .iter()
+                .filter_map(to_text)
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+        Value::Object(_) => Some(value.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[derive(Default)]
+    struct Fake {
+        body: Option<Value>,
+        response: Option<Value>,
+        jwt: Option<Value>,
+        key: Option<Vec<u8>>,
+    }
+
+    impl Lookup for Fake {
+        fn path_param(&self, name: &str) -> Option<Cow<'_, str>> {
+            (name == "fileId").then_some(Cow::Borrowed("abc"))
+        }
+        fn query(&self, name: &str) -> Option<Cow<'_, str>> {
+            (name == "dry").then_some(Cow::Borrowed("1"))
+        }
+        fn header(&self, name: &str) -> Option<Cow<'_, str>> {
+            (name == "x-user-id").then_some(Cow::Borrowed("U_7"))
+        }
+        fn body(&self) -> Option<&Value> {
+            self.body.as_ref()
+        }
+        fn response(&self) -> Option<&Value> {
+            self.response.as_ref()
+        }
+        fn jwt(&self) -> Option<&Value> {
+            self.jwt.as_ref()
+        }
+        fn hmac_key(&self) -> Option<&[u8]> {
+            self.key.as_deref()
+        }
+    }
+
+    fn eval(template: &str, fake: &Fake) -> Option<Value> {
+        Template::parse(template).unwrap().eval(fake)
+    }
+
+    #[test]
+    fn every_source_reads_its_value() {
+        let fake = Fake {
+            body: Some(json!({"name": "tree.png", "ids": ["a", "b"], "n": 3, "a/b": {"~c": 1}})),
+            response: Some(json!({"fileId": "f_9"})),
+            jwt: Some(json!({"sub": "u_123", "org": {"id": 5}})),
+            key: None,
+        };
+        assert_eq!(eval("{path.fileId}", &fake), Some(json!("abc")));
+        assert_eq!(eval("{query.dry}", &fake), Some(json!("1")));
+        assert_eq!(eval("{header.X-User-Id}", &fake), Some(json!("U_7")));
+        assert_eq!(eval("{body/name}", &fake), Some(json!("tree.png")));
+        assert_eq!(eval("{body/ids}", &fake), Some(json!(["a", "b"])));
+        assert_eq!(eval("{body/ids/1}", &fake), Some(json!("b")));
+        assert_eq!(eval("{body/n}", &fake), Some(json!(3)));
+        assert_eq!(eval("{body/a~1b/~0c}", &fake), Some(json!(1)));
+        assert_eq!(eval("{response/fileId}", &fake), Some(json!("f_9")));
+        assert_eq!(eval("{jwt/sub}", &fake), Some(json!("u_123")));
+        assert_eq!(eval("{jwt/org/id}", &fake), Some(json!(5)));
+        assert_eq!(eval("{ jwt/sub }", &fake), Some(json!("u_123")));
+    }
+
+    #[test]
+    fn interpolation_renders_text_and_missing_sources_yield_nothing() {
+        let fake = Fake {
+            body: Some(json!({"name": "tree.png", "tags": ["red", "blue"], "n": 2})),
+            ..Fake::default()
+        };
+        assert_eq!(
+            eval("Renamed file {path.fileId} to {body/name}", &fake),
+            Some(json!("Renamed file abc to tree.png"))
+        );
+        assert_eq!(
+            eval("tags {body/tags} x{body/n}", &fake),
+            Some(json!("tags red, blue x2"))
+        );
+        assert_eq!(eval("Renamed to {body/missing}", &fake), None);
+        assert_eq!(eval("{response/fileId}", &fake), None);
+        assert_eq!(eval("{{literal}} {body/n}", &fake), Some(json!("{literal} 2")));
+        assert_eq!(eval("constant", &fake), Some(json!("constant")));
+    }
+
+    #[test]
+    fn filters() {
+        let fake = Fake {
+            body: Some(json!({"v": "s3cr3t", "Tags": ["A", "b"], "n": 42})),
+            key: Some(b"key".to_vec()),
+            ..Fake::default()
+        };
+        assert_eq!(
+            eval("{body/v | hmac}", &fake),
+            Some(json!(hmac_hex(b"key", b"s3cr3t")))
+        );
+        // The well-known HMAC-SHA256 test vector, so the helper is checked against the world.
+        assert_eq!(
+            hmac_hex(b"key", b"The quick brown fox jumps over the lazy dog"),
+            "f7bc83f430538424b13298e6aa6fb143ef4d59a14946175997479dbc2d1a3cd8"
+        );
+        assert_eq!(eval("{header.X-User-Id | lower}", &fake), Some(json!("u_7")));
+        assert_eq!(eval("{body/Tags | lower}", &fake), Some(json!(["a", "b"])));
+        assert_eq!(
+            eval("{body/n | hmac}", &fake),
+            Some(json!(hmac_hex(b"key", b"42")))
+        );
+        let keyless = Fake {
+            body: Some(json!({"v": "s3cr3t"})),
+            ..Fake::default()
+        };
+        assert_eq!(eval("{body/v | hmac}", &keyless), None, "never the raw value");
+    }
+
+    #[test]
+    fn parse_errors() {
+        let err = |t: &str| Template::parse(t).unwrap_err();
+        let e = err("{bdy/name}");
+        assert_eq!(
+            e.message,
+            format!("unknown source \"bdy/name\" (did you mean \"body\"?): {SOURCES_HELP}")
+        );
+        assert_eq!(e.offset, 1);
+        let e = err("x {body/name | upper}");
+        assert_eq!(
+            e.message,
+            "unknown filter \"upper\": the filters are hmac and lower"
+        );
+        assert_eq!(e.offset, 15);
+        let e = err("{body/a~2}");
+        assert!(e.message.starts_with("bad JSON pointer \"/a~2\""));
+        let e = err("{body.name}");
+        assert_eq!(
+            e.message,
+            "\"body.name\": a body field is read with a JSON pointer, write \"body/name\""
+        );
+        let e = err("{path/id}");
+        assert_eq!(
+            e.message,
+            "\"path/id\": path values are named with a dot, write \"path.id\""
+        );
+        assert_eq!(err("ab {path.id").offset, 3);
+        assert_eq!(err("a}b").offset, 1);
+        assert!(err("{}").message.starts_with("empty placeholder"));
+        assert!(err("{header.bad name}").message.starts_with("bad header name"));
+        assert!(err("{path.}").message.contains("needs a name"));
+    }
+
+    #[test]
+    fn expr_text_is_the_actor_source() {
+        let t = Template::parse("{ jwt/sub |lower }").unwrap();
+        assert_eq!(t.single().unwrap().text, "jwt/sub | lower");
+    }
+}
