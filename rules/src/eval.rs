@@ -288,7 +288,9 @@ impl Match {
             time: call.time,
             duration_ms: (call.duration.as_secs_f64() * 1_000_000.0).round() / 1000.0,
             service: file.service.clone(),
-            operation: rule.map_or(UNMATCHED_OPERATION, |r| &r.operation).to_owned(),
+            operation: rule
+                .map_or(UNMATCHED_OPERATION, |r| &r.operation)
+                .to_owned(),
             rule: rule.map(|r| r.id.clone()),
             description,
             actor,

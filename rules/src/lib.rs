@@ -157,11 +157,10 @@ impl Loader {
         let files = load::expand(paths)?;
         let mut texts = Vec::with_capacity(files.len());
         for file in files {
-            let text = std::fs::read_to_string(&file)
-                .map_err(|source| RulesError::Io {
-                    path: file.clone(),
-                    source,
-                })?;
+            let text = std::fs::read_to_string(&file).map_err(|source| RulesError::Io {
+                path: file.clone(),
+                source,
+            })?;
             texts.push((file, text));
         }
         self.compile(&texts)
@@ -188,15 +187,20 @@ impl Loader {
         if self.hmac_key.is_none() && !self.check_only {
             for rule in &rules {
                 let file = &files[rule.file];
-                let uses_hmac = rule
+                let hmac = rule
                     .templates()
                     .chain(file.actor.iter())
-                    .any(|t| t.uses(|e| e.filters.contains(&template::Filter::Hmac)));
-                if uses_hmac {
+                    .find(|t| t.uses(|e| e.filters.contains(&template::Filter::Hmac)));
+                if let Some(t) = hmac {
+                    let offset = t
+                        .text
+                        .find("hmac")
+                        .map_or(0, |i| t.text[..i].chars().count());
+                    let at = t.pos.shifted(offset);
                     diags.push(Diagnostic {
                         file: file.path.clone(),
-                        line: rule.pos.line,
-                        col: rule.pos.col,
+                        line: at.line,
+                        col: at.col,
                         message: format!(
                             "rule \"{}\" uses `| hmac` but no HMAC key was given: pass --hmac-key-file, set hmac_key_file in the proxy config, or call Loader::hmac_key",
                             rule.id
@@ -210,9 +214,7 @@ impl Loader {
             diags.dedup();
             return Err(RulesError::Invalid(diags));
         }
-        let unmatched = files
-            .iter()
-            .position(|f| f.unmatched == Unmatched::Record);
+        let unmatched = files.iter().position(|f| f.unmatched == Unmatched::Record);
         let unmatched_methods = unmatched.map_or(MethodSet::default(), |i| files[i].methods);
         let matcher = Matcher::build(&rules);
         Ok(RuleSet {

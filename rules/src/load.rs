@@ -212,20 +212,22 @@ impl<'a> FileReader<'a> {
             if op.is_empty() || op.contains(char::is_whitespace) {
                 self.error(
                     n.pos,
-                    format!("operation \"{op}\" must be one word without spaces, e.g. asset.rename"),
+                    format!(
+                        "operation \"{op}\" must be one word without spaces, e.g. asset.rename"
+                    ),
                 );
             }
         }
         let pattern = match find(entries, "path") {
-            Some(n) => self.string(n, "`path`").and_then(|text| {
-                match PathPattern::parse(&text) {
+            Some(n) => self
+                .string(n, "`path`")
+                .and_then(|text| match PathPattern::parse(&text) {
                     Ok(p) => Some((p, text)),
                     Err(e) => {
                         self.error(n.pos.shifted(n.value_offset + e.offset), e.message);
                         None
                     }
-                }
-            }),
+                }),
             None => {
                 self.error(
                     node.pos,
@@ -454,13 +456,14 @@ impl<'a> FileReader<'a> {
     /// Parses a template and checks that every `path.NAME` it reads is a parameter of the rule.
     fn template(&mut self, node: &Node, params: Option<&PathPattern>) -> Option<Template> {
         let text = self.string(node, "a template")?;
-        let template = match Template::parse(&text) {
+        let mut template = match Template::parse(&text) {
             Ok(t) => t,
             Err(TemplateError { offset, message }) => {
                 self.error(node.pos.shifted(node.value_offset + offset), message);
                 return None;
             }
         };
+        template.pos = node.pos.shifted(node.value_offset);
         if let Some(pattern) = params {
             let known: Vec<&str> = pattern.params().collect();
             for expr in template.exprs() {
@@ -507,7 +510,10 @@ impl<'a> FileReader<'a> {
             _ => {
                 self.error(
                     node.pos,
-                    format!("{what} must be a mapping (key: value), found {}", node.describe()),
+                    format!(
+                        "{what} must be a mapping (key: value), found {}",
+                        node.describe()
+                    ),
                 );
                 None
             }
@@ -566,10 +572,7 @@ pub(crate) fn expand(paths: &[PathBuf]) -> Result<Vec<PathBuf>, crate::RulesErro
                 .map(|e| e.path())
                 .filter(|p| {
                     p.is_file()
-                        && matches!(
-                            p.extension().and_then(|e| e.to_str()),
-                            Some("yaml" | "yml")
-                        )
+                        && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
                 })
                 .collect();
             if found.is_empty() {

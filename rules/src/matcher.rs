@@ -119,13 +119,29 @@ impl Matcher {
             return false;
         }
         if let Some(&child) = here.statics.get(segments[at]) {
-            if self.walk(child as usize, rules, method, segments, at + 1, captures, out) {
+            if self.walk(
+                child as usize,
+                rules,
+                method,
+                segments,
+                at + 1,
+                captures,
+                out,
+            ) {
                 return true;
             }
         }
         if let Some(child) = here.param {
             captures.push((at as u32, at as u32 + 1));
-            let done = self.walk(child as usize, rules, method, segments, at + 1, captures, out);
+            let done = self.walk(
+                child as usize,
+                rules,
+                method,
+                segments,
+                at + 1,
+                captures,
+                out,
+            );
             captures.pop();
             if done {
                 return true;

@@ -144,7 +144,11 @@ impl Rule {
     pub(crate) fn templates(&self) -> impl Iterator<Item = &Template> {
         self.resources
             .iter()
-            .flat_map(|r| std::iter::once(&r.kind).chain(r.id.iter()).chain(r.path.iter()))
+            .flat_map(|r| {
+                std::iter::once(&r.kind)
+                    .chain(r.id.iter())
+                    .chain(r.path.iter())
+            })
             .chain(self.details.iter().map(|(_, t)| t))
             .chain(self.description.iter())
             .chain(self.actor.iter().flatten())

@@ -241,7 +241,10 @@ impl PathPattern {
                     );
                 }
                 if names.contains(&name) {
-                    return err(here, format!("parameter \"{name}\" appears twice in this path"));
+                    return err(
+                        here,
+                        format!("parameter \"{name}\" appears twice in this path"),
+                    );
                 }
                 names.push(name);
                 if rest {
@@ -347,7 +350,10 @@ mod tests {
     #[test]
     fn normal_paths_are_borrowed() {
         assert!(matches!(normalize_path("/v1/files/x"), Cow::Borrowed(_)));
-        assert!(matches!(normalize_path("/v1/files/x?y=1"), Cow::Borrowed(_)));
+        assert!(matches!(
+            normalize_path("/v1/files/x?y=1"),
+            Cow::Borrowed(_)
+        ));
         assert!(matches!(normalize_path("/v1/files/x/"), Cow::Owned(_)));
     }
 
@@ -388,7 +394,10 @@ mod tests {
         let e = PathPattern::parse("/v1/file-{id}").unwrap_err();
         assert_eq!(e.offset, 4);
         let e = PathPattern::parse("v1/x").unwrap_err();
-        assert_eq!(e.message, "a path pattern starts with '/' (write \"/v1/x\")");
+        assert_eq!(
+            e.message,
+            "a path pattern starts with '/' (write \"/v1/x\")"
+        );
         let e = PathPattern::parse("/v1/x/").unwrap_err();
         assert_eq!(e.offset, 5);
         assert!(e.message.contains("write \"/v1/x\""), "{}", e.message);

@@ -56,6 +56,8 @@ pub(crate) struct Template {
     pub(crate) parts: Vec<Part>,
     /// The template as written.
     pub(crate) text: String,
+    /// Where the template's text starts in its rule file (set by the loader).
+    pub(crate) pos: crate::yaml::Pos,
 }
 
 /// A problem in a template: the character offset it starts at, and what to say.
@@ -135,6 +137,7 @@ impl Template {
         Ok(Template {
             parts,
             text: text.to_owned(),
+            pos: crate::yaml::Pos::default(),
         })
     }
 
@@ -298,18 +301,18 @@ fn parse_source(text: &str) -> Result<Source, String> {
             }
         }
     }
-    for (prefix, kind) in [("path/", "path"), ("query/", "query"), ("header/", "header")] {
+    for (prefix, kind) in [
+        ("path/", "path"),
+        ("query/", "query"),
+        ("header/", "header"),
+    ] {
         if let Some(rest) = text.strip_prefix(prefix) {
             return Err(format!(
                 "\"{text}\": {kind} values are named with a dot, write \"{kind}.{rest}\""
             ));
         }
     }
-    let word = text
-        .split(['.', '/'])
-        .next()
-        .unwrap_or_default()
-        .to_owned();
+    let word = text.split(['.', '/']).next().unwrap_or_default().to_owned();
     let hint = crate::error::did_you_mean(
         &word,
         &["path", "query", "header", "body", "response", "jwt"],
@@ -348,7 +351,9 @@ fn apply(filter: Filter, value: Value, lookup: &dyn Lookup) -> Option<Value> {
         },
         other => match filter {
             Filter::Lower => other,
-            Filter::Hmac => Value::String(hmac_hex(lookup.hmac_key()?, other.to_string().as_bytes())),
+            Filter::Hmac => {
+                Value::String(hmac_hex(lookup.hmac_key()?, other.to_string().as_bytes()))
+            }
         },
     })
 }
@@ -467,7 +472,10 @@ mod tests {
         );
         assert_eq!(eval("Renamed to {body/missing}", &fake), None);
         assert_eq!(eval("{response/fileId}", &fake), None);
-        assert_eq!(eval("{{literal}} {body/n}", &fake), Some(json!("{literal} 2")));
+        assert_eq!(
+            eval("{{literal}} {body/n}", &fake),
+            Some(json!("{literal} 2"))
+        );
         assert_eq!(eval("constant", &fake), Some(json!("constant")));
     }
 
@@ -487,7 +495,10 @@ mod tests {
             hmac_hex(b"key", b"The quick brown fox jumps over the lazy dog"),
             "f7bc83f430538424b13298e6aa6fb143ef4d59a14946175997479dbc2d1a3cd8"
         );
-        assert_eq!(eval("{header.X-User-Id | lower}", &fake), Some(json!("u_7")));
+        assert_eq!(
+            eval("{header.X-User-Id | lower}", &fake),
+            Some(json!("u_7"))
+        );
         assert_eq!(eval("{body/Tags | lower}", &fake), Some(json!(["a", "b"])));
         assert_eq!(
             eval("{body/n | hmac}", &fake),
@@ -497,7 +508,11 @@ mod tests {
             body: Some(json!({"v": "s3cr3t"})),
             ..Fake::default()
         };
-        assert_eq!(eval("{body/v | hmac}", &keyless), None, "never the raw value");
+        assert_eq!(
+            eval("{body/v | hmac}", &keyless),
+            None,
+            "never the raw value"
+        );
     }
 
     #[test]
@@ -530,7 +545,11 @@ mod tests {
         assert_eq!(err("ab {path.id").offset, 3);
         assert_eq!(err("a}b").offset, 1);
         assert!(err("{}").message.starts_with("empty placeholder"));
-        assert!(err("{header.bad name}").message.starts_with("bad header name"));
+        assert!(
+            err("{header.bad name}")
+                .message
+                .starts_with("bad header name")
+        );
         assert!(err("{path.}").message.contains("needs a name"));
     }
 

@@ -1,1 +1,851 @@
+//! Tests across the crate: loading errors with their exact `FILE:LINE:COL` messages, match
+//! precedence, and the exact records produced.
 
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use proptest::prelude::*;
+use serde_json::{Value, json};
+
+use crate::*;
+
+fn load(text: &str) -> RuleSet {
+    match RuleSet::loader()
+        .hmac_key("k")
+        .from_yaml("rules.yaml", text)
+    {
+        Ok(set) => set,
+        Err(e) => panic!("rules should load:\n{e}"),
+    }
+}
+
+fn errors(text: &str) -> Vec<String> {
+    match RuleSet::loader().check_only().from_yaml("rules.yaml", text) {
+        Ok(_) => panic!("rules should not load"),
+        Err(e) => e.diagnostics().iter().map(ToString::to_string).collect(),
+    }
+}
+
+fn error(text: &str) -> String {
+    let all = errors(text);
+    assert_eq!(all.len(), 1, "expected one problem, got {all:#?}");
+    all.into_iter().next().unwrap_or_default()
+}
+
+/// A rule file around one list of rules.
+fn with_rules(rules: &str) -> String {
+    format!("version: 1\nservice: svc\nrules:\n{rules}")
+}
+
+struct Req<'a> {
+    method: http::Method,
+    uri: &'a str,
+    headers: Vec<(&'a str, &'a str)>,
+    body: Option<&'a str>,
+    status: Option<u16>,
+    response: Option<&'a str>,
+    /// `None`: unverified claims; `Some(Some(c))`: verified `c`; `Some(None)`: refused.
+    verified: Option<Option<Value>>,
+}
+
+fn req(method: &str, uri: &'static str) -> Req<'static> {
+    Req {
+        method: http::Method::from_bytes(method.as_bytes()).unwrap(),
+        uri,
+        headers: Vec::new(),
+        body: None,
+        status: Some(200),
+        response: None,
+        verified: None,
+    }
+}
+
+impl<'a> Req<'a> {
+    fn header(mut self, name: &'a str, value: &'a str) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+    fn body(mut self, body: &'a str) -> Self {
+        self.body = Some(body);
+        self
+    }
+    fn status(mut self, status: Option<u16>) -> Self {
+        self.status = status;
+        self
+    }
+    fn response(mut self, body: &'a str) -> Self {
+        self.response = Some(body);
+        self
+    }
+
+    fn record_with(&self, set: &RuleSet, edit: impl FnOnce(&mut Call<'_>)) -> Option<AuditRecord> {
+        let uri: http::Uri = self.uri.parse().unwrap();
+        let mut headers = http::HeaderMap::new();
+        for (k, v) in &self.headers {
+            headers.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                http::HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        let found = set.matches(&self.method, uri.path())?;
+        let mut call = Call::new(&self.method, &uri, &headers);
+        call.request_body = self.body.map(str::as_bytes);
+        call.response_body = self.response.map(str::as_bytes);
+        call.status = self.status;
+        call.claims = match &self.verified {
+            None => Claims::Unverified,
+            Some(Some(claims)) => Claims::Verified(claims),
+            Some(None) => Claims::Absent,
+        };
+        edit(&mut call);
+        found.record(&call)
+    }
+
+    fn record(&self, set: &RuleSet) -> Option<AuditRecord> {
+        self.record_with(set, |_| {})
+    }
+
+    fn operation(&self, set: &RuleSet) -> Option<String> {
+        self.record(set).map(|r| r.operation)
+    }
+}
+
+fn bearer(claims: Value) -> String {
+    use base64::Engine as _;
+    let enc = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    format!(
+        "Bearer {}.{}.sig",
+        enc.encode(br#"{"alg":"HS256","typ":"JWT"}"#),
+        enc.encode(claims.to_string())
+    )
+}
+
+// ---------------------------------------------------------------- loading errors
+
+#[test]
+fn yaml_syntax_error_has_its_position() {
+    let e = error("version: 1\nservice: svc\nrules: [\n  {operation: a, path: /x\n");
+    assert!(e.starts_with("rules.yaml:5:1: YAML syntax error: "), "{e}");
+}
+
+#[test]
+fn unknown_keys_are_named_with_a_suggestion() {
+    let e = error(&with_rules(
+        "  - operation: a.b\n    methd: POST\n    path: /x\n",
+    ));
+    assert_eq!(
+        e,
+        "rules.yaml:5:5: unknown key \"methd\" in a rule (did you mean \"method\"?)"
+    );
+    let e = error("version: 1\nservice: svc\nrulez: []\nrules: []\n");
+    assert_eq!(
+        e,
+        "rules.yaml:3:1: unknown key \"rulez\" at the top of a rule file (did you mean \"rules\"?)"
+    );
+    let e = error("version: 1\nservice: svc\ndefaults: { actr: \"{jwt/sub}\" }\nrules: []\n");
+    assert_eq!(
+        e,
+        "rules.yaml:3:13: unknown key \"actr\" in `defaults` (did you mean \"actor\"?)"
+    );
+    let all = errors(&with_rules(
+        "  - operation: a.b\n    path: /x\n    resources: [{ type: file, idd: x }]\n",
+    ));
+    assert_eq!(
+        all,
+        vec![
+            "rules.yaml:6:19: resource needs an `id` or a `path` (or both) to say which one was touched",
+            "rules.yaml:6:31: unknown key \"idd\" in a resource (did you mean \"id\"?)",
+        ]
+    );
+    let e = error(&with_rules(
+        "  - operation: a.b\n    path: /x\n    when: { zzz: /a }\n",
+    ));
+    assert_eq!(
+        e,
+        "rules.yaml:6:13: unknown key \"zzz\" in `when`; known keys here: body, query, header"
+    );
+}
+
+#[test]
+fn missing_operation_and_path() {
+    let all = errors(&with_rules("  - method: POST\n"));
+    assert_eq!(
+        all,
+        vec![
+            "rules.yaml:4:5: rule has no `operation`: name what it records, e.g. `operation: asset.rename`",
+            "rules.yaml:4:5: rule has no `path`: say which endpoint it covers, e.g. `path: /v1/files/{fileId}`",
+        ]
+    );
+}
+
+#[test]
+fn bad_method() {
+    let e = error(&with_rules(
+        "  - operation: a.b\n    method: PATHC\n    path: /x\n",
+    ));
+    assert_eq!(
+        e,
+        "rules.yaml:5:13: unknown method \"PATHC\" (did you mean \"PATCH\"?): use one of GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, CONNECT, TRACE"
+    );
+    let e = error(&with_rules(
+        "  - operation: a.b\n    method: [POST, FETCH]\n    path: /x\n",
+    ));
+    assert!(
+        e.starts_with("rules.yaml:5:20: unknown method \"FETCH\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_templates() {
+    let e = error(&with_rules(
+        "  - operation: a.b\n    path: /x\n    details: { n: \"{bdy/name}\" }\n",
+    ));
+    assert_eq!(
+        e,
+        "rules.yaml:6:21: unknown source \"bdy/name\" (did you mean \"body\"?): expected path.NAME, query.NAME, header.NAME, body/POINTER, response/POINTER or jwt/POINTER"
+    );
+    let e = error(&with_rules(
+        "  - operation: a.b\n    path: /x\n    details: { n: \"{body/a~2}\" }\n",
+    ));
+    assert_eq!(
+        e,
+        "rules.yaml:6:21: bad JSON pointer \"/a~2\": '~' must be followed by 0 ('~') or 1 ('/')"
+    );
+    let e = error(&with_rules(
+        "  - operation: a.b\n    path: /x\n    description: \"set {body/n | upper}\"\n",
+    ));
+    assert_eq!(
+        e,
+        "rules.yaml:6:33: unknown filter \"upper\": the filters are hmac and lower"
+    );
+}
+
+#[test]
+fn unknown_path_parameter() {
+    let e = error(&with_rules(
+        "  - operation: a.b\n    path: /v1/files/{fileId}\n    resources: [{ type: file, id: \"{path.fileID}\" }]\n",
+    ));
+    assert_eq!(
+        e,
+        "rules.yaml:6:37: unknown path parameter \"fileID\" (did you mean \"fileId\"?): the rule's path has fileId"
+    );
+}
+
+#[test]
+fn bad_path_pattern() {
+    let e = error(&with_rules("  - operation: a.b\n    path: /v1/files/{id\n"));
+    assert_eq!(
+        e,
+        "rules.yaml:5:21: a parameter fills a whole segment: write \"{name}\" between two '/', not \"{id\""
+    );
+}
+
+#[test]
+fn rules_that_cannot_be_told_apart() {
+    let e = error(&with_rules(
+        "  - operation: a.one\n    method: PATCH\n    path: /v1/x/{id}\n  - operation: a.two\n    method: PATCH\n    path: /v1/x/{other}\n",
+    ));
+    assert_eq!(
+        e,
+        "rules.yaml:7:5: rule \"a.two\" can never match: rule \"a.one\" at rules.yaml:4:5 takes PATCH /v1/x/{id} first and has no `when`; give one of them a `when`, or remove one"
+    );
+    // A `when` on the first makes the second its fallback: both load.
+    load(&with_rules(
+        "  - operation: a.one\n    method: PATCH\n    path: /v1/x/{id}\n    when: { body: /name }\n  - operation: a.two\n    method: PATCH\n    path: /v1/x/{other}\n",
+    ));
+    // Different methods on one path are different endpoints.
+    load(&with_rules(
+        "  - operation: a.one\n    method: PATCH\n    path: /v1/x/{id}\n  - operation: a.two\n    method: DELETE\n    path: /v1/x/{id}\n",
+    ));
+}
+
+#[test]
+fn versions() {
+    let e = error("version: 2\nservice: svc\nrules: []\n");
+    assert_eq!(
+        e,
+        "rules.yaml:1:10: unsupported version \"2\": this auditgate reads `version: 1`"
+    );
+    let e = error("service: svc\nrules: []\n");
+    assert_eq!(
+        e,
+        "rules.yaml:1:1: missing `version`: add `version: 1` at the top of the file"
+    );
+}
+
+#[test]
+fn every_problem_is_reported_in_one_run() {
+    let all = errors(
+        "version: 3\nrules:\n  - operation: a.b\n    methd: POST\n    path: /x/{id}\n    details: { n: \"{path.ID}\" }\n  - path: /y\n    method: GETT\n",
+    );
+    assert_eq!(all.len(), 6, "{all:#?}");
+    assert!(all[0].starts_with("rules.yaml:1:1: missing `service`"));
+    assert!(all[1].starts_with("rules.yaml:1:10: unsupported version"));
+    assert!(all[2].starts_with("rules.yaml:4:5: unknown key \"methd\""));
+    assert!(all[3].starts_with("rules.yaml:6:21: unknown path parameter \"ID\""));
+    assert!(all[4].starts_with("rules.yaml:7:5: rule has no `operation`"));
+    assert!(all[5].starts_with("rules.yaml:8:13: unknown method \"GETT\""));
+}
+
+#[test]
+fn hmac_needs_a_key_to_load_but_not_to_check() {
+    let text = with_rules(
+        "  - operation: secret.update\n    method: PUT\n    path: /s/{key}\n    details: { value: \"{body/value | hmac}\" }\n",
+    );
+    let err = RuleSet::from_yaml("rules.yaml", &text).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "rules.yaml:7:38: rule \"secret.update\" uses `| hmac` but no HMAC key was given: pass --hmac-key-file, set hmac_key_file in the proxy config, or call Loader::hmac_key"
+    );
+    assert!(
+        RuleSet::loader()
+            .check_only()
+            .from_yaml("rules.yaml", &text)
+            .is_ok()
+    );
+    let set = load(&text);
+    let record = req("PUT", "/s/K")
+        .body(r#"{"value":"s3cr3t"}"#)
+        .record(&set)
+        .unwrap();
+    assert_eq!(
+        record.details["value"],
+        json!(template::hmac_hex(b"k", b"s3cr3t"))
+    );
+    assert_ne!(record.details["value"], json!("s3cr3t"));
+}
+
+#[test]
+fn duplicate_explicit_ids_and_defaulted_ids() {
+    let e = error(&with_rules(
+        "  - { id: x, operation: a, path: /a }\n  - { id: x, operation: b, path: /b }\n",
+    ));
+    assert_eq!(
+        e,
+        "rules.yaml:5:7: rule id \"x\" is already used at rules.yaml:4:7; rule ids must be unique"
+    );
+    let set = load(&with_rules(
+        "  - { operation: tag.add, method: POST, path: /a }\n  - { operation: tag.add, method: POST, path: /b }\n",
+    ));
+    assert_eq!(
+        req("POST", "/a").record(&set).unwrap().rule.as_deref(),
+        Some("tag.add")
+    );
+    assert_eq!(
+        req("POST", "/b").record(&set).unwrap().rule.as_deref(),
+        Some("tag.add#2")
+    );
+}
+
+#[test]
+fn a_directory_is_one_set() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("a.yaml"),
+        "version: 1\nservice: one\nrules:\n  - { operation: a.x, method: POST, path: /x }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("b.yml"),
+        "version: 1\nservice: two\nrules:\n  - { operation: b.y, method: POST, path: /y }\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "not rules").unwrap();
+    let set = RuleSet::load(dir.path()).unwrap();
+    assert_eq!(
+        set.summary(),
+        Summary {
+            files: 2,
+            rules: 2,
+            operations: 2
+        }
+    );
+    let r = req("POST", "/y").record(&set).unwrap();
+    assert_eq!((r.service.as_str(), r.operation.as_str()), ("two", "b.y"));
+
+    // A conflict across files names both places.
+    std::fs::write(
+        dir.path().join("c.yaml"),
+        "version: 1\nservice: three\nrules:\n  - { operation: c.x, method: POST, path: /x }\n",
+    )
+    .unwrap();
+    let err = RuleSet::load(dir.path()).unwrap_err().to_string();
+    let a = dir.path().join("a.yaml");
+    assert!(
+        err.contains(&format!(
+            "c.x\" can never match: rule \"a.x\" at {}:4:7",
+            a.display()
+        )),
+        "{err}"
+    );
+
+    let empty = tempfile::tempdir().unwrap();
+    let err = RuleSet::load(empty.path()).unwrap_err().to_string();
+    assert!(
+        err.ends_with("no rule files (*.yaml, *.yml) in this directory"),
+        "{err}"
+    );
+}
+
+// ---------------------------------------------------------------- matching
+
+#[test]
+fn most_specific_path_wins() {
+    let set = load(&with_rules(
+        r#"  - { operation: rest, method: POST, path: "/v1/{*any}" }
+  - { operation: param, method: POST, path: "/v1/files/{id}" }
+  - { operation: static, method: POST, path: /v1/files/special }
+  - { operation: param-then-static, method: POST, path: "/v1/{kind}/special/x" }
+  - { operation: static-then-param, method: POST, path: "/v1/files/{id}/x" }
+"#,
+    ));
+    assert_eq!(
+        req("POST", "/v1/files/special").operation(&set).as_deref(),
+        Some("static")
+    );
+    assert_eq!(
+        req("POST", "/v1/files/other").operation(&set).as_deref(),
+        Some("param")
+    );
+    assert_eq!(
+        req("POST", "/v1/a/b/c").operation(&set).as_deref(),
+        Some("rest")
+    );
+    // Segment by segment from the left: `files` (static) beats `{kind}` at the second segment.
+    assert_eq!(
+        req("POST", "/v1/files/special/x")
+            .operation(&set)
+            .as_deref(),
+        Some("static-then-param")
+    );
+    assert_eq!(
+        req("POST", "/v1/dirs/special/x").operation(&set).as_deref(),
+        Some("param-then-static")
+    );
+    assert_eq!(req("POST", "/v2/files/x").operation(&set), None);
+}
+
+#[test]
+fn ties_go_to_file_order_and_when_falls_through() {
+    let set = load(&with_rules(
+        r#"  - { operation: asset.rename, method: PATCH, path: "/f/{id}", when: { body: /name } }
+  - { operation: asset.move, method: PATCH, path: "/f/{fid}", when: { body: /folder } }
+  - { operation: asset.update, method: PATCH, path: "/f/{x}" }
+"#,
+    ));
+    let patch = |body| req("PATCH", "/f/1").body(body).operation(&set);
+    assert_eq!(
+        patch(r#"{"name":"a","folder":"b"}"#).as_deref(),
+        Some("asset.rename")
+    );
+    assert_eq!(patch(r#"{"folder":"b"}"#).as_deref(), Some("asset.move"));
+    assert_eq!(patch(r#"{"other":1}"#).as_deref(), Some("asset.update"));
+    assert_eq!(patch("not json").as_deref(), Some("asset.update"));
+}
+
+#[test]
+fn when_on_query_and_header() {
+    let set = load(&with_rules(
+        r#"  - { operation: hard.delete, method: DELETE, path: "/f/{id}", when: { query: permanent } }
+  - { operation: sudo.delete, method: DELETE, path: "/f/{id}", when: { header: X-Sudo } }
+  - { operation: soft.delete, method: DELETE, path: "/f/{id}" }
+"#,
+    ));
+    assert_eq!(
+        req("DELETE", "/f/1?permanent=1").operation(&set).as_deref(),
+        Some("hard.delete")
+    );
+    assert_eq!(
+        req("DELETE", "/f/1")
+            .header("x-sudo", "1")
+            .operation(&set)
+            .as_deref(),
+        Some("sudo.delete")
+    );
+    assert_eq!(
+        req("DELETE", "/f/1").operation(&set).as_deref(),
+        Some("soft.delete")
+    );
+}
+
+#[test]
+fn methods_come_from_the_rule_or_the_defaults() {
+    let set = load(
+        "version: 1\nservice: s\ndefaults: { methods: [POST, DELETE] }\nrules:\n  - { operation: a, path: /a }\n  - { operation: b, method: get, path: /b }\n",
+    );
+    assert_eq!(req("POST", "/a").operation(&set).as_deref(), Some("a"));
+    assert_eq!(req("DELETE", "/a").operation(&set).as_deref(), Some("a"));
+    assert_eq!(req("PUT", "/a").operation(&set), None);
+    assert_eq!(req("GET", "/b").operation(&set).as_deref(), Some("b"));
+    assert_eq!(req("POST", "/b").operation(&set), None);
+    // Without defaults, a rule with no method covers POST, PUT, PATCH and DELETE.
+    let set = load(&with_rules("  - { operation: a, path: /a }\n"));
+    for m in ["POST", "PUT", "PATCH", "DELETE"] {
+        assert_eq!(req(m, "/a").operation(&set).as_deref(), Some("a"), "{m}");
+    }
+    assert_eq!(req("GET", "/a").operation(&set), None);
+    assert!(
+        set.matches(&http::Method::from_bytes(b"PURGE").unwrap(), "/a")
+            .is_none()
+    );
+}
+
+#[test]
+fn normalised_paths_cannot_slip_past_a_rule() {
+    let set = load(&with_rules(
+        "  - { operation: f.delete, method: DELETE, path: \"/v1/files/{id}\", resources: [{ type: file, id: \"{path.id}\" }] }\n",
+    ));
+    for path in [
+        "/v1/files/x",
+        "/v1/files/x/",
+        "/v1//files/x",
+        "/v1//files/../files/x",
+        "/v1/./files/x",
+        "/v1/%66iles/x",
+        "/v1/files/%78",
+        "/v1/other/%2e%2e/files/x",
+        "/x/../v1/files/x?y=1",
+    ] {
+        let r = req("DELETE", path).record(&set);
+        let r = r.unwrap_or_else(|| panic!("{path} must match"));
+        assert_eq!(r.request.path, "/v1/files/x", "{path}");
+        assert_eq!(r.resources[0].id.as_deref(), Some("x"), "{path}");
+    }
+    // An encoded slash is part of one segment, exactly as the upstream sees it.
+    let r = req("DELETE", "/v1/files/a%2fb").record(&set).unwrap();
+    assert_eq!(r.request.path, "/v1/files/a%2Fb");
+    assert_eq!(r.resources[0].id.as_deref(), Some("a/b"));
+}
+
+#[test]
+fn rest_parameters_capture_several_segments() {
+    let set = load(&with_rules(
+        r#"  - operation: secret.update
+    method: PUT
+    path: /api/repos/{*repo}/secrets/{key}
+    resources: [{ type: secret, id: "{path.key}", path: "{path.repo}" }]
+"#,
+    ));
+    let r = req("PUT", "/api/repos/acme/site/secrets/TOKEN")
+        .record(&set)
+        .unwrap();
+    assert_eq!(
+        r.resources,
+        vec![Resource {
+            kind: "secret".into(),
+            id: Some("TOKEN".into()),
+            path: Some("acme/site".into())
+        }]
+    );
+    assert_eq!(req("PUT", "/api/repos/secrets/TOKEN").record(&set), None);
+}
+
+#[test]
+fn unmatched_mutations_are_recorded_when_asked() {
+    let text = "version: 1\nservice: s\ndefaults: { unmatched: record }\nrules:\n  - { operation: a, method: POST, path: /a }\n";
+    let set = load(text);
+    let r = req("DELETE", "/nothing/here")
+        .status(Some(404))
+        .record(&set)
+        .unwrap();
+    assert_eq!(r.operation, "unmatched");
+    assert_eq!(r.rule, None);
+    assert_eq!(r.request.route, None);
+    assert_eq!(r.outcome, Outcome::Failure);
+    assert!(set.matches(&http::Method::GET, "/nothing/here").is_none());
+    let ignoring = load(&with_rules(
+        "  - { operation: a, method: POST, path: /a }\n",
+    ));
+    assert!(
+        ignoring
+            .matches(&http::Method::DELETE, "/nothing")
+            .is_none()
+    );
+}
+
+// ---------------------------------------------------------------- evaluation
+
+const MEDIA: &str = r#"version: 1
+service: media-library
+defaults:
+  actor: ["{jwt/sub}", "{header.X-User-Id}"]
+rules:
+  - id: file-rename
+    operation: asset.rename
+    method: PATCH
+    path: /v1/files/{fileId}/details
+    resources:
+      - { type: file, id: "{path.fileId}", path: "{body/filePath}" }
+    details: { new_name: "{body/name}", dry_run: "{query.dry_run}", q: "{query.q}", size: "{body/size}", tags: "{body/tags | lower}" }
+    description: "Renamed file {path.fileId} to {body/name}"
+  - operation: tag.add
+    method: POST
+    path: /v1/files/addTags
+    resources: [{ type: file, id: "{body/fileIds}", path: "{body/paths}" }]
+  - operation: asset.create
+    method: POST
+    path: /v1/files
+    resources: [{ type: file, id: "{response/fileId}" }]
+"#;
+
+#[test]
+fn the_full_record() {
+    let set = load(MEDIA);
+    let time = Utc.with_ymd_and_hms(2026, 11, 22, 10, 0, 0).unwrap()
+        + chrono::Duration::microseconds(123456);
+    let record = req("PATCH", "/v1/files/abc/details?dry_run=yes%21&q=a+b")
+        .header("authorization", &bearer(json!({"sub": "u_123"})))
+        .header("x-request-id", "req-1")
+        .header("user-agent", "curl/8.5.0")
+        .body(r#"{"name": "tree.png", "filePath": "/forest/tree.png", "size": 42, "tags": ["Red", "BLUE"]}"#)
+        .record_with(&set, |call| {
+            call.time = time;
+            call.duration = Duration::from_micros(3210);
+            call.client_ip = ClientIpMode::Anonymized.render("203.0.113.77".parse().unwrap());
+        })
+        .unwrap();
+    let mut json = serde_json::to_value(&record).unwrap();
+    let id = json["id"].take();
+    assert_eq!(
+        json,
+        json!({
+            "schema": 1,
+            "id": null,
+            "time": "2026-11-22T10:00:00.123456Z",
+            "duration_ms": 3.21,
+            "service": "media-library",
+            "operation": "asset.rename",
+            "rule": "file-rename",
+            "description": "Renamed file abc to tree.png",
+            "actor": { "id": "u_123", "source": "jwt/sub (unverified)" },
+            "request": { "id": "req-1", "method": "PATCH", "path": "/v1/files/abc/details",
+                         "route": "/v1/files/{fileId}/details", "client_ip": "203.0.113.0",
+                         "user_agent": "curl/8.5.0" },
+            "resources": [ { "type": "file", "id": "abc", "path": "/forest/tree.png" } ],
+            "response": { "status": 200 },
+            "outcome": "success",
+            "details": { "new_name": "tree.png", "dry_run": "yes!", "q": "a b", "size": 42, "tags": ["red", "blue"] }
+        })
+    );
+    // The id is a UUIDv7 carrying the arrival time.
+    let id: uuid::Uuid = serde_json::from_value(id).unwrap();
+    assert_eq!(id.get_version_num(), 7);
+    let (secs, nanos) = id.get_timestamp().unwrap().to_unix();
+    assert_eq!((secs, nanos / 1_000_000), (time.timestamp() as u64, 123));
+}
+
+#[test]
+fn actor_sources_in_order() {
+    let set = load(MEDIA);
+    let call = |r: Req<'_>| r.record(&set).unwrap().actor;
+    let base = || req("POST", "/v1/files");
+    assert_eq!(
+        call(base().header("x-user-id", "u_h")),
+        Some(Actor {
+            id: "u_h".into(),
+            source: "header.X-User-Id".into()
+        })
+    );
+    let token = bearer(json!({"sub": "u_j"}));
+    assert_eq!(
+        call(
+            base()
+                .header("x-user-id", "u_h")
+                .header("authorization", &token)
+        ),
+        Some(Actor {
+            id: "u_j".into(),
+            source: "jwt/sub (unverified)".into()
+        })
+    );
+    // A token without `sub`, or not a JWT at all, falls through to the next source.
+    let no_sub = bearer(json!({"name": "x"}));
+    assert_eq!(
+        call(
+            base()
+                .header("x-user-id", "u_h")
+                .header("authorization", &no_sub)
+        )
+        .map(|a| a.id),
+        Some("u_h".into())
+    );
+    assert_eq!(call(base().header("authorization", "Bearer garbage")), None);
+    assert_eq!(call(base()), None);
+
+    // Verified claims say so by not being marked; refused claims are not read at all.
+    let mut r = base().header("authorization", &token);
+    r.verified = Some(Some(json!({"sub": "u_v"})));
+    let a = r.record(&set).unwrap().actor;
+    assert_eq!(
+        a,
+        Some(Actor {
+            id: "u_v".into(),
+            source: "jwt/sub".into()
+        })
+    );
+    r.verified = Some(None);
+    let a = r.record(&set).unwrap().actor;
+    assert_eq!(a, None);
+}
+
+#[test]
+fn request_ids_are_read_or_generated() {
+    let set = load(MEDIA);
+    let found = set.matches(&http::Method::POST, "/v1/files").unwrap();
+    assert_eq!(found.request_id_header().as_str(), "x-request-id");
+    let mut headers = http::HeaderMap::new();
+    headers.insert("x-request-id", http::HeaderValue::from_static("abc-123"));
+    assert_eq!(found.request_id(&headers), "abc-123");
+    let generated = found.request_id(&http::HeaderMap::new());
+    let uuid: uuid::Uuid = generated.parse().unwrap();
+    assert_eq!(uuid.get_version_num(), 7);
+    // A value no one should have to store is replaced.
+    let long = "x".repeat(200);
+    headers.insert("x-request-id", http::HeaderValue::from_str(&long).unwrap());
+    assert_ne!(found.request_id(&headers), long);
+    headers.insert("x-request-id", http::HeaderValue::from_static("has space"));
+    assert_ne!(found.request_id(&headers), "has space");
+
+    let custom = load(
+        "version: 1\nservice: s\ndefaults: { request_id: X-Trace }\nrules:\n  - { operation: a, method: POST, path: /a }\n",
+    );
+    let r = req("POST", "/a")
+        .header("x-trace", "t-1")
+        .record(&custom)
+        .unwrap();
+    assert_eq!(r.request.id, "t-1");
+}
+
+#[test]
+fn resources_expand_arrays() {
+    let set = load(MEDIA);
+    let r = req("POST", "/v1/files/addTags")
+        .body(r#"{"fileIds": ["a", "b", 7], "paths": ["/x/a", "/x/b"]}"#)
+        .record(&set)
+        .unwrap();
+    let got: Vec<(Option<&str>, Option<&str>)> = r
+        .resources
+        .iter()
+        .map(|r| (r.id.as_deref(), r.path.as_deref()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (Some("a"), Some("/x/a")),
+            (Some("b"), Some("/x/b")),
+            (Some("7"), None)
+        ]
+    );
+    let r = req("POST", "/v1/files/addTags")
+        .body(r#"{"fileIds": []}"#)
+        .record(&set)
+        .unwrap();
+    assert!(r.resources.is_empty());
+}
+
+#[test]
+fn response_sources_and_missing_values() {
+    let set = load(MEDIA);
+    let r = req("POST", "/v1/files")
+        .status(Some(201))
+        .response(r#"{"fileId": "f_9"}"#)
+        .record(&set)
+        .unwrap();
+    assert_eq!(r.resources[0].id.as_deref(), Some("f_9"));
+    // No response body: the resource is left out, not invented.
+    let r = req("POST", "/v1/files")
+        .status(Some(500))
+        .record(&set)
+        .unwrap();
+    assert!(r.resources.is_empty());
+    assert_eq!(r.outcome, Outcome::Failure);
+    // A missing body leaves out details and the description, never half-filled.
+    let r = req("PATCH", "/v1/files/abc/details").record(&set).unwrap();
+    assert!(r.details.is_empty(), "{:?}", r.details);
+    assert_eq!(r.description, None);
+    assert_eq!(r.resources[0].id.as_deref(), Some("abc"));
+    assert_eq!(r.resources[0].path, None);
+}
+
+#[test]
+fn outcomes() {
+    let set = load(MEDIA);
+    let base = || req("POST", "/v1/files");
+    assert_eq!(
+        base().status(Some(201)).record(&set).unwrap().outcome,
+        Outcome::Success
+    );
+    assert_eq!(
+        base().status(Some(403)).record(&set).unwrap().outcome,
+        Outcome::Failure
+    );
+    assert_eq!(
+        base().status(None).record(&set).unwrap().outcome,
+        Outcome::Aborted
+    );
+    let r = base()
+        .status(Some(502))
+        .record_with(&set, |c| c.outcome = Some(Outcome::Error))
+        .unwrap();
+    assert_eq!((r.outcome, r.response.status), (Outcome::Error, Some(502)));
+}
+
+#[test]
+fn client_ip_modes() {
+    let v4 = "198.51.100.23".parse().unwrap();
+    let v6 = "2001:db8:aaaa:bbbb:cccc::1".parse().unwrap();
+    assert_eq!(
+        ClientIpMode::Full.render(v4).as_deref(),
+        Some("198.51.100.23")
+    );
+    assert_eq!(
+        ClientIpMode::Anonymized.render(v4).as_deref(),
+        Some("198.51.100.0")
+    );
+    assert_eq!(
+        ClientIpMode::Anonymized.render(v6).as_deref(),
+        Some("2001:db8:aaaa::")
+    );
+    assert_eq!(ClientIpMode::None.render(v6), None);
+}
+
+#[test]
+fn match_tells_the_capturing_side_what_to_collect() {
+    let set = load(
+        r#"version: 1
+service: s
+rules:
+  - { operation: a, method: POST, path: /a, details: { n: "{body/n}" } }
+  - { operation: b, method: POST, path: /b, resources: [{ type: t, id: "{response/id}" }] }
+  - { operation: c, method: POST, path: /c, on_queue_failure: closed }
+  - { operation: d, method: POST, path: /d, when: { body: /x } }
+"#,
+    );
+    let m = |p| set.matches(&http::Method::POST, p).unwrap();
+    assert!(m("/a").needs_request_body() && !m("/a").needs_response_body());
+    assert!(!m("/b").needs_request_body() && m("/b").needs_response_body());
+    assert!(m("/d").needs_request_body());
+    assert_eq!(m("/a").on_queue_failure(), OnQueueFailure::Open);
+    assert_eq!(m("/c").on_queue_failure(), OnQueueFailure::Closed);
+    assert_eq!(m("/c").operation(), "c");
+}
+
+proptest! {
+    #[test]
+    fn matching_any_input_never_panics(
+        method in prop::sample::select(vec!["GET", "POST", "PUT", "PATCH", "DELETE", "PURGE"]),
+        path in ".{0,80}",
+        body in proptest::collection::vec(any::<u8>(), 0..40),
+    ) {
+        let set = load(MEDIA);
+        let method = http::Method::from_bytes(method.as_bytes()).unwrap();
+        if let Some(found) = set.matches(&method, &path) {
+            let uri = http::Uri::from_static("/");
+            let headers = http::HeaderMap::new();
+            let mut call = Call::new(&method, &uri, &headers);
+            call.request_body = Some(&body);
+            let _ = found.record(&call);
+        }
+    }
+}

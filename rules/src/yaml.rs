@@ -37,7 +37,10 @@ impl Pos {
 #[derive(Debug, Clone)]
 pub(crate) enum Kind {
     /// `plain` is false for quoted and block scalars: `"1"` is a string, `1` may be a number.
-    Scalar { value: String, plain: bool },
+    Scalar {
+        value: String,
+        plain: bool,
+    },
     Seq(Vec<Node>),
     Map(Vec<(Node, Node)>),
 }
@@ -92,8 +95,9 @@ pub(crate) fn parse(text: &str) -> Result<Option<Node>, SyntaxError> {
     if let Some(pos) = builder.second_document {
         return Err(SyntaxError {
             pos,
-            message: "a rule file holds one YAML document; split the others into files of their own"
-                .to_owned(),
+            message:
+                "a rule file holds one YAML document; split the others into files of their own"
+                    .to_owned(),
         });
     }
     Ok(builder.documents.into_iter().next())
@@ -168,8 +172,10 @@ impl MarkedEventReceiver for Builder {
                     ),
                     Some(Open::Map(entries, _, pos, anchor)) => (
                         Node {
+                            // The parser marks a block mapping's start after its first key;
+                            // the first key is where a reader sees the mapping begin.
+                            pos: entries.first().map_or(pos, |(k, _)| k.pos),
                             kind: Kind::Map(entries),
-                            pos,
                             value_offset: 0,
                         },
                         anchor,
