@@ -1,0 +1,234 @@
+//! `auditgate rules check` and `auditgate rules test` as a user runs them: the real binary,
+//! real files, exit codes and the exact text printed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn auditgate(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_auditgate"))
+        .args(args)
+        .output()
+        .expect("run auditgate")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn write(dir: &Path, name: &str, contents: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, contents).expect("write file");
+    path
+}
+
+const RULES: &str = r#"version: 1
+service: media-library
+defaults:
+  actor: ["{jwt/sub}", "{header.X-User-Id}"]
+rules:
+  - id: file-rename
+    operation: asset.rename
+    method: PATCH
+    path: /v1/files/{fileId}/details
+    resources:
+      - { type: file, id: "{path.fileId}", path: "{body/filePath}" }
+    details: { new_name: "{body/name}" }
+    description: "Renamed file {path.fileId} to {body/name}"
+  - operation: tag.add
+    method: POST
+    path: /v1/files/addTags
+    resources: [{ type: file, id: "{body/fileIds}" }]
+  - operation: secret.update
+    method: PUT
+    path: /api/repos/{*repo}/secrets/{key}
+    details: { value: "{body/value | hmac}" }
+    on_queue_failure: closed
+"#;
+
+#[test]
+fn check_accepts_a_valid_file_with_a_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write(dir.path(), "rules.yaml", RULES);
+    let out = auditgate(&["rules", "check", rules.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "ok: 1 rule file, 3 rules, 3 operations\n"
+    );
+}
+
+#[test]
+fn check_reports_every_problem_with_its_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = write(
+        dir.path(),
+        "bad.yaml",
+        "version: 1\nservice: s\nrules:\n  - operation: a.b\n    methd: POST\n    path: /x/{id}\n  - operation: c.d\n    method: DELET\n    path: /y\n    resources: [{ type: t, id: \"{path.id}\" }]\n",
+    );
+    let out = auditgate(&["rules", "check", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let f = bad.display();
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "{f}:5:5: unknown key \"methd\" in a rule (did you mean \"method\"?)\n\
+             {f}:8:13: unknown method \"DELET\" (did you mean \"DELETE\"?): use one of GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, CONNECT, TRACE\n\
+             {f}:10:34: unknown path parameter \"id\": the rule's path has no parameters\n\
+             3 problems found\n"
+        )
+    );
+    assert_eq!(text(&out.stdout), "");
+}
+
+#[test]
+fn check_reads_several_paths_and_directories_as_one_set() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "a.yaml",
+        "version: 1\nservice: a\nrules:\n  - { operation: x, method: POST, path: /x }\n",
+    );
+    write(
+        dir.path(),
+        "b.yaml",
+        "version: 1\nservice: b\nrules:\n  - { operation: x, method: POST, path: /x }\n",
+    );
+    let out = auditgate(&["rules", "check", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("b.yaml:4:7: rule \"x#2\" can never match: rule \"x\" at"),
+        "{}",
+        text(&out.stderr)
+    );
+    let missing = dir.path().join("nope.yaml");
+    let out = auditgate(&["rules", "check", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).starts_with(&format!("{}: No such file", missing.display())));
+}
+
+#[test]
+fn the_example_rule_sets_are_valid() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/rules");
+    let out = auditgate(&["rules", "check", examples.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).starts_with("ok: 2 rule files, "));
+}
+
+#[test]
+fn test_prints_the_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write(dir.path(), "rules.yaml", RULES);
+    let key = write(dir.path(), "hmac.key", "k3y\n");
+    let out = auditgate(&[
+        "rules",
+        "test",
+        rules.to_str().unwrap(),
+        "--method",
+        "PATCH",
+        "--path",
+        "/v1//files/abc/details/",
+        "--header",
+        "X-User-Id: u_9",
+        "--header",
+        "X-Request-Id: req-7",
+        "--body",
+        r#"{"name": "tree.png", "filePath": "/forest/tree.png"}"#,
+        "--status",
+        "403",
+        "--hmac-key-file",
+        key.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let record: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(record["operation"], "asset.rename");
+    assert_eq!(record["rule"], "file-rename");
+    assert_eq!(record["service"], "media-library");
+    assert_eq!(record["description"], "Renamed file abc to tree.png");
+    assert_eq!(record["actor"]["id"], "u_9");
+    assert_eq!(record["actor"]["source"], "header.X-User-Id");
+    assert_eq!(record["request"]["id"], "req-7");
+    assert_eq!(record["request"]["path"], "/v1/files/abc/details");
+    assert_eq!(record["request"]["route"], "/v1/files/{fileId}/details");
+    assert_eq!(
+        record["resources"],
+        serde_json::json!([{ "type": "file", "id": "abc", "path": "/forest/tree.png" }])
+    );
+    assert_eq!(record["details"]["new_name"], "tree.png");
+    assert_eq!(record["response"]["status"], 403);
+    assert_eq!(record["outcome"], "failure");
+}
+
+#[test]
+fn test_hashes_secrets_with_the_key_and_refuses_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write(dir.path(), "rules.yaml", RULES);
+    let args = [
+        "rules",
+        "test",
+        rules.to_str().unwrap(),
+        "--method",
+        "PUT",
+        "--path",
+        "/api/repos/acme/site/secrets/TOKEN",
+        "--body",
+        r#"{"value": "hunter2"}"#,
+    ];
+    let out = auditgate(&args);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("uses `| hmac` but no HMAC key was given"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!text(&out.stdout).contains("hunter2"));
+
+    // HMAC-SHA256("key", "hunter2"), computed independently:
+    //   printf hunter2 | openssl dgst -sha256 -hmac key
+    let key = write(dir.path(), "hmac.key", "key");
+    let mut with_key = args.to_vec();
+    with_key.extend(["--hmac-key-file", key.to_str().unwrap()]);
+    let out = auditgate(&with_key);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let record: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        record["details"]["value"],
+        "05d210d8af05129cb4bc04565faa72f94362ebaf20427cdf098059b5429d95bf"
+    );
+    assert!(!text(&out.stdout).contains("hunter2"));
+}
+
+#[test]
+fn test_exits_2_when_no_rule_matches() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write(dir.path(), "rules.yaml", RULES);
+    let key = write(dir.path(), "hmac.key", "k");
+    let out = auditgate(&[
+        "rules",
+        "test",
+        rules.to_str().unwrap(),
+        "--method",
+        "GET",
+        "--path",
+        "/v1/files/abc/details",
+        "--hmac-key-file",
+        key.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(text(&out.stdout), "no rule matches\n");
+}
+
+#[test]
+fn help_is_everywhere() {
+    for args in [
+        &["--help"][..],
+        &["rules", "--help"],
+        &["rules", "check", "--help"],
+        &["rules", "test", "--help"],
+    ] {
+        let out = auditgate(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        assert!(text(&out.stdout).contains("Usage: auditgate"), "{args:?}");
+    }
+}
