@@ -8,15 +8,12 @@ use std::hint::black_box;
 use auditgate_rules::RuleSet;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
+/// Calls to look up: a method and a path.
+type Calls = Vec<(http::Method, String)>;
+
 /// Realistic shapes: per resource kind a collection create, an item update and delete, a
 /// sub-resource action and a nested path under an organisation.
-fn generate(
-    rules: usize,
-) -> (
-    String,
-    Vec<(http::Method, String)>,
-    Vec<(http::Method, String)>,
-) {
+fn generate(rules: usize) -> (String, Calls, Calls) {
     let mut yaml = String::from("version: 1\nservice: bench\nrules:\n");
     let mut hits = Vec::new();
     let kinds = rules.div_ceil(5);
