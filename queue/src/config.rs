@@ -1,0 +1,190 @@
+//! Queue settings: where Redis is, where the spool lives, how big the buffer is.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The stream records go to unless configured otherwise.
+pub const DEFAULT_STREAM: &str = "auditgate:records";
+/// The consumer group writers share.
+pub const DEFAULT_GROUP: &str = "auditgate-writers";
+
+/// The `redis:` block of the proxy and writer configs.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]`. Required.
+    pub url: String,
+    /// The stream key. Default `auditgate:records`.
+    #[serde(default = "default_stream")]
+    pub stream: String,
+    /// Spread records over `N` hash-tagged keys `STREAM:{0}` … `STREAM:{N-1}` (for Redis
+    /// Cluster). Default 1: the single key `STREAM`. Producers and writers must agree.
+    #[serde(default = "one")]
+    pub shards: u32,
+    /// The consumer group; used by writers only. Default `auditgate-writers`.
+    #[serde(default = "default_group")]
+    pub group: String,
+}
+
+/// The `spool:` block: where records wait while Redis is unreachable.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// The spool directory, one per producer process. Default `./spool`.
+    #[serde(default = "default_spool_dir")]
+    pub dir: PathBuf,
+    /// The most the spool may hold on disk; records beyond it are dropped (and counted) or,
+    /// for `on_queue_failure: closed` rules, refused. Default 1 GiB.
+    #[serde(default = "default_spool_bytes")]
+    pub max_bytes: u64,
+}
+
+/// Everything [`RedisQueue`](crate::RedisQueue) needs.
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    /// Where to send records.
+    pub redis: RedisConfig,
+    /// Where records wait while Redis is away; `None` keeps them only in memory (and drops
+    /// what does not fit in the buffer).
+    pub spool: Option<SpoolConfig>,
+    /// Records the in-memory buffer holds before overflowing to the spool. Default 10 000.
+    pub buffer: usize,
+    /// Records per pipelined `XADD` batch at most. Default 256.
+    pub batch: usize,
+    /// `origin.kind` of the records this queue sends: `proxy`, `layer`, ... Default `layer`.
+    pub origin_kind: String,
+    /// `origin.instance`; default `HOSTNAME/XXXX` with four random hex digits.
+    pub instance: Option<String>,
+    /// How long a pipelined batch may take before the connection is given up. Default 5 s.
+    pub response_timeout: Duration,
+    /// How long `shutdown()` may spend replaying the spool before leaving the rest on disk
+    /// for the next run. Default 10 s.
+    pub shutdown_timeout: Duration,
+}
+
+impl RedisConfig {
+    /// The given URL with the default stream, one shard and the default group.
+    pub fn new(url: impl Into<String>) -> RedisConfig {
+        RedisConfig {
+            url: url.into(),
+            stream: default_stream(),
+            shards: 1,
+            group: default_group(),
+        }
+    }
+
+    /// The stream keys records are spread over.
+    pub fn keys(&self) -> Vec<String> {
+        if self.shards <= 1 {
+            vec![self.stream.clone()]
+        } else {
+            (0..self.shards)
+                .map(|i| format!("{}:{{{i}}}", self.stream))
+                .collect()
+        }
+    }
+
+    /// Where records that cannot be parsed go: `STREAM:dead`.
+    pub fn dead_letter_key(&self) -> String {
+        format!("{}:dead", self.stream)
+    }
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            dir: default_spool_dir(),
+            max_bytes: default_spool_bytes(),
+        }
+    }
+}
+
+impl QueueConfig {
+    /// Defaults for everything but the URL; the spool in `./spool`.
+    pub fn new(url: impl Into<String>) -> QueueConfig {
+        QueueConfig {
+            redis: RedisConfig::new(url),
+            spool: Some(SpoolConfig::default()),
+            buffer: 10_000,
+            batch: 256,
+            origin_kind: "layer".to_owned(),
+            instance: None,
+            response_timeout: Duration::from_secs(5),
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Sets the stream key.
+    pub fn stream(mut self, stream: impl Into<String>) -> Self {
+        self.redis.stream = stream.into();
+        self
+    }
+
+    /// Spreads records over `shards` keys.
+    pub fn shards(mut self, shards: u32) -> Self {
+        self.redis.shards = shards;
+        self
+    }
+
+    /// Puts the spool in `dir`, bounded by `max_bytes`.
+    pub fn spool(mut self, dir: impl Into<PathBuf>, max_bytes: u64) -> Self {
+        self.spool = Some(SpoolConfig {
+            dir: dir.into(),
+            max_bytes,
+        });
+        self
+    }
+
+    /// Runs without a spool: records that do not fit the buffer while Redis is away are lost
+    /// (and counted).
+    pub fn without_spool(mut self) -> Self {
+        self.spool = None;
+        self
+    }
+
+    /// Sets the buffer size in records.
+    pub fn buffer(mut self, records: usize) -> Self {
+        self.buffer = records;
+        self
+    }
+
+    /// Sets the largest pipelined batch.
+    pub fn batch(mut self, records: usize) -> Self {
+        self.batch = records;
+        self
+    }
+
+    /// Sets `origin.kind`.
+    pub fn origin_kind(mut self, kind: impl Into<String>) -> Self {
+        self.origin_kind = kind.into();
+        self
+    }
+
+    /// Sets `origin.instance`.
+    pub fn instance(mut self, instance: impl Into<String>) -> Self {
+        self.instance = Some(instance.into());
+        self
+    }
+}
+
+fn default_stream() -> String {
+    DEFAULT_STREAM.to_owned()
+}
+
+fn default_group() -> String {
+    DEFAULT_GROUP.to_owned()
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn default_spool_dir() -> PathBuf {
+    PathBuf::from("./spool")
+}
+
+fn default_spool_bytes() -> u64 {
+    1 << 30
+}

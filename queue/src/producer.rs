@@ -1,0 +1,608 @@
+//! [`RedisQueue`]: the producer side. Requests hand records to a bounded buffer; one flusher
+//! task sends them to Redis in pipelined `XADD` batches, spools them while Redis is away and
+//! replays the spool, in order, when it is back.
+//!
+//! # Where a record can be
+//!
+//! ```text
+//! enqueue ─► buffer (bounded channel) ─► flusher ─► XADD pipeline ─► Redis
+//!    │ buffer full                           │ Redis down / spool not empty
+//!    ▼                                       ▼
+//!  spool (disk) ◄────────────────────────────┘ ─► replayed oldest first once Redis is back
+//!    │ spool full or unwritable
+//!    ▼
+//!  dropped (counted in `auditgate_queue_dropped_total`, warned about at most every 10 s)
+//! ```
+//!
+//! While anything waits in the spool, new records are appended behind it rather than sent
+//! directly, so that the spool replays in the order records were produced. A record that
+//! overflows the buffer is spooled by the request thread itself; it can reach Redis before
+//! records still in the buffer, which the writer does not mind (records carry their own time
+//! and `origin.seq`).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use auditgate_rules::AuditRecord;
+use redis::AsyncConnectionConfig;
+use redis::aio::MultiplexedConnection;
+use tokio::sync::{mpsc, watch};
+
+use crate::config::QueueConfig;
+use crate::error::QueueError;
+use crate::metrics::{Counters, QueueStats};
+use crate::sink::{Accepted, Dropped, OriginStamp, RecordSink, default_instance};
+use crate::spool::{AppendError, SegmentRecords, Spool};
+
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// The size of a typical record, for asking whether the spool has room.
+const TYPICAL_RECORD: usize = 2048;
+
+/// The Redis Streams producer: cheap to clone, safe to share between threads.
+///
+/// ```no_run
+/// use auditgate_queue::{QueueConfig, RedisQueue, RecordSink};
+///
+/// # async fn run(record: auditgate_rules::AuditRecord) -> Result<(), auditgate_queue::QueueError> {
+/// let queue = RedisQueue::start(
+///     QueueConfig::new("redis://127.0.0.1:6379").spool("/var/lib/auditgate/spool", 1 << 30),
+/// )?;
+/// queue.enqueue(record).ok(); // never waits; a loss is counted in the metrics
+/// queue.shutdown().await;     // sends what is buffered, or leaves it in the spool
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct RedisQueue {
+    shared: Arc<Shared>,
+}
+
+/// The task that moves records from the buffer to Redis. [`RedisQueue::start`] spawns it on
+/// the current runtime; [`RedisQueue::new`] hands it to the caller (the proxy runs it as a
+/// pingora background service).
+#[derive(Debug)]
+pub struct Flusher {
+    shared: Arc<Shared>,
+    rx: mpsc::Receiver<AuditRecord>,
+    client: redis::Client,
+    keys: Vec<String>,
+    next_key: usize,
+    batch: usize,
+    response_timeout: Duration,
+    shutdown_timeout: Duration,
+    shutdown: watch::Receiver<bool>,
+    done: watch::Sender<bool>,
+    /// The spool segment being replayed and how many of its records Redis has confirmed.
+    replaying: Option<(SegmentRecords, usize)>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    tx: mpsc::Sender<AuditRecord>,
+    capacity: usize,
+    spool: Option<Mutex<Spool>>,
+    stamp: OriginStamp,
+    counters: Counters,
+    redis_up: AtomicBool,
+    stopping: AtomicBool,
+    shutdown: watch::Sender<bool>,
+    done: watch::Receiver<bool>,
+    /// When the last "records dropped" warning was logged (ms since `epoch`).
+    last_drop_warning: AtomicU64,
+    epoch: Instant,
+}
+
+enum Connection {
+    Up(MultiplexedConnection),
+    Down {
+        retry_at: Instant,
+        backoff: Duration,
+    },
+}
+
+impl RedisQueue {
+    /// Builds the queue and its flusher without starting anything. Opens (and locks) the spool
+    /// directory, so that a spool left by an earlier run is replayed by this one.
+    pub fn new(config: QueueConfig) -> Result<(RedisQueue, Flusher), QueueError> {
+        if config.buffer == 0 || config.batch == 0 {
+            return Err(QueueError::Config(
+                "buffer and batch must be at least 1".to_owned(),
+            ));
+        }
+        let client = redis::Client::open(config.redis.url.as_str()).map_err(|source| {
+            QueueError::InvalidUrl {
+                url: config.redis.url.clone(),
+                source,
+            }
+        })?;
+        let spool = match &config.spool {
+            Some(s) => Some(Mutex::new(Spool::open(&s.dir, s.max_bytes)?)),
+            None => None,
+        };
+        let (tx, rx) = mpsc::channel(config.buffer);
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let (done_tx, done_rx) = watch::channel(false);
+        let instance = config.instance.clone().unwrap_or_else(default_instance);
+        let shared = Arc::new(Shared {
+            tx,
+            capacity: config.buffer,
+            spool,
+            stamp: OriginStamp::new(config.origin_kind.clone(), instance),
+            counters: Counters::new(),
+            redis_up: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            shutdown: shutdown_tx,
+            done: done_rx,
+            last_drop_warning: AtomicU64::new(0),
+            epoch: Instant::now(),
+        });
+        if let Some(spool) = &shared.spool {
+            shared.counters.set_spool_bytes(lock(spool).bytes());
+        }
+        let flusher = Flusher {
+            shared: shared.clone(),
+            rx,
+            client,
+            keys: config.redis.keys(),
+            next_key: 0,
+            batch: config.batch,
+            response_timeout: config.response_timeout,
+            shutdown_timeout: config.shutdown_timeout,
+            shutdown: shutdown_rx,
+            done: done_tx,
+            replaying: None,
+        };
+        Ok((RedisQueue { shared }, flusher))
+    }
+
+    /// Builds the queue and spawns its flusher on the current tokio runtime.
+    pub fn start(config: QueueConfig) -> Result<RedisQueue, QueueError> {
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| QueueError::NoRuntime)?;
+        let (queue, flusher) = RedisQueue::new(config)?;
+        handle.spawn(flusher.run());
+        Ok(queue)
+    }
+
+    /// Stops the flusher after it has sent what is buffered (or spooled it, when Redis is
+    /// away) and replayed what it can of the spool within the shutdown timeout. Records
+    /// enqueued afterwards go straight to the spool.
+    pub async fn shutdown(&self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        self.shared.shutdown.send_replace(true);
+        let mut done = self.shared.done.clone();
+        // An error means the flusher is gone (never run, or its runtime stopped): nothing to
+        // wait for.
+        let _ = done.wait_for(|d| *d).await;
+    }
+
+    /// Counters and gauges, as the metrics report them.
+    pub fn stats(&self) -> QueueStats {
+        let mut stats = self.shared.counters.snapshot();
+        stats.buffer_depth = (self.shared.capacity - self.shared.tx.capacity()) as u64;
+        stats.redis_up = self.shared.redis_up.load(Ordering::Relaxed);
+        stats
+    }
+
+    /// This producer's `origin.instance`.
+    pub fn instance(&self) -> &str {
+        self.shared.stamp.instance()
+    }
+}
+
+impl RecordSink for RedisQueue {
+    fn enqueue(&self, mut record: AuditRecord) -> Result<Accepted, Dropped> {
+        let shared = &self.shared;
+        shared.stamp.stamp(&mut record);
+        shared.counters.enqueued.increment();
+        if !shared.stopping.load(Ordering::Relaxed) {
+            match shared.tx.try_send(record) {
+                Ok(()) => return Ok(Accepted::Buffered),
+                Err(mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r)) => {
+                    record = r
+                }
+            }
+        }
+        shared.spool_one(&record)
+    }
+
+    fn can_accept(&self) -> bool {
+        let shared = &self.shared;
+        let buffer_room = shared.tx.capacity() > 0 && !shared.stopping.load(Ordering::Relaxed);
+        if buffer_room && shared.redis_up.load(Ordering::Relaxed) {
+            return true;
+        }
+        shared
+            .spool
+            .as_ref()
+            .is_some_and(|s| lock(s).has_room_for(TYPICAL_RECORD))
+    }
+}
+
+impl Shared {
+    /// Writes one record to the spool from the caller's thread (the buffer was full).
+    fn spool_one(&self, record: &AuditRecord) -> Result<Accepted, Dropped> {
+        let Some(spool) = &self.spool else {
+            self.dropped(1, "the buffer is full and no spool is configured");
+            return Err(Dropped);
+        };
+        let payload = match serde_json::to_vec(record) {
+            Ok(p) => p,
+            Err(_) => {
+                self.dropped(1, "the record did not serialise");
+                return Err(Dropped);
+            }
+        };
+        let mut spool = lock(spool);
+        match spool.append(&payload) {
+            Ok(()) => {
+                self.counters.spooled.increment();
+                self.counters.set_spool_bytes(spool.bytes());
+                Ok(Accepted::Spooled)
+            }
+            Err(e) => {
+                drop(spool);
+                self.dropped(1, &e.to_string());
+                Err(Dropped)
+            }
+        }
+    }
+
+    /// Counts lost records and warns, at most once every 10 s, so that loss is never silent
+    /// and never floods the log.
+    fn dropped(&self, n: u64, why: &str) {
+        self.counters.dropped.add(n);
+        let now = self.epoch.elapsed().as_millis() as u64 + 10_000;
+        let last = self.last_drop_warning.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= 10_000
+            && self
+                .last_drop_warning
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                dropped_total = self.counters.dropped.get(),
+                "audit records dropped: {why}"
+            );
+        }
+    }
+}
+
+impl Flusher {
+    /// Runs until [`RedisQueue::shutdown`]: sends, spools, reconnects, replays.
+    pub async fn run(mut self) {
+        let mut conn = Connection::Down {
+            retry_at: Instant::now(),
+            backoff: MIN_BACKOFF,
+        };
+        let mut batch = Vec::with_capacity(self.batch);
+        loop {
+            let stopping = *self.shutdown.borrow();
+            self.connect_if_due(&mut conn).await;
+            self.sync_spool();
+
+            if stopping {
+                break;
+            }
+            if self.spool_pending()
+                && let Connection::Up(c) = &mut conn
+            {
+                // Keep order: what waits in the buffer goes behind the spooled records.
+                self.buffer_to_spool(&mut batch);
+                if let Err(e) = self.replay_batch(c).await {
+                    self.lost_connection(&mut conn, &e);
+                }
+                continue;
+            }
+
+            // Wait for records, unless there is nowhere to put them (Redis down, spool full):
+            // then leave them in the buffer, which overflows into drops at enqueue.
+            let can_take = matches!(conn, Connection::Up(_)) || self.spool_has_room();
+            let retry_at = match conn {
+                Connection::Down { retry_at, .. } => Some(retry_at),
+                Connection::Up(_) => None,
+            };
+            tokio::select! {
+                n = self.rx.recv_many(&mut batch, self.batch), if can_take => {
+                    if n == 0 {
+                        // Every sender is gone; nothing more can arrive.
+                        break;
+                    }
+                }
+                _ = self.shutdown.changed() => {}
+                _ = sleep_until(retry_at) => {}
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            self.shared.counters.set_buffer_depth(self.rx.len());
+            match &mut conn {
+                Connection::Up(c) if !self.spool_pending() => {
+                    let payloads = self.serialise(&mut batch);
+                    if let Err(e) = self.send(c, &payloads).await {
+                        self.lost_connection(&mut conn, &e);
+                        self.spool_payloads(payloads);
+                    } else {
+                        self.shared.counters.sent.add(payloads.len() as u64);
+                    }
+                }
+                _ => {
+                    let payloads = self.serialise(&mut batch);
+                    self.spool_payloads(payloads);
+                }
+            }
+        }
+        self.drain(conn).await;
+        self.done.send_replace(true);
+    }
+
+    /// Shutdown: everything still buffered goes to Redis or the spool; then the spool is
+    /// replayed for as long as Redis answers and the shutdown timeout allows.
+    async fn drain(&mut self, mut conn: Connection) {
+        self.rx.close();
+        let deadline = Instant::now() + self.shutdown_timeout;
+        let mut batch = Vec::with_capacity(self.batch);
+        loop {
+            batch.clear();
+            if self.rx.recv_many(&mut batch, self.batch).await == 0 {
+                break;
+            }
+            let payloads = self.serialise(&mut batch);
+            match &mut conn {
+                Connection::Up(c) if !self.spool_pending() => {
+                    if let Err(e) = self.send(c, &payloads).await {
+                        self.lost_connection(&mut conn, &e);
+                        self.spool_payloads(payloads);
+                    } else {
+                        self.shared.counters.sent.add(payloads.len() as u64);
+                    }
+                }
+                _ => self.spool_payloads(payloads),
+            }
+        }
+        while self.spool_pending() && Instant::now() < deadline {
+            let Connection::Up(c) = &mut conn else { break };
+            if let Err(e) = self.replay_batch(c).await {
+                self.lost_connection(&mut conn, &e);
+            }
+        }
+        self.sync_spool();
+        if let Some(spool) = &self.shared.spool {
+            let spool = lock(spool);
+            if !spool.is_empty() {
+                tracing::info!(
+                    dir = %spool.dir().display(),
+                    bytes = spool.bytes(),
+                    "audit records left in the spool; the next start replays them"
+                );
+            }
+        }
+    }
+
+    async fn connect_if_due(&mut self, conn: &mut Connection) {
+        let Connection::Down { retry_at, backoff } = *conn else {
+            return;
+        };
+        if Instant::now() < retry_at {
+            return;
+        }
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(self.response_timeout));
+        match self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+        {
+            Ok(c) => {
+                if backoff > MIN_BACKOFF {
+                    tracing::info!("redis is reachable again");
+                }
+                *conn = Connection::Up(c);
+                self.shared.redis_up.store(true, Ordering::Relaxed);
+                self.shared.counters.set_redis_up(true);
+            }
+            Err(e) => {
+                if backoff == MIN_BACKOFF {
+                    tracing::warn!(error = %e, "redis unreachable; spooling audit records");
+                }
+                *conn = Connection::Down {
+                    retry_at: Instant::now() + backoff,
+                    backoff: (backoff * 2).min(MAX_BACKOFF),
+                };
+            }
+        }
+    }
+
+    fn lost_connection(&self, conn: &mut Connection, error: &redis::RedisError) {
+        tracing::warn!(error = %error, "redis write failed; spooling audit records");
+        self.shared.redis_up.store(false, Ordering::Relaxed);
+        self.shared.counters.set_redis_up(false);
+        *conn = Connection::Down {
+            retry_at: Instant::now() + MIN_BACKOFF,
+            backoff: MIN_BACKOFF * 2,
+        };
+    }
+
+    /// One pipelined batch of `XADD KEY * record JSON`, spread over the shard keys.
+    async fn send(
+        &mut self,
+        conn: &mut MultiplexedConnection,
+        payloads: &[Vec<u8>],
+    ) -> redis::RedisResult<()> {
+        let started = Instant::now();
+        let mut pipe = redis::pipe();
+        for payload in payloads {
+            let key = &self.keys[self.next_key];
+            self.next_key = (self.next_key + 1) % self.keys.len();
+            pipe.cmd("XADD")
+                .arg(key)
+                .arg("*")
+                .arg("record")
+                .arg(payload.as_slice())
+                .ignore();
+        }
+        let result = pipe.query_async::<()>(conn).await;
+        self.shared.counters.batch_seconds(started.elapsed());
+        result
+    }
+
+    /// Replays the next batch of the oldest spool segment; deletes the segment once all of
+    /// it is confirmed.
+    async fn replay_batch(&mut self, conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
+        if self.replaying.is_none() {
+            let Some(spool) = &self.shared.spool else {
+                return Ok(());
+            };
+            let oldest = lock(spool).oldest();
+            let segment = match oldest {
+                Ok(Some(s)) => s,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    // Nothing to send until the file system recovers; do not spin.
+                    tracing::error!(error = %e, "cannot read the spool");
+                    tokio::time::sleep(MAX_BACKOFF).await;
+                    return Ok(());
+                }
+            };
+            if segment.corrupt_bytes > 0 {
+                tracing::warn!(
+                    segment = segment.number,
+                    bytes = segment.corrupt_bytes,
+                    "spool segment ends in a torn or damaged entry; skipped it"
+                );
+                self.shared
+                    .counters
+                    .spool_corrupt_bytes
+                    .add(segment.corrupt_bytes);
+            }
+            self.replaying = Some((segment, 0));
+        }
+        let Some((segment, done)) = self.replaying.take() else {
+            return Ok(());
+        };
+        let end = (done + self.batch).min(segment.records.len());
+        let chunk: Vec<Vec<u8>> = segment.records[done..end].to_vec();
+        if let Err(e) = self.send(conn, &chunk).await {
+            self.replaying = Some((segment, done));
+            return Err(e);
+        }
+        self.shared.counters.replayed.add(chunk.len() as u64);
+        if end < segment.records.len() {
+            self.replaying = Some((segment, end));
+            return Ok(());
+        }
+        if let Some(spool) = &self.shared.spool {
+            let mut spool = lock(spool);
+            if let Err(e) = spool.remove(segment.number) {
+                tracing::error!(error = %e, "cannot delete a replayed spool segment");
+            }
+            self.shared.counters.set_spool_bytes(spool.bytes());
+        }
+        Ok(())
+    }
+
+    fn serialise(&self, batch: &mut Vec<AuditRecord>) -> Vec<Vec<u8>> {
+        let mut payloads = Vec::with_capacity(batch.len());
+        for record in batch.drain(..) {
+            match serde_json::to_vec(&record) {
+                Ok(p) => payloads.push(p),
+                Err(_) => self.shared.dropped(1, "a record did not serialise"),
+            }
+        }
+        payloads
+    }
+
+    /// Moves what the buffer holds into the spool, as far as the spool has room.
+    fn buffer_to_spool(&mut self, batch: &mut Vec<AuditRecord>) {
+        while self.spool_has_room() {
+            batch.clear();
+            for _ in 0..self.batch {
+                match self.rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
+                }
+            }
+            if batch.is_empty() {
+                break;
+            }
+            let payloads = self.serialise(batch);
+            self.spool_payloads(payloads);
+        }
+        self.shared.counters.set_buffer_depth(self.rx.len());
+    }
+
+    fn spool_payloads(&self, payloads: Vec<Vec<u8>>) {
+        let Some(spool) = &self.shared.spool else {
+            self.shared.dropped(
+                payloads.len() as u64,
+                "redis is unreachable and no spool is configured",
+            );
+            return;
+        };
+        let mut spool = lock(spool);
+        let mut failed = 0;
+        let mut reason = String::new();
+        for payload in &payloads {
+            match spool.append(payload) {
+                Ok(()) => self.shared.counters.spooled.increment(),
+                Err(e) => {
+                    failed += 1;
+                    if reason.is_empty() {
+                        reason = match e {
+                            AppendError::Full { .. } => format!("redis is unreachable and the {e}"),
+                            AppendError::Io(_) => e.to_string(),
+                        };
+                    }
+                }
+            }
+        }
+        if let Err(e) = spool.sync() {
+            tracing::warn!(error = %e, "spool fsync failed");
+        }
+        self.shared.counters.set_spool_bytes(spool.bytes());
+        drop(spool);
+        if failed > 0 {
+            self.shared.dropped(failed, &reason);
+        }
+    }
+
+    fn sync_spool(&self) {
+        if let Some(spool) = &self.shared.spool
+            && let Err(e) = lock(spool).sync()
+        {
+            tracing::warn!(error = %e, "spool fsync failed");
+        }
+    }
+
+    fn spool_pending(&self) -> bool {
+        self.replaying.is_some()
+            || self
+                .shared
+                .spool
+                .as_ref()
+                .is_some_and(|s| !lock(s).is_empty())
+    }
+
+    fn spool_has_room(&self) -> bool {
+        self.shared
+            .spool
+            .as_ref()
+            .is_some_and(|s| lock(s).has_room_for(TYPICAL_RECORD))
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Locks the spool. A thread that panicked while holding the lock cannot have left the spool
+/// in a state worse than a crash would, which the format is built to survive.
+fn lock(spool: &Mutex<Spool>) -> MutexGuard<'_, Spool> {
+    spool
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

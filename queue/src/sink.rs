@@ -1,0 +1,179 @@
+//! What the proxy and the layer hand records to.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use auditgate_rules::{AuditRecord, Origin};
+
+/// Where a record went when it was accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    /// Into the in-memory buffer; the flusher sends it to Redis (or spools it) shortly.
+    Buffered,
+    /// Onto the disk spool: durable, replayed to Redis when it can be.
+    Spooled,
+}
+
+/// A record the sink could not take: the buffer and the spool are both full, or unwritable.
+/// The sink has counted it as dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("audit record dropped: the queue's buffer and spool are full or unwritable")]
+pub struct Dropped;
+
+/// Takes finished audit records without ever waiting on the network.
+///
+/// Both calls return at once: they are made on the request path. `enqueue` stamps the
+/// record's `origin` (with a sequence number that counts up per producer) and hands it over.
+pub trait RecordSink: Send + Sync + 'static {
+    /// Hands a record over. `Err(Dropped)` when it could be neither buffered nor spooled; the
+    /// sink has counted the loss.
+    fn enqueue(&self, record: AuditRecord) -> Result<Accepted, Dropped>;
+
+    /// Whether a record enqueued now would be kept durably: Redis is reachable and the buffer
+    /// has room, or the spool has room. A rule with `on_queue_failure: closed` refuses the
+    /// request when this is false.
+    fn can_accept(&self) -> bool;
+}
+
+impl<T: RecordSink> RecordSink for Arc<T> {
+    fn enqueue(&self, record: AuditRecord) -> Result<Accepted, Dropped> {
+        (**self).enqueue(record)
+    }
+
+    fn can_accept(&self) -> bool {
+        (**self).can_accept()
+    }
+}
+
+/// Stamps `origin` on records: one instance name, a sequence counting up from 1.
+#[derive(Debug)]
+pub(crate) struct OriginStamp {
+    kind: String,
+    instance: String,
+    seq: AtomicU64,
+}
+
+impl OriginStamp {
+    pub(crate) fn new(kind: String, instance: String) -> OriginStamp {
+        OriginStamp {
+            kind,
+            instance,
+            seq: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    pub(crate) fn stamp(&self, record: &mut AuditRecord) {
+        record.origin = Some(Origin {
+            kind: self.kind.clone(),
+            instance: self.instance.clone(),
+            seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
+        });
+    }
+}
+
+/// A name for this process: `HOSTNAME/XXXX`, four random hex digits telling apart processes on
+/// one host (pids are reused; these are not, in practice).
+pub(crate) fn default_instance() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".to_owned());
+    // The random bits of a UUIDv7.
+    let bytes = uuid::Uuid::now_v7().into_bytes();
+    format!("{host}/{:02x}{:02x}", bytes[14], bytes[15])
+}
+
+/// A sink that keeps records in memory: for tests of the code that produces them.
+///
+/// ```
+/// use auditgate_queue::{MemorySink, RecordSink};
+///
+/// let sink = MemorySink::new();
+/// assert!(sink.can_accept());
+/// sink.set_accepting(false);
+/// assert!(!sink.can_accept());
+/// assert!(sink.records().is_empty());
+/// ```
+#[derive(Debug, Clone)]
+pub struct MemorySink {
+    inner: Arc<MemoryInner>,
+}
+
+#[derive(Debug)]
+struct MemoryInner {
+    records: Mutex<Vec<AuditRecord>>,
+    accepting: AtomicBool,
+    dropped: AtomicU64,
+    stamp: OriginStamp,
+}
+
+impl MemorySink {
+    /// An empty sink that accepts everything.
+    pub fn new() -> MemorySink {
+        MemorySink {
+            inner: Arc::new(MemoryInner {
+                records: Mutex::new(Vec::new()),
+                accepting: AtomicBool::new(true),
+                dropped: AtomicU64::new(0),
+                stamp: OriginStamp::new("memory".to_owned(), "memory".to_owned()),
+            }),
+        }
+    }
+
+    /// Makes the sink refuse (as a queue whose Redis and spool are both unavailable does) or
+    /// accept again.
+    pub fn set_accepting(&self, accepting: bool) {
+        self.inner.accepting.store(accepting, Ordering::SeqCst);
+    }
+
+    /// The records taken so far, in order.
+    pub fn records(&self) -> Vec<AuditRecord> {
+        self.lock().clone()
+    }
+
+    /// Removes and returns the records taken so far.
+    pub fn take(&self) -> Vec<AuditRecord> {
+        std::mem::take(&mut *self.lock())
+    }
+
+    /// Records refused while not accepting.
+    pub fn dropped(&self) -> u64 {
+        self.inner.dropped.load(Ordering::SeqCst)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<AuditRecord>> {
+        // A panic elsewhere while holding the lock leaves a valid Vec: keep using it.
+        self.inner
+            .records
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Default for MemorySink {
+    fn default() -> Self {
+        MemorySink::new()
+    }
+}
+
+impl RecordSink for MemorySink {
+    fn enqueue(&self, mut record: AuditRecord) -> Result<Accepted, Dropped> {
+        self.inner.stamp.stamp(&mut record);
+        if !self.can_accept() {
+            self.inner.dropped.fetch_add(1, Ordering::SeqCst);
+            return Err(Dropped);
+        }
+        self.lock().push(record);
+        Ok(Accepted::Buffered)
+    }
+
+    fn can_accept(&self) -> bool {
+        self.inner.accepting.load(Ordering::SeqCst)
+    }
+}
