@@ -168,10 +168,10 @@ fn test(
     let body = req.body.as_deref().map(read_arg).transpose()?;
     let response = req.response.as_deref().map(read_arg).transpose()?;
     for (flag, text) in [("--body", &body), ("--response", &response)] {
-        if let Some(text) = text {
-            if serde_json::from_slice::<serde_json::Value>(text).is_err() {
-                eprintln!("warning: {flag} is not JSON, so templates cannot read from it");
-            }
+        if let Some(text) = text
+            && serde_json::from_slice::<serde_json::Value>(text).is_err()
+        {
+            eprintln!("warning: {flag} is not JSON, so templates cannot read from it");
         }
     }
 

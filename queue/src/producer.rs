@@ -75,6 +75,9 @@ pub struct Flusher {
     done: watch::Sender<bool>,
     /// The spool segment being replayed and how many of its records Redis has confirmed.
     replaying: Option<(SegmentRecords, usize)>,
+    /// Serialised records taken from the buffer and not yet sent or spooled: at most one
+    /// batch, kept while Redis is away and the spool is full.
+    held: Vec<Vec<u8>>,
 }
 
 #[derive(Debug)]
@@ -99,6 +102,15 @@ enum Connection {
         retry_at: Instant,
         backoff: Duration,
     },
+}
+
+impl Connection {
+    fn retry_at(&self) -> Option<Instant> {
+        match self {
+            Connection::Up(_) => None,
+            Connection::Down { retry_at, .. } => Some(*retry_at),
+        }
+    }
 }
 
 impl RedisQueue {
@@ -152,6 +164,7 @@ impl RedisQueue {
             shutdown: shutdown_rx,
             done: done_tx,
             replaying: None,
+            held: Vec::new(),
         };
         Ok((RedisQueue { shared }, flusher))
     }
@@ -277,31 +290,54 @@ impl Flusher {
         };
         let mut batch = Vec::with_capacity(self.batch);
         loop {
-            let stopping = *self.shutdown.borrow();
+            if *self.shutdown.borrow() {
+                break;
+            }
             self.connect_if_due(&mut conn).await;
             self.sync_spool();
 
-            if stopping {
-                break;
-            }
             if self.spool_pending()
                 && let Connection::Up(c) = &mut conn
             {
-                // Keep order: what waits in the buffer goes behind the spooled records.
-                self.buffer_to_spool(&mut batch);
+                // Keep order: what is held or buffered goes behind the spooled records.
+                self.held_to_spool();
+                if self.held.is_empty() {
+                    self.buffer_to_spool(&mut batch);
+                }
                 if let Err(e) = self.replay_batch(c).await {
                     self.lost_connection(&mut conn, &e);
                 }
                 continue;
             }
 
-            // Wait for records, unless there is nowhere to put them (Redis down, spool full):
-            // then leave them in the buffer, which overflows into drops at enqueue.
+            if !self.held.is_empty() {
+                match &mut conn {
+                    Connection::Up(c) => {
+                        let payloads = std::mem::take(&mut self.held);
+                        match self.send(c, &payloads).await {
+                            Ok(()) => self.shared.counters.sent.add(payloads.len() as u64),
+                            Err(e) => {
+                                self.held = payloads;
+                                self.lost_connection(&mut conn, &e);
+                            }
+                        }
+                    }
+                    Connection::Down { .. } => self.held_to_spool(),
+                }
+                if !self.held.is_empty() {
+                    // Redis is away and the spool is full: wait for either to change.
+                    let retry_at = conn.retry_at().unwrap_or_else(Instant::now);
+                    tokio::select! {
+                        _ = self.shutdown.changed() => {}
+                        _ = tokio::time::sleep_until(retry_at.into()) => {}
+                    }
+                }
+                continue;
+            }
+
+            // Wait for records, unless there is nowhere to put them (Redis away, spool full):
+            // then they stay in the buffer, which overflows into counted drops at enqueue.
             let can_take = matches!(conn, Connection::Up(_)) || self.spool_has_room();
-            let retry_at = match conn {
-                Connection::Down { retry_at, .. } => Some(retry_at),
-                Connection::Up(_) => None,
-            };
             tokio::select! {
                 n = self.rx.recv_many(&mut batch, self.batch), if can_take => {
                     if n == 0 {
@@ -310,54 +346,49 @@ impl Flusher {
                     }
                 }
                 _ = self.shutdown.changed() => {}
-                _ = sleep_until(retry_at) => {}
-            }
-            if batch.is_empty() {
-                continue;
+                _ = sleep_until(conn.retry_at()) => {}
             }
             self.shared.counters.set_buffer_depth(self.rx.len());
-            match &mut conn {
-                Connection::Up(c) if !self.spool_pending() => {
-                    let payloads = self.serialise(&mut batch);
-                    if let Err(e) = self.send(c, &payloads).await {
-                        self.lost_connection(&mut conn, &e);
-                        self.spool_payloads(payloads);
-                    } else {
-                        self.shared.counters.sent.add(payloads.len() as u64);
-                    }
-                }
-                _ => {
-                    let payloads = self.serialise(&mut batch);
-                    self.spool_payloads(payloads);
-                }
-            }
+            self.held = self.serialise(&mut batch);
         }
         self.drain(conn).await;
         self.done.send_replace(true);
     }
 
-    /// Shutdown: everything still buffered goes to Redis or the spool; then the spool is
-    /// replayed for as long as Redis answers and the shutdown timeout allows.
+    /// Shutdown: everything held or still buffered goes to Redis or the spool; then the spool
+    /// is replayed for as long as Redis answers and the shutdown timeout allows.
     async fn drain(&mut self, mut conn: Connection) {
         self.rx.close();
         let deadline = Instant::now() + self.shutdown_timeout;
         let mut batch = Vec::with_capacity(self.batch);
         loop {
-            batch.clear();
-            if self.rx.recv_many(&mut batch, self.batch).await == 0 {
-                break;
+            if self.held.is_empty() {
+                if self.rx.recv_many(&mut batch, self.batch).await == 0 {
+                    break;
+                }
+                self.held = self.serialise(&mut batch);
             }
-            let payloads = self.serialise(&mut batch);
+            let payloads = std::mem::take(&mut self.held);
             match &mut conn {
                 Connection::Up(c) if !self.spool_pending() => {
                     if let Err(e) = self.send(c, &payloads).await {
                         self.lost_connection(&mut conn, &e);
-                        self.spool_payloads(payloads);
+                        self.held = payloads;
                     } else {
                         self.shared.counters.sent.add(payloads.len() as u64);
                     }
                 }
-                _ => self.spool_payloads(payloads),
+                _ => {
+                    self.held = payloads;
+                    self.held_to_spool();
+                    if !self.held.is_empty() {
+                        let lost = std::mem::take(&mut self.held);
+                        self.shared.dropped(
+                            lost.len() as u64,
+                            "shutting down with redis unreachable and the spool full",
+                        );
+                    }
+                }
             }
         }
         while self.spool_pending() && Instant::now() < deadline {
@@ -513,9 +544,10 @@ impl Flusher {
         payloads
     }
 
-    /// Moves what the buffer holds into the spool, as far as the spool has room.
+    /// Moves what the buffer holds into the spool, as far as the spool has room; what does
+    /// not fit is held.
     fn buffer_to_spool(&mut self, batch: &mut Vec<AuditRecord>) {
-        while self.spool_has_room() {
+        while self.held.is_empty() && self.spool_has_room() {
             batch.clear();
             for _ in 0..self.batch {
                 match self.rx.try_recv() {
@@ -526,34 +558,41 @@ impl Flusher {
             if batch.is_empty() {
                 break;
             }
-            let payloads = self.serialise(batch);
-            self.spool_payloads(payloads);
+            self.held = self.serialise(batch);
+            self.held_to_spool();
         }
         self.shared.counters.set_buffer_depth(self.rx.len());
     }
 
-    fn spool_payloads(&self, payloads: Vec<Vec<u8>>) {
+    /// Appends the held records to the spool; those that do not fit stay held. Without a
+    /// spool, or when the disk refuses the write, they are dropped (and counted).
+    fn held_to_spool(&mut self) {
+        if self.held.is_empty() {
+            return;
+        }
         let Some(spool) = &self.shared.spool else {
+            let lost = std::mem::take(&mut self.held);
             self.shared.dropped(
-                payloads.len() as u64,
+                lost.len() as u64,
                 "redis is unreachable and no spool is configured",
             );
             return;
         };
         let mut spool = lock(spool);
+        let mut written = 0;
         let mut failed = 0;
         let mut reason = String::new();
-        for payload in &payloads {
+        for payload in &self.held {
             match spool.append(payload) {
-                Ok(()) => self.shared.counters.spooled.increment(),
-                Err(e) => {
+                Ok(()) => {
+                    written += 1;
+                    self.shared.counters.spooled.increment();
+                }
+                Err(AppendError::Full { .. }) => break,
+                Err(e @ AppendError::Io(_)) => {
+                    written += 1;
                     failed += 1;
-                    if reason.is_empty() {
-                        reason = match e {
-                            AppendError::Full { .. } => format!("redis is unreachable and the {e}"),
-                            AppendError::Io(_) => e.to_string(),
-                        };
-                    }
+                    reason = e.to_string();
                 }
             }
         }
@@ -562,6 +601,7 @@ impl Flusher {
         }
         self.shared.counters.set_spool_bytes(spool.bytes());
         drop(spool);
+        self.held.drain(..written);
         if failed > 0 {
             self.shared.dropped(failed, &reason);
         }

@@ -153,26 +153,26 @@ impl<'a> FileReader<'a> {
             return;
         };
         self.check_keys(entries, DEFAULT_KEYS, "in `defaults`");
-        if let Some(methods) = find(entries, "methods") {
-            if let Some(set) = self.methods(methods) {
-                meta.methods = set;
-            }
+        if let Some(methods) = find(entries, "methods")
+            && let Some(set) = self.methods(methods)
+        {
+            meta.methods = set;
         }
-        if let Some(actor) = find(entries, "actor") {
-            if let Some(list) = self.actor(actor, None) {
-                meta.actor = list;
-            }
+        if let Some(actor) = find(entries, "actor")
+            && let Some(list) = self.actor(actor, None)
+        {
+            meta.actor = list;
         }
-        if let Some(header) = find(entries, "request_id") {
-            if let Some(name) = self.string(header, "`request_id`") {
-                match http::HeaderName::from_bytes(name.as_bytes()) {
+        if let Some(header) = find(entries, "request_id")
+            && let Some(name) = self.string(header, "`request_id`")
+        {
+            match http::HeaderName::from_bytes(name.as_bytes()) {
                     Ok(h) => meta.request_id = h,
                     Err(_) => self.error(
                         header.pos,
                         format!("`request_id` names a header, and \"{name}\" is not a valid header name (e.g. X-Request-Id)"),
                     ),
                 }
-            }
         }
         if let Some(node) = find(entries, "unmatched") {
             match self.string(node, "`unmatched`").as_deref() {
@@ -188,10 +188,10 @@ impl<'a> FileReader<'a> {
                 None => {}
             }
         }
-        if let Some(node) = find(entries, "on_queue_failure") {
-            if let Some(policy) = self.queue_failure(node) {
-                meta.on_queue_failure = policy;
-            }
+        if let Some(node) = find(entries, "on_queue_failure")
+            && let Some(policy) = self.queue_failure(node)
+        {
+            meta.on_queue_failure = policy;
         }
     }
 
@@ -208,15 +208,13 @@ impl<'a> FileReader<'a> {
                 None
             }
         };
-        if let (Some(op), Some(n)) = (&operation, find(entries, "operation")) {
-            if op.is_empty() || op.contains(char::is_whitespace) {
-                self.error(
-                    n.pos,
-                    format!(
-                        "operation \"{op}\" must be one word without spaces, e.g. asset.rename"
-                    ),
-                );
-            }
+        if let (Some(op), Some(n)) = (&operation, find(entries, "operation"))
+            && (op.is_empty() || op.contains(char::is_whitespace))
+        {
+            self.error(
+                n.pos,
+                format!("operation \"{op}\" must be one word without spaces, e.g. asset.rename"),
+            );
         }
         let pattern = match find(entries, "path") {
             Some(n) => self
@@ -274,21 +272,21 @@ impl<'a> FileReader<'a> {
             }
         }
         let mut details = Vec::new();
-        if let Some(map) = find(entries, "details") {
-            if let Some(items) = self.mapping(map, "`details`") {
-                for (key, value) in items {
-                    let (Some(name), Some(t)) = (
-                        self.string(key, "a `details` key"),
-                        self.template(value, params),
-                    ) else {
-                        continue;
-                    };
-                    if details.iter().any(|(n, _)| *n == name) {
-                        self.error(key.pos, format!("details key \"{name}\" appears twice"));
-                        continue;
-                    }
-                    details.push((name, t));
+        if let Some(map) = find(entries, "details")
+            && let Some(items) = self.mapping(map, "`details`")
+        {
+            for (key, value) in items {
+                let (Some(name), Some(t)) = (
+                    self.string(key, "a `details` key"),
+                    self.template(value, params),
+                ) else {
+                    continue;
+                };
+                if details.iter().any(|(n, _)| *n == name) {
+                    self.error(key.pos, format!("details key \"{name}\" appears twice"));
+                    continue;
                 }
+                details.push((name, t));
             }
         }
         let description = find(entries, "description").and_then(|n| self.template(n, params));
@@ -344,9 +342,10 @@ impl<'a> FileReader<'a> {
         let entries = self.mapping(node, "`when`")?;
         self.check_keys(entries, WHEN_KEYS, "in `when`");
         let mut when = When::default();
-        if let Some(n) = find(entries, "body") {
-            if let Some(ptr) = self.string(n, "`when.body`") {
-                match Template::parse(&format!("{{body{ptr}}}")) {
+        if let Some(n) = find(entries, "body")
+            && let Some(ptr) = self.string(n, "`when.body`")
+        {
+            match Template::parse(&format!("{{body{ptr}}}")) {
                     Ok(_) if ptr.is_empty() || ptr.starts_with('/') => when.body = Some(ptr),
                     Ok(_) | Err(_) => self.error(
                         n.pos,
@@ -355,17 +354,16 @@ impl<'a> FileReader<'a> {
                         ),
                     ),
                 }
-            }
         }
         if let Some(n) = find(entries, "query") {
             when.query = self.string(n, "`when.query`");
         }
-        if let Some(n) = find(entries, "header") {
-            if let Some(name) = self.string(n, "`when.header`") {
-                match http::HeaderName::from_bytes(name.as_bytes()) {
-                    Ok(h) => when.header = Some(h),
-                    Err(_) => self.error(n.pos, format!("\"{name}\" is not a valid header name")),
-                }
+        if let Some(n) = find(entries, "header")
+            && let Some(name) = self.string(n, "`when.header`")
+        {
+            match http::HeaderName::from_bytes(name.as_bytes()) {
+                Ok(h) => when.header = Some(h),
+                Err(_) => self.error(n.pos, format!("\"{name}\" is not a valid header name")),
             }
         }
         if entries.is_empty() {
@@ -467,24 +465,24 @@ impl<'a> FileReader<'a> {
         if let Some(pattern) = params {
             let known: Vec<&str> = pattern.params().collect();
             for expr in template.exprs() {
-                if let Source::Path(name) = &expr.source {
-                    if !known.contains(&name.as_str()) {
-                        let offset = text.find(&format!("path.{name}")).unwrap_or(0);
-                        let has = if known.is_empty() {
-                            "the rule's path has no parameters".to_owned()
-                        } else {
-                            format!("the rule's path has {}", known.join(", "))
-                        };
-                        self.error(
-                            node.pos
-                                .shifted(node.value_offset + text[..offset].chars().count()),
-                            format!(
-                                "unknown path parameter \"{name}\"{}: {has}",
-                                did_you_mean(name, &known)
-                            ),
-                        );
-                        return None;
-                    }
+                if let Source::Path(name) = &expr.source
+                    && !known.contains(&name.as_str())
+                {
+                    let offset = text.find(&format!("path.{name}")).unwrap_or(0);
+                    let has = if known.is_empty() {
+                        "the rule's path has no parameters".to_owned()
+                    } else {
+                        format!("the rule's path has {}", known.join(", "))
+                    };
+                    self.error(
+                        node.pos
+                            .shifted(node.value_offset + text[..offset].chars().count()),
+                        format!(
+                            "unknown path parameter \"{name}\"{}: {has}",
+                            did_you_mean(name, &known)
+                        ),
+                    );
+                    return None;
                 }
             }
         }

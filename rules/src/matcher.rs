@@ -118,8 +118,8 @@ impl Matcher {
             }
             return false;
         }
-        if let Some(&child) = here.statics.get(segments[at]) {
-            if self.walk(
+        if let Some(&child) = here.statics.get(segments[at])
+            && self.walk(
                 child as usize,
                 rules,
                 method,
@@ -127,9 +127,9 @@ impl Matcher {
                 at + 1,
                 captures,
                 out,
-            ) {
-                return true;
-            }
+            )
+        {
+            return true;
         }
         if let Some(child) = here.param {
             captures.push((at as u32, at as u32 + 1));

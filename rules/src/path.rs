@@ -93,21 +93,22 @@ fn decode_unreserved(path: &str) -> Cow<'_, str> {
     let mut i = 0;
     let mut copied = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let (Some(hi), Some(lo)) = (hex_value(bytes[i + 1]), hex_value(bytes[i + 2])) {
-                let value = hi * 16 + lo;
-                out.push_str(&path[copied..i]);
-                if is_unreserved(value) {
-                    out.push(char::from(value));
-                } else {
-                    out.push('%');
-                    out.push(char::from(bytes[i + 1].to_ascii_uppercase()));
-                    out.push(char::from(bytes[i + 2].to_ascii_uppercase()));
-                }
-                i += 3;
-                copied = i;
-                continue;
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(hi), Some(lo)) = (hex_value(bytes[i + 1]), hex_value(bytes[i + 2]))
+        {
+            let value = hi * 16 + lo;
+            out.push_str(&path[copied..i]);
+            if is_unreserved(value) {
+                out.push(char::from(value));
+            } else {
+                out.push('%');
+                out.push(char::from(bytes[i + 1].to_ascii_uppercase()));
+                out.push(char::from(bytes[i + 2].to_ascii_uppercase()));
             }
+            i += 3;
+            copied = i;
+            continue;
         }
         i += 1;
     }
@@ -126,12 +127,13 @@ pub(crate) fn decode_param(value: &str) -> Cow<'_, str> {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let (Some(hi), Some(lo)) = (hex_value(bytes[i + 1]), hex_value(bytes[i + 2])) {
-                out.push(hi * 16 + lo);
-                i += 3;
-                continue;
-            }
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(hi), Some(lo)) = (hex_value(bytes[i + 1]), hex_value(bytes[i + 2]))
+        {
+            out.push(hi * 16 + lo);
+            i += 3;
+            continue;
         }
         out.push(bytes[i]);
         i += 1;

@@ -1,0 +1,337 @@
+//! The record queue against real redis-server processes: volume, Redis crashes, producer
+//! crashes, a full spool, and the consumer group.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use auditgate_queue::{
+    Accepted, Consumer, ConsumerConfig, QueueConfig, RecordSink, RedisConfig, RedisQueue,
+};
+use auditgate_tests::{RedisServer, free_port, record, wait_until};
+use uuid::Uuid;
+
+const STREAM: &str = "auditgate:records";
+
+fn ids(records: &[auditgate_rules::AuditRecord]) -> HashSet<Uuid> {
+    records.iter().map(|r| r.id).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_thousand_records_from_four_producers_arrive_exactly_once() {
+    let redis = RedisServer::start();
+    let spools = tempfile::tempdir().unwrap();
+    let mut producers = Vec::new();
+    for p in 0..4 {
+        let queue = RedisQueue::start(
+            QueueConfig::new(redis.url())
+                .spool(spools.path().join(p.to_string()), 1 << 30)
+                .instance(format!("producer-{p}")),
+        )
+        .unwrap();
+        producers.push(queue);
+    }
+    let threads: Vec<_> = producers
+        .iter()
+        .cloned()
+        .enumerate()
+        .map(|(p, queue)| {
+            std::thread::spawn(move || {
+                let mut sent = Vec::with_capacity(25_000);
+                for n in 0..25_000u64 {
+                    let r = record(p as u64 * 100_000 + n);
+                    sent.push(r.id);
+                    queue.enqueue(r).expect("accepted");
+                }
+                sent
+            })
+        })
+        .collect();
+    let mut sent = HashSet::new();
+    for t in threads {
+        sent.extend(t.join().unwrap());
+    }
+    for queue in &producers {
+        queue.shutdown().await;
+        let stats = queue.stats();
+        assert_eq!(stats.enqueued, 25_000);
+        assert_eq!(stats.dropped, 0);
+        assert_eq!(stats.sent + stats.replayed, 25_000, "{stats:?}");
+    }
+
+    let stored = redis.records(STREAM);
+    assert_eq!(stored.len(), 100_000, "each record once, no more, no less");
+    assert_eq!(ids(&stored), sent);
+    // origin.seq counts 1..=25 000 per producer, without gaps.
+    for p in 0..4 {
+        let mut seqs: Vec<u64> = stored
+            .iter()
+            .filter_map(|r| r.origin.as_ref())
+            .filter(|o| o.instance == format!("producer-{p}"))
+            .map(|o| o.seq)
+            .collect();
+        seqs.sort_unstable();
+        assert_eq!(seqs, (1..=25_000).collect::<Vec<_>>());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_and_restarted_five_seconds_later_loses_nothing() {
+    let mut redis = RedisServer::start();
+    let spool = tempfile::tempdir().unwrap();
+    let buffer = 1_000;
+    let queue = RedisQueue::start(
+        QueueConfig::new(redis.url())
+            .spool(spool.path(), 1 << 30)
+            .buffer(buffer),
+    )
+    .unwrap();
+
+    // A steady producer: 20 000 records over about 8 s, timing every enqueue.
+    let producer = {
+        let queue = queue.clone();
+        std::thread::spawn(move || {
+            let mut sent = HashSet::new();
+            let mut slowest = Duration::ZERO;
+            let mut deepest = 0;
+            for n in 0..20_000u64 {
+                let r = record(n);
+                sent.insert(r.id);
+                let started = Instant::now();
+                queue.enqueue(r).expect("accepted");
+                slowest = slowest.max(started.elapsed());
+                deepest = deepest.max(queue.stats().buffer_depth);
+                if n % 250 == 0 {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+            (sent, slowest, deepest)
+        })
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    redis.kill();
+    assert!(wait_until(Duration::from_secs(5), || !queue
+        .stats()
+        .redis_up));
+    std::thread::sleep(Duration::from_secs(5));
+    let spooled_while_down = queue.stats().spooled;
+    redis.restart();
+    let (sent, slowest, deepest) = producer.join().unwrap();
+    queue.shutdown().await;
+
+    let stats = queue.stats();
+    assert!(
+        spooled_while_down > 0,
+        "the spool took the records: {stats:?}"
+    );
+    assert!(deepest <= buffer as u64, "memory stays bounded: {deepest}");
+    assert_eq!(stats.dropped, 0);
+    assert!(
+        slowest < Duration::from_secs(1),
+        "enqueue never waited on the dead Redis: slowest call {slowest:?}"
+    );
+    let stored = ids(&redis.records(STREAM));
+    let missing = sent.difference(&stored).count();
+    assert_eq!(missing, 0, "every record arrived; {stats:?}");
+    assert_eq!(
+        queue.stats().spool_bytes,
+        0,
+        "the spool was replayed and deleted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_producer_leaves_a_spool_that_the_next_one_replays() {
+    let spool = tempfile::tempdir().unwrap();
+    let dead_redis = format!("redis://127.0.0.1:{}", free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_spool-producer"))
+        .arg(&dead_redis)
+        .arg(spool.path())
+        .arg("500")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut sent = HashSet::new();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if line == "spooled" {
+            break;
+        }
+        sent.insert(Uuid::parse_str(&line).unwrap());
+    }
+    child.kill().unwrap(); // SIGKILL: no shutdown, no flush
+    child.wait().unwrap();
+    assert_eq!(sent.len(), 500);
+
+    let redis = RedisServer::start();
+    let queue =
+        RedisQueue::start(QueueConfig::new(redis.url()).spool(spool.path(), 1 << 30)).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || redis.len(STREAM) >= 500),
+        "replayed {} of 500",
+        redis.len(STREAM)
+    );
+    queue.shutdown().await;
+    assert_eq!(ids(&redis.records(STREAM)), sent);
+    assert_eq!(queue.stats().replayed, 500);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_and_spool_full_counts_every_drop_and_refuses_closed_rules() {
+    let mut redis = RedisServer::stopped_on(free_port());
+    let spool = tempfile::tempdir().unwrap();
+    let queue = RedisQueue::start(
+        QueueConfig::new(redis.url())
+            .spool(spool.path(), 64 * 1024)
+            .buffer(16)
+            .instance("full"),
+    )
+    .unwrap();
+    assert!(queue.can_accept(), "the spool has room");
+
+    let mut refused = 0;
+    for n in 0..1_000 {
+        match queue.enqueue(record(n)) {
+            Ok(Accepted::Buffered | Accepted::Spooled) => {}
+            Err(_) => refused += 1,
+        }
+        if n % 100 == 0 {
+            // Let the flusher move the buffer to the spool, as it would under real traffic.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert!(refused > 0, "64 KiB cannot hold 1 000 records");
+    assert_eq!(queue.stats().dropped, refused);
+    assert!(
+        !queue.can_accept(),
+        "closed: Redis down and the spool full means a closed rule must refuse"
+    );
+
+    redis.restart();
+    let expected = 1_000 - refused as usize;
+    assert!(
+        wait_until(Duration::from_secs(20), || redis.len(STREAM) >= expected),
+        "{} of {expected} arrived",
+        redis.len(STREAM)
+    );
+    queue.shutdown().await;
+    let stored = redis.records(STREAM);
+    assert_eq!(
+        stored.len(),
+        expected,
+        "exactly the records not counted as dropped"
+    );
+    // The gaps in origin.seq are exactly the drops.
+    let seqs: HashSet<u64> = stored
+        .iter()
+        .map(|r| r.origin.as_ref().unwrap().seq)
+        .collect();
+    let gaps = (1..=1_000).filter(|s| !seqs.contains(s)).count() as u64;
+    assert_eq!(gaps, refused);
+    assert!(queue.can_accept());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_consumers_entries_are_claimed_and_garbage_is_dead_lettered() {
+    let redis = RedisServer::start();
+    let spool = tempfile::tempdir().unwrap();
+    let queue =
+        RedisQueue::start(QueueConfig::new(redis.url()).spool(spool.path(), 1 << 20)).unwrap();
+    let sent: HashSet<Uuid> = (0..10)
+        .map(|n| {
+            let r = record(n);
+            let id = r.id;
+            queue.enqueue(r).unwrap();
+            id
+        })
+        .collect();
+    queue.shutdown().await;
+    let mut conn = redis.connection().unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg(STREAM)
+        .arg("*")
+        .arg("record")
+        .arg("{not json")
+        .query(&mut conn)
+        .unwrap();
+
+    let config = |name: &str| {
+        let mut c = ConsumerConfig::new(RedisConfig::new(redis.url()), name);
+        c.block = Duration::from_millis(100);
+        c.claim_idle = Duration::from_millis(300);
+        c
+    };
+    // Writer A reads everything, then dies before committing.
+    let mut a = Consumer::connect(config("writer-a")).await.unwrap();
+    let read = a.next_batch().await.unwrap();
+    assert_eq!(read.len(), 10);
+    assert_eq!(a.dead_lettered(), 1);
+    drop(a);
+
+    // Writer B gets nothing new, then claims A's entries once they have been idle.
+    let mut b = Consumer::connect(config("writer-b")).await.unwrap();
+    let mut claimed = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while claimed.len() < 10 && Instant::now() < deadline {
+        let batch = b.next_batch().await.unwrap();
+        b.ack(&batch).await.unwrap();
+        claimed.extend(batch.into_iter().map(|d| d.record.id));
+    }
+    assert_eq!(claimed.iter().copied().collect::<HashSet<_>>(), sent);
+    assert_eq!(claimed.len(), 10, "each committed once");
+    assert_eq!(redis.len(STREAM), 0, "acknowledged entries are deleted");
+    // XPENDING's summary starts with the number of pending entries.
+    let pending: Vec<redis::Value> = redis::cmd("XPENDING")
+        .arg(STREAM)
+        .arg("auditgate-writers")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(pending[0], redis::Value::Int(0), "nothing left pending");
+
+    let dead = redis.entries("auditgate:records:dead");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["record"], b"{not json");
+    let reason = String::from_utf8_lossy(&dead[0]["reason"]).into_owned();
+    assert!(reason.starts_with("not an audit record"), "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_spread_records_and_one_consumer_reads_them_all() {
+    let redis = RedisServer::start();
+    let spool = tempfile::tempdir().unwrap();
+    let queue = Arc::new(
+        RedisQueue::start(
+            QueueConfig::new(redis.url())
+                .shards(4)
+                .spool(spool.path(), 1 << 20),
+        )
+        .unwrap(),
+    );
+    let sent: HashSet<Uuid> = (0..100)
+        .map(|n| {
+            let r = record(n);
+            let id = r.id;
+            queue.enqueue(r).unwrap();
+            id
+        })
+        .collect();
+    queue.shutdown().await;
+    for shard in 0..4 {
+        assert_eq!(redis.len(&format!("{STREAM}:{{{shard}}}")), 25);
+    }
+    let mut redis_config = RedisConfig::new(redis.url());
+    redis_config.shards = 4;
+    let mut consumer = Consumer::connect(ConsumerConfig::new(redis_config, "w"))
+        .await
+        .unwrap();
+    let mut got = HashSet::new();
+    while got.len() < 100 {
+        let batch = consumer.next_batch().await.unwrap();
+        assert!(!batch.is_empty());
+        consumer.ack(&batch).await.unwrap();
+        got.extend(batch.into_iter().map(|d| d.record.id));
+    }
+    assert_eq!(got, sent);
+}
