@@ -14,12 +14,16 @@
 //!  dropped (counted in `auditgate_queue_dropped_total`, warned about at most every 10 s)
 //! ```
 //!
+//! Up to two batches are in flight at once, so that the flusher serialises the next batch while
+//! Redis works on the previous one; a batch Redis does not confirm is spooled.
+//!
 //! While anything waits in the spool, new records are appended behind it rather than sent
 //! directly, so that the spool replays in the order records were produced. A record that
 //! overflows the buffer is spooled by the request thread itself; it can reach Redis before
 //! records still in the buffer, which the writer does not mind (records carry their own time
 //! and `origin.seq`).
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -39,6 +43,9 @@ const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// The size of a typical record, for asking whether the spool has room.
 const TYPICAL_RECORD: usize = 2048;
+/// Pipelined batches awaiting Redis's reply at once: two, so that the next batch is being
+/// serialised and sent while Redis works on the previous one.
+const MAX_IN_FLIGHT: usize = 2;
 
 /// The Redis Streams producer: cheap to clone, safe to share between threads.
 ///
@@ -78,6 +85,16 @@ pub struct Flusher {
     /// Serialised records taken from the buffer and not yet sent or spooled: at most one
     /// batch, kept while Redis is away and the spool is full.
     held: Vec<Vec<u8>>,
+    /// Batches sent and not yet answered, oldest first; at most [`MAX_IN_FLIGHT`].
+    in_flight: VecDeque<InFlight>,
+}
+
+/// A pipelined batch Redis has not answered yet.
+#[derive(Debug)]
+struct InFlight {
+    task: tokio::task::JoinHandle<redis::RedisResult<()>>,
+    payloads: Vec<Vec<u8>>,
+    started: Instant,
 }
 
 #[derive(Debug)]
@@ -165,6 +182,7 @@ impl RedisQueue {
             done: done_tx,
             replaying: None,
             held: Vec::new(),
+            in_flight: VecDeque::new(),
         };
         Ok((RedisQueue { shared }, flusher))
     }
@@ -293,34 +311,38 @@ impl Flusher {
             if *self.shutdown.borrow() {
                 break;
             }
+            if matches!(conn, Connection::Down { .. }) {
+                // Collect what was in flight when Redis went away before deciding anything.
+                self.settle_all(&mut conn).await;
+            }
             self.connect_if_due(&mut conn).await;
             self.sync_spool();
 
-            if self.spool_pending()
-                && let Connection::Up(c) = &mut conn
-            {
+            if self.spool_pending() && matches!(conn, Connection::Up(_)) {
+                self.settle_all(&mut conn).await;
                 // Keep order: what is held or buffered goes behind the spooled records.
                 self.held_to_spool();
                 if self.held.is_empty() {
                     self.buffer_to_spool(&mut batch);
                 }
-                if let Err(e) = self.replay_batch(c).await {
+                if let Connection::Up(c) = &mut conn
+                    && let Err(e) = self.replay_batch(c).await
+                {
                     self.lost_connection(&mut conn, &e);
                 }
                 continue;
             }
 
             if !self.held.is_empty() {
-                match &mut conn {
+                if self.in_flight.len() >= MAX_IN_FLIGHT {
+                    self.settle_oldest(&mut conn).await;
+                    continue;
+                }
+                match &conn {
                     Connection::Up(c) => {
+                        let c = c.clone();
                         let payloads = std::mem::take(&mut self.held);
-                        match self.send(c, &payloads).await {
-                            Ok(()) => self.shared.counters.sent.add(payloads.len() as u64),
-                            Err(e) => {
-                                self.held = payloads;
-                                self.lost_connection(&mut conn, &e);
-                            }
-                        }
+                        self.start_send(&c, payloads);
                     }
                     Connection::Down { .. } => self.held_to_spool(),
                 }
@@ -337,19 +359,42 @@ impl Flusher {
 
             // Wait for records, unless there is nowhere to put them (Redis away, spool full):
             // then they stay in the buffer, which overflows into counted drops at enqueue.
+            // Meanwhile, collect Redis's replies to the batches in flight.
             let can_take = matches!(conn, Connection::Up(_)) || self.spool_has_room();
+            let Flusher {
+                rx,
+                in_flight,
+                shutdown,
+                batch: max_batch,
+                ..
+            } = &mut self;
+            let oldest = async {
+                match in_flight.front_mut() {
+                    Some(f) => (&mut f.task).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let mut settled = None;
             tokio::select! {
-                n = self.rx.recv_many(&mut batch, self.batch), if can_take => {
+                n = rx.recv_many(&mut batch, *max_batch), if can_take => {
                     if n == 0 {
                         // Every sender is gone; nothing more can arrive.
                         break;
                     }
                 }
-                _ = self.shutdown.changed() => {}
+                result = oldest => settled = Some(result),
+                _ = shutdown.changed() => {}
                 _ = sleep_until(conn.retry_at()) => {}
             }
+            if let Some(result) = settled
+                && let Some(done) = self.in_flight.pop_front()
+            {
+                self.settled(done, result, &mut conn);
+            }
             self.shared.counters.set_buffer_depth(self.rx.len());
-            self.held = self.serialise(&mut batch);
+            if !batch.is_empty() {
+                self.held = self.serialise(&mut batch);
+            }
         }
         self.drain(conn).await;
         self.done.send_replace(true);
@@ -359,6 +404,13 @@ impl Flusher {
     /// is replayed for as long as Redis answers and the shutdown timeout allows.
     async fn drain(&mut self, mut conn: Connection) {
         self.rx.close();
+        self.settle_all(&mut conn).await;
+        // One more try to reach Redis, whatever the backoff says: shutting down with records
+        // that could have been sent would leave them waiting for the next start.
+        if let Connection::Down { retry_at, .. } = &mut conn {
+            *retry_at = Instant::now();
+            self.connect_if_due(&mut conn).await;
+        }
         let deadline = Instant::now() + self.shutdown_timeout;
         let mut batch = Vec::with_capacity(self.batch);
         loop {
@@ -462,6 +514,66 @@ impl Flusher {
         payloads: &[Vec<u8>],
     ) -> redis::RedisResult<()> {
         let started = Instant::now();
+        let pipe = self.pipeline(payloads);
+        let result = pipe.query_async::<()>(conn).await;
+        self.shared.counters.batch_seconds(started.elapsed());
+        result
+    }
+
+    /// Sends a batch without waiting for Redis: the reply is collected by [`Self::settle`].
+    /// Records queued meanwhile are serialised while Redis works on this batch.
+    fn start_send(&mut self, conn: &MultiplexedConnection, payloads: Vec<Vec<u8>>) {
+        let pipe = self.pipeline(&payloads);
+        let mut conn = conn.clone();
+        let task = tokio::spawn(async move { pipe.query_async::<()>(&mut conn).await });
+        self.in_flight.push_back(InFlight {
+            task,
+            payloads,
+            started: Instant::now(),
+        });
+    }
+
+    /// Handles the reply to the oldest batch in flight: counted as sent, or, when Redis
+    /// failed, held for the spool (in order behind earlier failures).
+    async fn settle_oldest(&mut self, conn: &mut Connection) {
+        let Some(mut batch) = self.in_flight.pop_front() else {
+            return;
+        };
+        let result = (&mut batch.task).await;
+        self.settled(batch, result, conn);
+    }
+
+    fn settled(
+        &mut self,
+        batch: InFlight,
+        result: Result<redis::RedisResult<()>, tokio::task::JoinError>,
+        conn: &mut Connection,
+    ) {
+        self.shared.counters.batch_seconds(batch.started.elapsed());
+        match result {
+            Ok(Ok(())) => self.shared.counters.sent.add(batch.payloads.len() as u64),
+            Ok(Err(e)) => {
+                self.held.extend(batch.payloads);
+                if matches!(conn, Connection::Up(_)) {
+                    self.lost_connection(conn, &e);
+                }
+            }
+            Err(join) => {
+                self.held.extend(batch.payloads);
+                tracing::error!(error = %join, "redis send task failed");
+            }
+        }
+    }
+
+    /// Waits for every batch in flight.
+    async fn settle_all(&mut self, conn: &mut Connection) {
+        while !self.in_flight.is_empty() {
+            self.settle_oldest(conn).await;
+        }
+    }
+
+    /// `XADD KEY * record JSON` for each payload, spread over the shard keys.
+    fn pipeline(&mut self, payloads: &[Vec<u8>]) -> redis::Pipeline {
         let mut pipe = redis::pipe();
         for payload in payloads {
             let key = &self.keys[self.next_key];
@@ -473,9 +585,7 @@ impl Flusher {
                 .arg(payload.as_slice())
                 .ignore();
         }
-        let result = pipe.query_async::<()>(conn).await;
-        self.shared.counters.batch_seconds(started.elapsed());
-        result
+        pipe
     }
 
     /// Replays the next batch of the oldest spool segment; deletes the segment once all of

@@ -335,3 +335,25 @@ async fn shards_spread_records_and_one_consumer_reads_them_all() {
     }
     assert_eq!(got, sent);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_right_after_enqueue_sends_everything_and_later_records_are_spooled() {
+    let redis = RedisServer::start();
+    let spool = tempfile::tempdir().unwrap();
+    let queue =
+        RedisQueue::start(QueueConfig::new(redis.url()).spool(spool.path(), 1 << 20)).unwrap();
+    for n in 0..50 {
+        queue.enqueue(record(n)).unwrap();
+    }
+    queue.shutdown().await;
+    assert_eq!(redis.len(STREAM), 50);
+    assert_eq!(queue.stats().sent, 50);
+
+    // The flusher is gone: a late record is kept on disk for the next start, not lost.
+    assert_eq!(queue.enqueue(record(50)), Ok(Accepted::Spooled));
+    drop(queue);
+    let next =
+        RedisQueue::start(QueueConfig::new(redis.url()).spool(spool.path(), 1 << 20)).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || redis.len(STREAM) == 51));
+    next.shutdown().await;
+}
