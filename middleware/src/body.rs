@@ -1,0 +1,185 @@
+//! The request and response bodies of audited calls: they pass every frame through
+//! unchanged, and copy the first bytes (up to the capture limit) for templates as they stream.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use auditgate_queue::RecordSink;
+use auditgate_rules::Outcome;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+use crate::pending::{PendingRecord, SharedCapture};
+
+pin_project! {
+    /// The request body the inner service sees: the client's body, frame for frame.
+    #[derive(Debug)]
+    pub struct RequestBody<B> {
+        #[pin]
+        inner: B,
+        capture: Option<SharedCapture>,
+        limit: usize,
+    }
+}
+
+impl<B> RequestBody<B> {
+    pub(crate) fn passthrough(inner: B) -> Self {
+        RequestBody {
+            inner,
+            capture: None,
+            limit: 0,
+        }
+    }
+
+    pub(crate) fn capturing(inner: B, capture: Option<SharedCapture>, limit: usize) -> Self {
+        RequestBody {
+            inner,
+            capture,
+            limit,
+        }
+    }
+}
+
+impl<B: Body> Body for RequestBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        if let (Some(capture), Some(Ok(frame))) = (this.capture.as_ref(), &frame)
+            && let Some(data) = frame.data_ref()
+        {
+            match capture.lock() {
+                Ok(mut c) => c.push(data, *this.limit),
+                Err(poisoned) => poisoned.into_inner().push(data, *this.limit),
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project! {
+    /// The response body the client gets: the inner service's body, frame for frame; the
+    /// call's record is emitted when it ends, or as `aborted` when it is dropped unfinished.
+    #[derive(Debug)]
+    pub struct ResponseBody<B, K: RecordSink> {
+        #[pin]
+        kind: Kind<B, K>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    #[derive(Debug)]
+    enum Kind<B, K: RecordSink> {
+        Passthrough { #[pin] inner: B },
+        Audited { #[pin] inner: B, pending: Option<PendingRecord<K>> },
+        /// The 503 of a `closed` rule whose record cannot be queued.
+        Refused { body: Option<Bytes> },
+    }
+}
+
+impl<B: Body, K: RecordSink> ResponseBody<B, K> {
+    pub(crate) fn passthrough(inner: B) -> Self {
+        ResponseBody {
+            kind: Kind::Passthrough { inner },
+        }
+    }
+
+    pub(crate) fn audited(inner: B, pending: PendingRecord<K>) -> Self {
+        let pending = if inner.is_end_stream() {
+            // An empty body may never be polled: the call is complete already.
+            pending.finish(None);
+            None
+        } else {
+            Some(pending)
+        };
+        ResponseBody {
+            kind: Kind::Audited { inner, pending },
+        }
+    }
+
+    pub(crate) fn refused(body: Bytes) -> Self {
+        ResponseBody {
+            kind: Kind::Refused { body: Some(body) },
+        }
+    }
+}
+
+impl<B, K> Body for ResponseBody<B, K>
+where
+    B: Body,
+    B::Data: From<Bytes>,
+    K: RecordSink,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        match self.project().kind.project() {
+            KindProj::Passthrough { inner } => inner.poll_frame(cx),
+            KindProj::Audited { mut inner, pending } => {
+                let frame = ready!(inner.as_mut().poll_frame(cx));
+                match &frame {
+                    Some(Ok(frame)) => {
+                        if let (Some(p), Some(data)) = (pending.as_mut(), frame.data_ref()) {
+                            p.capture_response(data);
+                        }
+                        if inner.is_end_stream()
+                            && let Some(p) = pending.take()
+                        {
+                            p.finish(None);
+                        }
+                    }
+                    // The client did not get the whole response.
+                    Some(Err(_)) => {
+                        if let Some(p) = pending.take() {
+                            p.finish(Some(Outcome::Aborted));
+                        }
+                    }
+                    None => {
+                        if let Some(p) = pending.take() {
+                            p.finish(None);
+                        }
+                    }
+                }
+                Poll::Ready(frame)
+            }
+            KindProj::Refused { body } => {
+                Poll::Ready(body.take().map(|b| Ok(Frame::data(B::Data::from(b)))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Passthrough { inner } | Kind::Audited { inner, .. } => inner.is_end_stream(),
+            Kind::Refused { body } => body.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Passthrough { inner } | Kind::Audited { inner, .. } => inner.size_hint(),
+            Kind::Refused { body } => {
+                SizeHint::with_exact(body.as_ref().map_or(0, |b| b.len() as u64))
+            }
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! [`AuditLayer`]: what a service adds to its router.
+
+use std::sync::Arc;
+
+use auditgate_queue::RecordSink;
+use auditgate_rules::{ClientIpMode, RuleSet};
+use tower_layer::Layer;
+
+use crate::service::Audit;
+
+/// The default for how much of a request or response body is read for `body/` and
+/// `response/` templates: 64 KiB.
+pub const DEFAULT_CAPTURE_LIMIT: usize = 64 * 1024;
+
+/// Audits the calls its rules match; see the [crate docs](crate) for an example.
+///
+/// Cheap to clone: the rules and settings are shared.
+#[derive(Debug, Clone)]
+pub struct AuditLayer<K> {
+    pub(crate) settings: Arc<Settings>,
+    pub(crate) sink: K,
+}
+
+/// What every [`Audit`] service of one layer shares.
+#[derive(Debug)]
+pub(crate) struct Settings {
+    pub(crate) rules: RuleSet,
+    pub(crate) capture_limit: usize,
+    pub(crate) client_ip: ClientIpMode,
+}
+
+impl<K: RecordSink + Clone> AuditLayer<K> {
+    /// Audits calls matching `rules` into `sink`: a [`RedisQueue`](auditgate_queue::RedisQueue)
+    /// in production, a [`MemorySink`](auditgate_queue::MemorySink) in tests.
+    pub fn new(rules: RuleSet, sink: K) -> Self {
+        AuditLayer {
+            settings: Arc::new(Settings {
+                rules,
+                capture_limit: DEFAULT_CAPTURE_LIMIT,
+                client_ip: ClientIpMode::default(),
+            }),
+            sink,
+        }
+    }
+
+    /// How many bytes of each body templates may read (default 64 KiB). The bodies always
+    /// pass through whole; a body longer than this is simply not read by templates.
+    pub fn capture_limit(mut self, bytes: usize) -> Self {
+        self.settings_mut().capture_limit = bytes;
+        self
+    }
+
+    /// How the client's address is recorded (default: anonymised to its /24 or /48). The
+    /// address comes from axum's `ConnectInfo<SocketAddr>` or a `SocketAddr` request extension.
+    pub fn client_ip(mut self, mode: ClientIpMode) -> Self {
+        self.settings_mut().client_ip = mode;
+        self
+    }
+
+    fn settings_mut(&mut self) -> &mut Settings {
+        // Settings are only changed while building the layer, before it is cloned.
+        if Arc::get_mut(&mut self.settings).is_none() {
+            self.settings = Arc::new(Settings {
+                rules: self.settings.rules.clone(),
+                capture_limit: self.settings.capture_limit,
+                client_ip: self.settings.client_ip,
+            });
+        }
+        match Arc::get_mut(&mut self.settings) {
+            Some(settings) => settings,
+            None => unreachable!("a fresh Arc has one owner"),
+        }
+    }
+}
+
+impl<S, K: Clone> Layer<S> for AuditLayer<K> {
+    type Service = Audit<S, K>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Audit {
+            inner,
+            settings: self.settings.clone(),
+            sink: self.sink.clone(),
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! The record of one call while the call is still going: filled in as the response arrives,
+//! emitted exactly once — when the response body ends, or, if the call is dropped first, as
+//! `aborted` (like tower-http's `on_early_drop`).
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use auditgate_queue::RecordSink;
+use auditgate_rules::{Call, Claims, Match, Outcome};
+use bytes::Buf;
+use chrono::{DateTime, Utc};
+
+/// The first bytes of a body, up to the capture limit.
+#[derive(Debug, Default)]
+pub(crate) struct Capture {
+    bytes: Vec<u8>,
+    /// More arrived than the limit: the captured prefix is not the whole body.
+    truncated: bool,
+}
+
+/// A request body's capture, written by the body as the handler reads it.
+pub(crate) type SharedCapture = Arc<Mutex<Capture>>;
+
+impl Capture {
+    pub(crate) fn push(&mut self, data: &impl Buf, limit: usize) {
+        if self.truncated {
+            return;
+        }
+        if self.bytes.len() + data.remaining() > limit {
+            // Templates read JSON: a prefix of it is useless, so keep nothing more.
+            self.truncated = true;
+            self.bytes = Vec::new();
+            return;
+        }
+        let mut slices = [std::io::IoSlice::new(&[]); 16];
+        let n = data.chunks_vectored(&mut slices);
+        let copied: usize = slices[..n].iter().map(|s| s.len()).sum();
+        if copied < data.remaining() {
+            // More pieces than slices: a rare Buf; treat as too large rather than guess.
+            self.truncated = true;
+            self.bytes = Vec::new();
+            return;
+        }
+        for s in &slices[..n] {
+            self.bytes.extend_from_slice(s);
+        }
+    }
+
+    /// The whole body, when it fitted.
+    fn whole(&self) -> Option<&[u8]> {
+        (!self.truncated).then_some(self.bytes.as_slice())
+    }
+}
+
+/// Everything a record needs from a call, held from its start to its end.
+#[derive(Debug)]
+pub(crate) struct PendingRecord<K: RecordSink> {
+    pub(crate) sink: K,
+    pub(crate) found: Match,
+    pub(crate) method: http::Method,
+    pub(crate) uri: http::Uri,
+    pub(crate) headers: http::HeaderMap,
+    pub(crate) request_id: String,
+    pub(crate) time: DateTime<Utc>,
+    pub(crate) started: Instant,
+    pub(crate) client_ip: Option<String>,
+    pub(crate) verified_claims: Option<serde_json::Value>,
+    pub(crate) request_body: Option<SharedCapture>,
+    pub(crate) response_body: Option<Capture>,
+    pub(crate) capture_limit: usize,
+    pub(crate) status: Option<u16>,
+    emitted: bool,
+}
+
+impl<K: RecordSink> PendingRecord<K> {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        sink: K,
+        found: Match,
+        request: &http::request::Parts,
+        request_id: String,
+        time: DateTime<Utc>,
+        started: Instant,
+        client_ip: Option<String>,
+        verified_claims: Option<serde_json::Value>,
+        request_body: Option<SharedCapture>,
+        capture_limit: usize,
+    ) -> Self {
+        let response_body = found.needs_response_body().then(Capture::default);
+        PendingRecord {
+            sink,
+            found,
+            method: request.method.clone(),
+            uri: request.uri.clone(),
+            headers: request.headers.clone(),
+            request_id,
+            time,
+            started,
+            client_ip,
+            verified_claims,
+            request_body,
+            response_body,
+            capture_limit,
+            status: None,
+            emitted: false,
+        }
+    }
+
+    /// Reads a response data frame, up to the capture limit.
+    pub(crate) fn capture_response(&mut self, data: &impl Buf) {
+        if let Some(capture) = &mut self.response_body {
+            capture.push(data, self.capture_limit);
+        }
+    }
+
+    /// Emits the record: `None` lets the status decide the outcome.
+    pub(crate) fn finish(mut self, outcome: Option<Outcome>) {
+        self.emit(outcome);
+    }
+
+    fn emit(&mut self, outcome: Option<Outcome>) {
+        if std::mem::replace(&mut self.emitted, true) {
+            return;
+        }
+        let request_body = self.request_body.as_ref().map(|c| match c.lock() {
+            Ok(c) => c.whole().map(<[u8]>::to_vec),
+            Err(poisoned) => poisoned.into_inner().whole().map(<[u8]>::to_vec),
+        });
+        let mut call = Call::new(&self.method, &self.uri, &self.headers);
+        call.request_body = request_body.as_ref().and_then(|b| b.as_deref());
+        call.status = self.status;
+        call.response_body = self.response_body.as_ref().and_then(Capture::whole);
+        call.outcome = outcome;
+        call.client_ip = self.client_ip.take();
+        call.claims = match &self.verified_claims {
+            Some(claims) => Claims::Verified(claims),
+            None => Claims::Unverified,
+        };
+        call.request_id = Some(&self.request_id);
+        call.time = self.time;
+        call.duration = self.started.elapsed();
+        if let Some(record) = self.found.record(&call) {
+            // A refusal is counted by the sink itself (dropped metric): nothing to add here,
+            // and the response has been sent already.
+            let _ = self.sink.enqueue(record);
+        }
+    }
+}
+
+impl<K: RecordSink> Drop for PendingRecord<K> {
+    fn drop(&mut self) {
+        // Dropped before `finish`: the client went away, or the body was dropped unfinished.
+        self.emit(Some(Outcome::Aborted));
+    }
+}
