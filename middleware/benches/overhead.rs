@@ -56,7 +56,10 @@ async fn handler<B: http_body::Body>(
     ))))
 }
 
-fn requests() -> [(&'static str, fn() -> Request<Full<Bytes>>); 3] {
+/// A named way to make the same request again.
+type Case = (&'static str, fn() -> Request<Full<Bytes>>);
+
+fn requests() -> [Case; 3] {
     [
         ("unmatched GET", || {
             Request::get("/v1/files/abc")
