@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use crate::pending::{PendingRecord, SharedCapture};
+use crate::pending::{PendingRecord, SharedCapture, capture_buf};
 
 pin_project! {
     /// The request body the inner service sees: the client's body, frame for frame.
@@ -19,7 +19,6 @@ pin_project! {
         #[pin]
         inner: B,
         capture: Option<SharedCapture>,
-        limit: usize,
     }
 }
 
@@ -28,16 +27,11 @@ impl<B> RequestBody<B> {
         RequestBody {
             inner,
             capture: None,
-            limit: 0,
         }
     }
 
-    pub(crate) fn capturing(inner: B, capture: Option<SharedCapture>, limit: usize) -> Self {
-        RequestBody {
-            inner,
-            capture,
-            limit,
-        }
+    pub(crate) fn capturing(inner: B, capture: Option<SharedCapture>) -> Self {
+        RequestBody { inner, capture }
     }
 }
 
@@ -55,8 +49,8 @@ impl<B: Body> Body for RequestBody<B> {
             && let Some(data) = frame.data_ref()
         {
             match capture.lock() {
-                Ok(mut c) => c.push(data, *this.limit),
-                Err(poisoned) => poisoned.into_inner().push(data, *this.limit),
+                Ok(mut c) => capture_buf(&mut c, data),
+                Err(poisoned) => capture_buf(&mut poisoned.into_inner(), data),
             }
         }
         Poll::Ready(frame)

@@ -6,49 +6,25 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use auditgate_queue::RecordSink;
-use auditgate_rules::{Call, Claims, Match, Outcome};
+use auditgate_rules::{BodyCapture, Call, Claims, Match, Outcome};
 use bytes::Buf;
 use chrono::{DateTime, Utc};
 
-/// The first bytes of a body, up to the capture limit.
-#[derive(Debug, Default)]
-pub(crate) struct Capture {
-    bytes: Vec<u8>,
-    /// More arrived than the limit: the captured prefix is not the whole body.
-    truncated: bool,
-}
-
 /// A request body's capture, written by the body as the handler reads it.
-pub(crate) type SharedCapture = Arc<Mutex<Capture>>;
+pub(crate) type SharedCapture = Arc<Mutex<BodyCapture>>;
 
-impl Capture {
-    pub(crate) fn push(&mut self, data: &impl Buf, limit: usize) {
-        if self.truncated {
-            return;
-        }
-        if self.bytes.len() + data.remaining() > limit {
-            // Templates read JSON: a prefix of it is useless, so keep nothing more.
-            self.truncated = true;
-            self.bytes = Vec::new();
-            return;
-        }
-        let mut slices = [std::io::IoSlice::new(&[]); 16];
-        let n = data.chunks_vectored(&mut slices);
-        let copied: usize = slices[..n].iter().map(|s| s.len()).sum();
-        if copied < data.remaining() {
-            // More pieces than slices: a rare Buf; treat as too large rather than guess.
-            self.truncated = true;
-            self.bytes = Vec::new();
-            return;
-        }
-        for s in &slices[..n] {
-            self.bytes.extend_from_slice(s);
-        }
+/// Copies a data frame (any `Buf`, possibly in pieces) into a capture.
+pub(crate) fn capture_buf(capture: &mut BodyCapture, data: &impl Buf) {
+    let mut slices = [std::io::IoSlice::new(&[]); 16];
+    let n = data.chunks_vectored(&mut slices);
+    let copied: usize = slices[..n].iter().map(|s| s.len()).sum();
+    if copied < data.remaining() {
+        // More pieces than slices: a rare Buf; treat the body as too large rather than guess.
+        capture.give_up();
+        return;
     }
-
-    /// The whole body, when it fitted.
-    fn whole(&self) -> Option<&[u8]> {
-        (!self.truncated).then_some(self.bytes.as_slice())
+    for s in &slices[..n] {
+        capture.push(s);
     }
 }
 
@@ -66,8 +42,7 @@ pub(crate) struct PendingRecord<K: RecordSink> {
     pub(crate) client_ip: Option<String>,
     pub(crate) verified_claims: Option<serde_json::Value>,
     pub(crate) request_body: Option<SharedCapture>,
-    pub(crate) response_body: Option<Capture>,
-    pub(crate) capture_limit: usize,
+    pub(crate) response_body: Option<BodyCapture>,
     pub(crate) status: Option<u16>,
     emitted: bool,
 }
@@ -86,7 +61,9 @@ impl<K: RecordSink> PendingRecord<K> {
         request_body: Option<SharedCapture>,
         capture_limit: usize,
     ) -> Self {
-        let response_body = found.needs_response_body().then(Capture::default);
+        let response_body = found
+            .needs_response_body()
+            .then(|| BodyCapture::new(capture_limit));
         PendingRecord {
             sink,
             found,
@@ -100,7 +77,6 @@ impl<K: RecordSink> PendingRecord<K> {
             verified_claims,
             request_body,
             response_body,
-            capture_limit,
             status: None,
             emitted: false,
         }
@@ -109,7 +85,7 @@ impl<K: RecordSink> PendingRecord<K> {
     /// Reads a response data frame, up to the capture limit.
     pub(crate) fn capture_response(&mut self, data: &impl Buf) {
         if let Some(capture) = &mut self.response_body {
-            capture.push(data, self.capture_limit);
+            capture_buf(capture, data);
         }
     }
 
@@ -129,7 +105,7 @@ impl<K: RecordSink> PendingRecord<K> {
         let mut call = Call::new(&self.method, &self.uri, &self.headers);
         call.request_body = request_body.as_ref().and_then(|b| b.as_deref());
         call.status = self.status;
-        call.response_body = self.response_body.as_ref().and_then(Capture::whole);
+        call.response_body = self.response_body.as_ref().and_then(BodyCapture::whole);
         call.outcome = outcome;
         call.client_ip = self.client_ip.take();
         call.claims = match &self.verified_claims {

@@ -5,7 +5,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use auditgate_queue::RecordSink;
-use auditgate_rules::OnQueueFailure;
+use auditgate_rules::{BodyCapture, OnQueueFailure};
 use http::{HeaderValue, Request, Response};
 use http_body::Body;
 use tower_service::Service;
@@ -13,7 +13,7 @@ use tower_service::Service;
 use crate::body::{RequestBody, ResponseBody};
 use crate::future::ResponseFuture;
 use crate::layer::Settings;
-use crate::pending::{Capture, PendingRecord};
+use crate::pending::PendingRecord;
 use crate::{RequestId, VerifiedClaims};
 
 /// Audits the calls its rules match and passes every call to the inner service; built by
@@ -76,7 +76,7 @@ where
         let limit = self.settings.capture_limit;
         let capture = found
             .needs_request_body()
-            .then(|| Arc::new(Mutex::new(Capture::default())));
+            .then(|| Arc::new(Mutex::new(BodyCapture::new(limit))));
         let pending = PendingRecord::new(
             self.sink.clone(),
             found,
@@ -89,7 +89,7 @@ where
             capture.clone(),
             limit,
         );
-        let request = Request::from_parts(parts, RequestBody::capturing(body, capture, limit));
+        let request = Request::from_parts(parts, RequestBody::capturing(body, capture));
         ResponseFuture::audited(
             self.inner.call(request),
             pending,

@@ -56,6 +56,7 @@ use std::sync::Arc;
 
 use smallvec::SmallVec;
 
+mod capture;
 mod error;
 mod eval;
 mod load;
@@ -66,6 +67,7 @@ mod record;
 mod template;
 mod yaml;
 
+pub use capture::BodyCapture;
 pub use error::{Diagnostic, RulesError};
 pub use eval::{Call, Claims, ClientIpMode, Match, UNMATCHED_OPERATION, decode_bearer_claims};
 pub use model::{OnQueueFailure, Unmatched};
