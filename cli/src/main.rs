@@ -1,6 +1,7 @@
 //! `auditgate`: the one binary users run. Each subcommand parses its arguments here and
 //! hands over to the crate that owns the work.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -22,11 +23,49 @@ enum Command {
         #[command(subcommand)]
         command: rules_cmd::RulesCommand,
     },
+    /// Run the audit proxy in front of an API (SIGTERM: finish in-flight requests, flush the
+    /// queue, exit; SIGHUP: reload the rules).
+    Proxy {
+        /// The proxy config (YAML): listen, upstream, rules, redis, spool, ...
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Rules { command } => rules_cmd::run(command),
+        Command::Proxy { config } => {
+            init_logging();
+            report(
+                auditgate_proxy::ProxyConfig::load(&config)
+                    .map_err(anyhow::Error::from)
+                    .and_then(auditgate_proxy::run),
+            )
+        }
+    }
+}
+
+/// Logs to stderr, `info` and up unless `RUST_LOG` says otherwise; pingora's `log` records
+/// are included.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// Exit 0, or print the error (with its causes) and exit 1.
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("auditgate: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }

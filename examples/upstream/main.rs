@@ -1,0 +1,171 @@
+//! An example upstream API for auditgate's demo, tests and benchmarks: the media-library and
+//! organisation endpoints of `examples/rules/`, plus a few endpoints that misbehave on purpose.
+//!
+//! ```sh
+//! cargo run -p auditgate-tests --bin upstream -- --listen 127.0.0.1:3000
+//! curl -s -X POST localhost:3000/v1/files -H 'Content-Type: application/json' \
+//!      -d '{"fileName": "tree.png", "folder": "/forest"}'
+//! ```
+//!
+//! Behaviour, for any method and path:
+//! - `POST /v1/files` creates a file: `{"fileId", "filePath", "name", "size"}` (201).
+//! - Other `POST`s create something: `{"id": "..."}` (201); `PUT`/`PATCH`/`DELETE` answer
+//!   `{"ok": true, ...}` (200); `GET` answers `{"path": ...}`.
+//! - A caller whose `X-User-Id` starts with `guest` is refused every change (403), and a
+//!   `DELETE` of `.../members/owner` is refused to everyone (403): failures for the audit log.
+//! - `X-Upstream-Status: N` makes any call answer N.
+//! - `/slow?ms=N` answers after N ms; `/stream?chunks=N&size=S&delay_ms=D` streams N chunks;
+//!   `/upload` reads the whole body as it streams and answers its length and checksum;
+//!   `/echo` answers the request's method, path and headers as JSON.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, Request};
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut listen = "127.0.0.1:3000".to_owned();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--listen" => listen = args.next().ok_or("--listen needs an address")?,
+            other => return Err(format!("unknown option {other}; use --listen ADDR").into()),
+        }
+    }
+    let listener = tokio::net::TcpListener::bind(&listen).await?;
+    println!("listening on http://{}", listener.local_addr()?);
+    let app = Router::new().fallback(any);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            tokio::signal::ctrl_c().await.ok();
+        })
+        .await?;
+    Ok(())
+}
+
+async fn any(Query(query): Query<HashMap<String, String>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path().to_owned();
+    let number = |name: &str, default: u64| {
+        query
+            .get(name)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    match path.as_str() {
+        "/slow" => {
+            tokio::time::sleep(Duration::from_millis(number("ms", 1000))).await;
+            return json_response(StatusCode::OK, json!({"slept_ms": number("ms", 1000)}));
+        }
+        "/stream" => {
+            return stream(
+                number("chunks", 10),
+                number("size", 1024),
+                number("delay_ms", 0),
+            );
+        }
+        "/upload" => return upload(body).await,
+        "/echo" => {
+            let headers: serde_json::Map<String, Value> = parts
+                .headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), json!(String::from_utf8_lossy(v.as_bytes()))))
+                .collect();
+            return json_response(
+                StatusCode::OK,
+                json!({"method": parts.method.as_str(), "path": path, "headers": headers}),
+            );
+        }
+        _ => {}
+    }
+
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    if let Some(status) = parts
+        .headers
+        .get("x-upstream-status")
+        .and_then(|v| v.to_str().ok()?.parse::<u16>().ok())
+        .and_then(|s| StatusCode::from_u16(s).ok())
+    {
+        return json_response(status, json!({"status": status.as_u16()}));
+    }
+    let user = parts
+        .headers
+        .get("x-user-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let method = parts.method;
+    if method != Method::GET
+        && (user.starts_with("guest")
+            || (method == Method::DELETE && path.ends_with("/members/owner")))
+    {
+        return json_response(StatusCode::FORBIDDEN, json!({"error": "forbidden"}));
+    }
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    match method {
+        Method::POST if path == "/v1/files" => {
+            let name = body["fileName"].as_str().unwrap_or("untitled");
+            let folder = body["folder"].as_str().unwrap_or("").trim_end_matches('/');
+            json_response(
+                StatusCode::CREATED,
+                json!({"fileId": format!("f{id}"), "name": name, "filePath": format!("{folder}/{name}"), "size": body["size"].as_u64().unwrap_or(1024)}),
+            )
+        }
+        Method::POST => json_response(StatusCode::CREATED, json!({"id": format!("id{id}")})),
+        Method::GET => json_response(StatusCode::OK, json!({"path": path})),
+        _ => json_response(StatusCode::OK, json!({"ok": true, "path": path})),
+    }
+}
+
+fn stream(chunks: u64, size: u64, delay_ms: u64) -> Response {
+    let body = futures_util::stream::unfold(0u64, move |n| async move {
+        if n >= chunks {
+            return None;
+        }
+        if delay_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        }
+        let chunk = Bytes::from(vec![b'a' + (n % 26) as u8; size as usize]);
+        Some((Ok::<_, Infallible>(chunk), n + 1))
+    });
+    Body::from_stream(body).into_response()
+}
+
+async fn upload(body: Body) -> Response {
+    let mut stream = body.into_data_stream();
+    let (mut length, mut checksum) = (0u64, 0u64);
+    while let Some(Ok(chunk)) = futures_util::StreamExt::next(&mut stream).await {
+        length += chunk.len() as u64;
+        checksum = chunk
+            .iter()
+            .fold(checksum, |h, &b| h.wrapping_mul(31).wrapping_add(b as u64));
+    }
+    json_response(
+        StatusCode::OK,
+        json!({"length": length, "checksum": checksum}),
+    )
+}
+
+fn json_response(status: StatusCode, body: Value) -> Response {
+    (
+        status,
+        [("content-type", "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}

@@ -1,0 +1,362 @@
+//! [`AuditProxy`]: the `ProxyHttp` implementation. Each phase does one thing:
+//!
+//! | phase | what it does |
+//! |---|---|
+//! | `request_filter` | match the rules; set the request ID; refuse (503) a `closed` rule whose record cannot be queued |
+//! | `upstream_peer` | the configured upstream, with its timeouts |
+//! | `upstream_request_filter` | `Host`, `X-Forwarded-For`, the request ID upstream |
+//! | `request_body_filter` | copy the first bytes of the request body for `body/` templates |
+//! | `response_filter` | echo the request ID to the client |
+//! | `response_body_filter` | copy the first bytes of the response body for `response/` templates |
+//! | `fail_to_proxy` | answer 502, or 504 on a timeout, when the upstream gave no answer |
+//! | `logging` | the one phase every request reaches: build the record and hand it to the queue |
+//!
+//! Nothing here awaits Redis or logs per request: the record goes to the queue's bounded
+//! buffer, and failures are counted in metrics (with a warning at most every 10 s).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use auditgate_queue::{RecordSink, RedisQueue};
+use auditgate_rules::{
+    BodyCapture, Call, Claims, ClientIpMode, Match, OnQueueFailure, Outcome, RuleSet,
+};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{ErrorSource, ErrorType};
+
+use crate::client_ip::client_ip;
+use crate::config::{ProxyConfig, Upstream};
+use crate::jwt::Hs256;
+use crate::metrics::ProxyMetrics;
+
+/// The audit proxy: what every request shares.
+#[derive(Debug)]
+pub struct AuditProxy {
+    pub(crate) rules: Arc<ArcSwap<RuleSet>>,
+    pub(crate) sink: RedisQueue,
+    pub(crate) upstream: Upstream,
+    pub(crate) config: ProxyConfig,
+    pub(crate) jwt: Option<Hs256>,
+    pub(crate) metrics: ProxyMetrics,
+    /// Audited requests not yet logged: shutdown waits for them before flushing the queue.
+    pub(crate) in_flight: Arc<AtomicUsize>,
+    /// When the last proxy error was logged (ms since `epoch`).
+    last_error_log: AtomicU64,
+    epoch: Instant,
+}
+
+/// Per-request state.
+#[derive(Debug, Default)]
+pub struct Ctx {
+    audit: Option<Box<Audited>>,
+}
+
+/// What an audited request collects on its way through.
+#[derive(Debug)]
+struct Audited {
+    found: Match,
+    request_id: String,
+    time: DateTime<Utc>,
+    started: Instant,
+    client_ip: Option<IpAddr>,
+    claims: ClaimState,
+    request_body: Option<BodyCapture>,
+    response_body: Option<BodyCapture>,
+}
+
+#[derive(Debug)]
+enum ClaimState {
+    Unverified,
+    Verified(serde_json::Value),
+    Refused,
+}
+
+impl AuditProxy {
+    pub(crate) fn new(
+        rules: Arc<ArcSwap<RuleSet>>,
+        sink: RedisQueue,
+        upstream: Upstream,
+        config: ProxyConfig,
+        jwt: Option<Hs256>,
+        metrics: ProxyMetrics,
+    ) -> AuditProxy {
+        AuditProxy {
+            rules,
+            sink,
+            upstream,
+            config,
+            jwt,
+            metrics,
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            last_error_log: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn client_ip_of(&self, session: &Session) -> Option<IpAddr> {
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        client_ip(peer, session.req_header(), &self.config.trusted_proxies)
+    }
+
+    /// A warning about failing requests, at most every 10 s: the log shows that something is
+    /// wrong without one line per request.
+    fn warn_rarely(&self, error: &Error) {
+        let now = self.epoch.elapsed().as_millis() as u64 + 10_000;
+        let last = self.last_error_log.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= 10_000
+            && self
+                .last_error_log
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(error = %error, "proxying failed (further failures in the next 10 s are only counted: auditgate_proxy_errors_total)");
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for AuditProxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let time = Utc::now();
+        let started = Instant::now();
+        let rules = self.rules.load();
+        let found = {
+            let req = session.req_header();
+            rules.matches(&req.method, req.uri.path())
+        };
+        let Some(found) = found else {
+            return Ok(false);
+        };
+        let request_id = found.request_id(&session.req_header().headers);
+        let header = found.request_id_header().clone();
+        session
+            .req_header_mut()
+            .insert_header(header.clone(), request_id.as_str())?;
+
+        if found.on_queue_failure() == OnQueueFailure::Closed && !self.sink.can_accept() {
+            self.metrics.refused.increment(1);
+            let body = Bytes::from(
+                serde_json::json!({
+                    "error": "audit_unavailable",
+                    "message": "this operation is audited and its audit record cannot be stored right now; try again later",
+                    "request_id": request_id,
+                })
+                .to_string(),
+            );
+            let mut response = ResponseHeader::build(503, Some(4))?;
+            response.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+            response.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+            response.insert_header(http::header::RETRY_AFTER, "5")?;
+            response.insert_header(header, request_id.as_str())?;
+            session
+                .write_response_header(Box::new(response), false)
+                .await?;
+            session.write_response_body(Some(body), true).await?;
+            return Ok(true);
+        }
+
+        let claims = match &self.jwt {
+            None => ClaimState::Unverified,
+            Some(verifier) => match verifier.verify(&session.req_header().headers) {
+                Some(claims) => ClaimState::Verified(claims),
+                None => ClaimState::Refused,
+            },
+        };
+        let limit = self.config.capture_limit;
+        ctx.audit = Some(Box::new(Audited {
+            request_body: found.needs_request_body().then(|| BodyCapture::new(limit)),
+            response_body: found.needs_response_body().then(|| BodyCapture::new(limit)),
+            client_ip: self.client_ip_of(session),
+            found,
+            request_id,
+            time,
+            started,
+            claims,
+        }));
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let up = &self.upstream;
+        let mut peer = HttpPeer::new(up.addr, up.tls, up.host.clone());
+        let t = &self.config.timeouts;
+        peer.options.connection_timeout = Some(t.connect());
+        peer.options.read_timeout = Some(t.read());
+        peer.options.write_timeout = Some(t.write());
+        peer.options.idle_timeout = Some(t.idle());
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        _ctx: &mut Ctx,
+    ) -> Result<()> {
+        if !self.config.preserve_host {
+            upstream_request.insert_header(http::header::HOST, self.upstream.authority.as_str())?;
+        }
+        if let Some(peer) = session.client_addr().and_then(|a| a.as_inet()) {
+            let forwarded = match upstream_request.headers.get("x-forwarded-for") {
+                Some(v) => format!("{}, {}", String::from_utf8_lossy(v.as_bytes()), peer.ip()),
+                None => peer.ip().to_string(),
+            };
+            upstream_request.insert_header("x-forwarded-for", forwarded)?;
+        }
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let (Some(audit), Some(chunk)) = (ctx.audit.as_mut(), body.as_ref())
+            && let Some(capture) = audit.request_body.as_mut()
+        {
+            capture.push(chunk);
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(audit) = &ctx.audit {
+            upstream_response.insert_header(
+                audit.found.request_id_header().clone(),
+                audit.request_id.as_str(),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        if let (Some(audit), Some(chunk)) = (ctx.audit.as_mut(), body.as_ref())
+            && let Some(capture) = audit.response_body.as_mut()
+        {
+            capture.push(chunk);
+        }
+        Ok(None)
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+                if *e.esource() == ErrorSource::Upstream =>
+            {
+                504
+            }
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        if code > 0 {
+            let mut response = match ResponseHeader::build(code, Some(4)) {
+                Ok(r) => r,
+                Err(_) => {
+                    return FailToProxy {
+                        error_code: code,
+                        can_reuse_downstream: false,
+                    };
+                }
+            };
+            let _ = response.insert_header(http::header::CONTENT_LENGTH, "0");
+            if let Some(audit) = &ctx.audit {
+                let _ = response.insert_header(
+                    audit.found.request_id_header().clone(),
+                    audit.request_id.as_str(),
+                );
+            }
+            let _ = session
+                .write_response_header(Box::new(response), true)
+                .await;
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, error: &Error) -> bool {
+        // No log line per failed request: count it, and warn at most every 10 s.
+        self.metrics.error(error);
+        self.warn_rarely(error);
+        true
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        self.metrics.requests.increment(1);
+        let Some(audit) = ctx.audit.take() else {
+            return;
+        };
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let status = session.response_written().map(|r| r.status.as_u16());
+        let outcome = match e.map(|e| e.esource()) {
+            None => None,
+            // The client went away (or broke the protocol) before the response was complete.
+            Some(ErrorSource::Downstream) => Some(Outcome::Aborted),
+            // No complete answer from the upstream: the proxy answered (502/504) or cut off.
+            Some(_) => Some(Outcome::Error),
+        };
+        let req = session.req_header();
+        let mut call = Call::new(&req.method, &req.uri, &req.headers);
+        call.time = audit.time;
+        call.duration = audit.started.elapsed();
+        call.status = status.filter(|s| *s > 0);
+        call.outcome = outcome;
+        call.request_id = Some(&audit.request_id);
+        call.request_body = audit.request_body.as_ref().and_then(BodyCapture::whole);
+        call.response_body = audit.response_body.as_ref().and_then(BodyCapture::whole);
+        call.client_ip = audit
+            .client_ip
+            .and_then(|ip| ClientIpMode::render(self.config.client_ip, ip));
+        call.claims = match &audit.claims {
+            ClaimState::Unverified => Claims::Unverified,
+            ClaimState::Verified(v) => Claims::Verified(v),
+            ClaimState::Refused => Claims::Absent,
+        };
+        let Some(record) = audit.found.record(&call) else {
+            return;
+        };
+        self.metrics.record(&record.operation, record.outcome);
+        // A record the queue cannot take is counted there (auditgate_queue_dropped_total).
+        let _ = self.sink.enqueue(record);
+    }
+}

@@ -1,0 +1,371 @@
+//! The proxy's YAML config (`auditgate proxy --config proxy.yaml`).
+//!
+//! Relative paths (rules, spool, key files) are read relative to the config file's folder, so
+//! a config and its files can move together.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use auditgate_queue::{RedisConfig, SpoolConfig};
+use auditgate_rules::ClientIpMode;
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// Everything `auditgate proxy` reads from its config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Where clients connect, e.g. `127.0.0.1:8080`. Required.
+    pub listen: String,
+    /// The API behind the proxy: `http://host:port` or `https://host:port`. Required.
+    pub upstream: String,
+    /// Rule files and directories, read as one set; reloaded on change and on SIGHUP. Required.
+    pub rules: Vec<PathBuf>,
+    /// The Redis stream records go to. Required.
+    pub redis: RedisConfig,
+    /// Where records wait while Redis is away. Default: `./spool`, 1 GiB.
+    #[serde(default)]
+    pub spool: SpoolConfig,
+    /// How much of the client address records keep: `full`, `anonymized` (default) or `none`.
+    #[serde(default, with = "client_ip_mode")]
+    pub client_ip: ClientIpMode,
+    /// Peers whose `X-Forwarded-For` is believed (CIDR ranges). Default: none.
+    #[serde(default)]
+    pub trusted_proxies: Vec<IpNet>,
+    /// The key `| hmac` templates use; required when a rule uses `hmac`. Default: none.
+    #[serde(default)]
+    pub hmac_key_file: Option<PathBuf>,
+    /// Where Prometheus metrics (`/metrics`) and `/healthz` are served. Default: not served.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
+    /// Worker threads of the proxy. Default 2.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+    /// Bearer-token verification. Default: claims are read unverified and records say so.
+    #[serde(default)]
+    pub jwt: Option<JwtConfig>,
+    /// Upstream timeouts.
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    /// Send the client's `Host` header upstream (`true`) or the upstream's own host (`false`,
+    /// the default, as nginx's `proxy_pass` does).
+    #[serde(default)]
+    pub preserve_host: bool,
+    /// Bytes of each body that `body/` and `response/` templates may read. Default 65536.
+    #[serde(default = "default_capture_limit")]
+    pub capture_limit: usize,
+    /// Records the in-memory queue buffer holds before spilling to the spool. Default 10000.
+    #[serde(default = "default_buffer")]
+    pub queue_buffer: usize,
+    /// On SIGTERM: how long in-flight requests may take to finish before the proxy exits.
+    /// Default 5.
+    #[serde(default = "default_grace")]
+    pub grace_period_seconds: u64,
+}
+
+/// How bearer tokens are verified.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// A file holding the HS256 secret. Tokens with another algorithm, a bad signature or an
+    /// `exp` in the past are not trusted: `jwt/` templates yield nothing for them.
+    pub hs256_secret_file: PathBuf,
+}
+
+/// Upstream timeouts, in milliseconds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    /// TCP (and TLS) connect. Default 5000.
+    #[serde(default = "default_connect_ms")]
+    pub connect_ms: u64,
+    /// Waiting for each read from the upstream (the response head, each body chunk); on
+    /// expiry the client gets 504. Default 60000.
+    #[serde(default = "default_read_ms")]
+    pub read_ms: u64,
+    /// Each write to the upstream. Default 60000.
+    #[serde(default = "default_read_ms")]
+    pub write_ms: u64,
+    /// How long an idle upstream connection is kept for reuse. Default 60000.
+    #[serde(default = "default_read_ms")]
+    pub idle_ms: u64,
+}
+
+/// The upstream, parsed and resolved at start-up.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// The resolved address.
+    pub addr: SocketAddr,
+    /// Whether to speak TLS.
+    pub tls: bool,
+    /// The host name (SNI and, unless `preserve_host`, the `Host` header).
+    pub host: String,
+    /// `host[:port]` as the `Host` header carries it.
+    pub authority: String,
+}
+
+/// A config that cannot be used, with the file and, where known, the place in it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("{}: {source}", path.display())]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// What the file system said.
+        source: std::io::Error,
+    },
+    /// The YAML does not parse, or holds unknown or mistyped keys.
+    #[error("{}:{line}:{column}: {message}", path.display())]
+    Syntax {
+        /// The config file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value is well-formed YAML but not usable.
+    #[error("{}: {message}", path.display())]
+    Invalid {
+        /// The config file.
+        path: PathBuf,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+}
+
+impl ProxyConfig {
+    /// Reads and checks a config file; relative paths in it become relative to its folder.
+    pub fn load(path: impl AsRef<Path>) -> Result<ProxyConfig, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut config = ProxyConfig::from_yaml(path, &text)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for rules in &mut config.rules {
+            *rules = base.join(&*rules);
+        }
+        config.spool.dir = base.join(&config.spool.dir);
+        if let Some(key) = &mut config.hmac_key_file {
+            *key = base.join(&*key);
+        }
+        if let Some(jwt) = &mut config.jwt {
+            jwt.hs256_secret_file = base.join(&jwt.hs256_secret_file);
+        }
+        Ok(config)
+    }
+
+    /// Parses config text, naming `path` in messages.
+    pub fn from_yaml(path: &Path, text: &str) -> Result<ProxyConfig, ConfigError> {
+        let config: ProxyConfig = serde_yaml::from_str(text).map_err(|e| {
+            let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
+            ConfigError::Syntax {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message: e
+                    .to_string()
+                    .split(" at line ")
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned(),
+            }
+        })?;
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        if config.rules.is_empty() {
+            return Err(invalid(
+                "`rules` names no file: list at least one rule file or directory".into(),
+            ));
+        }
+        if config.threads == 0 {
+            return Err(invalid("`threads` must be at least 1".into()));
+        }
+        if config.listen.parse::<SocketAddr>().is_err() {
+            return Err(invalid(format!(
+                "`listen: {}` is not an address: write HOST:PORT, e.g. 127.0.0.1:8080",
+                config.listen
+            )));
+        }
+        config.upstream().map_err(invalid)?;
+        Ok(config)
+    }
+
+    /// The upstream URL, parsed and resolved.
+    pub fn upstream(&self) -> Result<Upstream, String> {
+        let uri: http::Uri = self.upstream.parse().map_err(|e| {
+            format!(
+                "`upstream: {}` is not a URL ({e}): write http://HOST:PORT",
+                self.upstream
+            )
+        })?;
+        let tls = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => {
+                return Err(format!(
+                    "`upstream: {}` must start with http:// or https://",
+                    self.upstream
+                ));
+            }
+        };
+        let Some(host) = uri.host() else {
+            return Err(format!("`upstream: {}` names no host", self.upstream));
+        };
+        if uri.path() != "/" && !uri.path().is_empty() {
+            return Err(format!(
+                "`upstream: {}` has a path; the proxy forwards paths as they come: remove it",
+                self.upstream
+            ));
+        }
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let addr = (host.as_str(), port)
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve the upstream {host}:{port}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("the upstream {host}:{port} resolves to no address"))?;
+        let authority = uri
+            .authority()
+            .map_or_else(|| host.clone(), |a| a.as_str().to_owned());
+        Ok(Upstream {
+            addr,
+            tls,
+            host,
+            authority,
+        })
+    }
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect_ms: default_connect_ms(),
+            read_ms: default_read_ms(),
+            write_ms: default_read_ms(),
+            idle_ms: default_read_ms(),
+        }
+    }
+}
+
+impl Timeouts {
+    pub(crate) fn connect(&self) -> Duration {
+        Duration::from_millis(self.connect_ms)
+    }
+
+    pub(crate) fn read(&self) -> Duration {
+        Duration::from_millis(self.read_ms)
+    }
+
+    pub(crate) fn write(&self) -> Duration {
+        Duration::from_millis(self.write_ms)
+    }
+
+    pub(crate) fn idle(&self) -> Duration {
+        Duration::from_millis(self.idle_ms)
+    }
+}
+
+fn default_threads() -> usize {
+    2
+}
+
+fn default_capture_limit() -> usize {
+    64 * 1024
+}
+
+fn default_buffer() -> usize {
+    10_000
+}
+
+fn default_grace() -> u64 {
+    5
+}
+
+fn default_connect_ms() -> u64 {
+    5_000
+}
+
+fn default_read_ms() -> u64 {
+    60_000
+}
+
+mod client_ip_mode {
+    use auditgate_rules::ClientIpMode;
+    use serde::{Deserialize, Deserializer};
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<ClientIpMode, D::Error> {
+        match String::deserialize(d)?.as_str() {
+            "full" => Ok(ClientIpMode::Full),
+            "anonymized" | "anonymised" => Ok(ClientIpMode::Anonymized),
+            "none" => Ok(ClientIpMode::None),
+            other => Err(serde::de::Error::custom(format!(
+                "client_ip: unknown mode {other:?}: use full, anonymized or none"
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "listen: 127.0.0.1:8080\nupstream: http://127.0.0.1:3000\nrules: [rules.yaml]\nredis: { url: \"redis://127.0.0.1:6379\" }\n";
+
+    #[test]
+    fn defaults_fill_what_is_not_said() {
+        let c = ProxyConfig::from_yaml(Path::new("proxy.yaml"), GOOD).unwrap();
+        assert_eq!(c.threads, 2);
+        assert_eq!(c.client_ip, ClientIpMode::Anonymized);
+        assert_eq!(c.redis.stream, "auditgate:records");
+        assert_eq!(c.spool.max_bytes, 1 << 30);
+        assert_eq!(c.capture_limit, 65536);
+        let up = c.upstream().unwrap();
+        assert_eq!(up.addr, "127.0.0.1:3000".parse().unwrap());
+        assert!(!up.tls);
+        assert_eq!(up.authority, "127.0.0.1:3000");
+    }
+
+    #[test]
+    fn an_unknown_key_names_its_place() {
+        let text = format!("{GOOD}metrics_lisen: 127.0.0.1:9100\n");
+        let err = ProxyConfig::from_yaml(Path::new("proxy.yaml"), &text).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("proxy.yaml:5:1: unknown field `metrics_lisen`"),
+            "{msg}"
+        );
+        assert!(msg.contains("expected one of"), "{msg}");
+    }
+
+    #[test]
+    fn bad_values_say_how_to_fix_them() {
+        let err = ProxyConfig::from_yaml(
+            Path::new("p.yaml"),
+            &GOOD.replace("http://127.0.0.1:3000", "ftp://x"),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "p.yaml: `upstream: ftp://x` must start with http:// or https://"
+        );
+        let err =
+            ProxyConfig::from_yaml(Path::new("p.yaml"), &format!("{GOOD}client_ip: partial\n"))
+                .unwrap_err();
+        assert!(
+            err.to_string().contains("use full, anonymized or none"),
+            "{err}"
+        );
+    }
+}

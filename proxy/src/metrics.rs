@@ -1,0 +1,120 @@
+//! The proxy's metrics and the `/metrics` + `/healthz` endpoint on `metrics_listen`.
+//!
+//! Every counter goes through the `metrics` facade into one Prometheus recorder, installed
+//! before the queue starts so that the queue's counters land there too.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use auditgate_queue::RedisQueue;
+use auditgate_rules::Outcome;
+use http::Response;
+use metrics::Counter;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use pingora::{Error, ErrorSource};
+
+/// Requests proxied (all of them, audited or not).
+pub const REQUESTS: &str = "auditgate_proxy_requests_total";
+/// Records made, by `operation` and `outcome`.
+pub const RECORDS: &str = "auditgate_proxy_records_total";
+/// Requests answered 503 because a `closed` rule's record could not be queued.
+pub const REFUSED: &str = "auditgate_proxy_refused_total";
+/// Failed requests by `source` (upstream, downstream, internal) and `kind`.
+pub const ERRORS: &str = "auditgate_proxy_errors_total";
+/// Rule reloads by `result` (`ok`, `error`).
+pub const RELOADS: &str = "auditgate_proxy_rule_reloads_total";
+
+/// Handles to the counters the request path touches.
+#[derive(Debug, Clone)]
+pub(crate) struct ProxyMetrics {
+    pub(crate) requests: Counter,
+    pub(crate) refused: Counter,
+}
+
+impl ProxyMetrics {
+    pub(crate) fn new() -> ProxyMetrics {
+        ProxyMetrics {
+            requests: metrics::counter!(REQUESTS),
+            refused: metrics::counter!(REFUSED),
+        }
+    }
+
+    pub(crate) fn record(&self, operation: &str, outcome: Outcome) {
+        metrics::counter!(RECORDS, "operation" => operation.to_owned(), "outcome" => outcome.as_str())
+            .increment(1);
+    }
+
+    pub(crate) fn error(&self, error: &Error) {
+        let source = match error.esource() {
+            ErrorSource::Upstream => "upstream",
+            ErrorSource::Downstream => "downstream",
+            ErrorSource::Internal => "internal",
+            ErrorSource::Unset => "unset",
+        };
+        metrics::counter!(ERRORS, "source" => source, "kind" => error.etype().as_str())
+            .increment(1);
+    }
+}
+
+/// Installs the Prometheus recorder for the whole process. Call once, first.
+pub(crate) fn install() -> anyhow::Result<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))?;
+    metrics::describe_counter!(REQUESTS, "Requests proxied");
+    metrics::describe_counter!(RECORDS, "Audit records made, by operation and outcome");
+    metrics::describe_counter!(
+        REFUSED,
+        "Requests refused (503) because their audit record could not be queued"
+    );
+    metrics::describe_counter!(ERRORS, "Requests that failed, by error source and kind");
+    metrics::describe_counter!(RELOADS, "Rule reloads, by result");
+    Ok(handle)
+}
+
+/// Serves `/metrics` (Prometheus text) and `/healthz`.
+#[derive(Debug)]
+pub(crate) struct MetricsApp {
+    pub(crate) handle: PrometheusHandle,
+    pub(crate) queue: Arc<RedisQueue>,
+}
+
+#[async_trait]
+impl ServeHttp for MetricsApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let path = session.req_header().uri.path().to_owned();
+        let (status, content_type, body) = match path.as_str() {
+            "/metrics" => {
+                self.handle.run_upkeep();
+                (
+                    200,
+                    "text/plain; version=0.0.4",
+                    self.handle.render().into_bytes(),
+                )
+            }
+            "/healthz" => {
+                let stats = self.queue.stats();
+                let body = serde_json::json!({
+                    "status": "ok",
+                    "redis_up": stats.redis_up,
+                    "spool_bytes": stats.spool_bytes,
+                    "dropped": stats.dropped,
+                });
+                (200, "application/json", body.to_string().into_bytes())
+            }
+            _ => (
+                404,
+                "text/plain",
+                b"not found: try /metrics or /healthz\n".to_vec(),
+            ),
+        };
+        Response::builder()
+            .status(status)
+            .header(http::header::CONTENT_TYPE, content_type)
+            .header(http::header::CONTENT_LENGTH, body.len())
+            .body(body)
+            .unwrap_or_else(|_| Response::new(Vec::new()))
+    }
+}

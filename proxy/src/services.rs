@@ -1,0 +1,151 @@
+//! The proxy's background services: the queue's flusher, and rule reloading.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use auditgate_queue::{Flusher, RedisQueue};
+use auditgate_rules::RuleSet;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+
+use crate::metrics::RELOADS;
+
+/// Runs the queue's flusher; on shutdown, waits for in-flight audited requests (up to the
+/// grace period) and then flushes, so that no record is lost.
+#[derive(Debug)]
+pub(crate) struct QueueService {
+    pub(crate) flusher: Mutex<Option<Flusher>>,
+    pub(crate) queue: Arc<RedisQueue>,
+    pub(crate) in_flight: Arc<AtomicUsize>,
+    pub(crate) grace: Duration,
+}
+
+#[async_trait]
+impl BackgroundService for QueueService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let flusher = self
+            .flusher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(flusher) = flusher {
+            tokio::spawn(flusher.run());
+        }
+        let _ = shutdown.changed().await;
+        // Listeners have stopped; requests in flight still make records. Wait for them, but
+        // leave a second of the grace period for the flush itself.
+        let deadline = Instant::now() + self.grace.saturating_sub(Duration::from_secs(1));
+        while self.in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.queue.shutdown().await;
+    }
+}
+
+/// Reloads the rules when a rule file changes (checked every second) or on SIGHUP. A set
+/// that does not load is rejected with its errors logged, and the old set stays.
+#[derive(Debug)]
+pub(crate) struct ReloadService {
+    pub(crate) rules: Arc<ArcSwap<RuleSet>>,
+    pub(crate) paths: Vec<PathBuf>,
+    pub(crate) hmac_key_file: Option<PathBuf>,
+}
+
+impl ReloadService {
+    /// Loads the rule set as configured.
+    pub(crate) fn load(
+        paths: &[PathBuf],
+        hmac_key_file: Option<&PathBuf>,
+    ) -> Result<RuleSet, auditgate_rules::RulesError> {
+        let mut loader = RuleSet::loader();
+        if let Some(key) = hmac_key_file {
+            loader = loader.hmac_key_file(key)?;
+        }
+        loader.load_all(paths)
+    }
+
+    fn reload(&self, why: &str) {
+        match Self::load(&self.paths, self.hmac_key_file.as_ref()) {
+            Ok(rules) => {
+                let s = rules.summary();
+                self.rules.store(Arc::new(rules));
+                metrics::counter!(RELOADS, "result" => "ok").increment(1);
+                tracing::info!(files = s.files, rules = s.rules, "rules reloaded ({why})");
+            }
+            Err(e) => {
+                metrics::counter!(RELOADS, "result" => "error").increment(1);
+                tracing::error!("rules not reloaded ({why}); keeping the previous set:\n{e}");
+            }
+        }
+    }
+
+    /// Name, size and modification time of every rule file: a change in any is a change.
+    fn fingerprint(&self) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+        let mut out = Vec::new();
+        for path in &self.paths {
+            let mut files = vec![path.clone()];
+            if path.is_dir() {
+                files = std::fs::read_dir(path)
+                    .map(|entries| {
+                        entries
+                            .filter_map(|e| e.ok().map(|e| e.path()))
+                            .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                files.sort();
+            }
+            for file in files {
+                let meta = std::fs::metadata(&file).ok();
+                out.push((
+                    file,
+                    meta.as_ref().map_or(0, |m| m.len()),
+                    meta.and_then(|m| m.modified().ok()),
+                ));
+            }
+        }
+        out
+    }
+}
+
+#[async_trait]
+impl BackgroundService for ReloadService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut hangups = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::hangup(),
+        ) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; reloading on file changes only");
+                None
+            }
+        };
+        let mut seen = self.fingerprint();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                Some(()) = async {
+                    match hangups.as_mut() {
+                        Some(h) => h.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    seen = self.fingerprint();
+                    self.reload("SIGHUP");
+                }
+                _ = tick.tick() => {
+                    let now = self.fingerprint();
+                    if now != seen {
+                        seen = now;
+                        self.reload("a rule file changed");
+                    }
+                }
+            }
+        }
+    }
+}
