@@ -333,3 +333,112 @@ pub fn wait_for_line(child: &mut Child, prefix: &str) -> String {
         }
     }
 }
+
+/// A binary of this workspace (`auditgate`, `upstream`), as `cargo test --workspace` builds
+/// them next to the test binaries.
+pub fn workspace_bin(name: &str) -> std::path::PathBuf {
+    let mut dir = std::env::current_exe().expect("test binary path");
+    dir.pop();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace` (or `cargo test --workspace`) first",
+        path.display()
+    );
+    path
+}
+
+/// The example upstream API (`examples/upstream/main.rs`) on a free port.
+#[derive(Debug)]
+pub struct UpstreamProcess {
+    /// `127.0.0.1:PORT`
+    pub addr: String,
+    _child: ChildGuard,
+}
+
+impl UpstreamProcess {
+    /// Starts the upstream and waits until it listens.
+    pub fn start() -> UpstreamProcess {
+        let mut child = Command::new(workspace_bin("upstream"))
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the example upstream");
+        let addr = wait_for_line(&mut child, "listening on http://");
+        UpstreamProcess {
+            addr,
+            _child: ChildGuard(child),
+        }
+    }
+}
+
+/// `auditgate proxy` as a process, with its config and rules in a temp dir.
+#[derive(Debug)]
+pub struct ProxyProcess {
+    /// `127.0.0.1:PORT` clients connect to.
+    pub addr: String,
+    /// `127.0.0.1:PORT` of `/metrics` and `/healthz`.
+    pub metrics_addr: String,
+    /// The folder holding `proxy.yaml`, `rules.yaml`, `spool/`, `stderr.log`.
+    pub dir: tempfile::TempDir,
+    /// The running process.
+    pub child: ChildGuard,
+}
+
+impl ProxyProcess {
+    /// Writes `rules.yaml` and a `proxy.yaml` (plus `extra` config lines) and starts the
+    /// proxy; waits until it answers.
+    pub fn start(upstream: &str, redis_url: &str, rules: &str, extra: &str) -> ProxyProcess {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("rules.yaml"), rules).expect("write rules");
+        let port = free_port();
+        let metrics_port = free_port();
+        let spool = if extra.contains("spool:") {
+            ""
+        } else {
+            "spool: { dir: spool }\n"
+        };
+        let config = format!(
+            "listen: 127.0.0.1:{port}\nupstream: http://{upstream}\nrules: [rules.yaml]\n\
+             redis: {{ url: \"{redis_url}\" }}\n{spool}\
+             metrics_listen: 127.0.0.1:{metrics_port}\nclient_ip: full\n{extra}"
+        );
+        std::fs::write(dir.path().join("proxy.yaml"), config).expect("write config");
+        let stderr = std::fs::File::create(dir.path().join("stderr.log")).expect("log file");
+        let child = Command::new(workspace_bin("auditgate"))
+            .arg("proxy")
+            .arg("--config")
+            .arg(dir.path().join("proxy.yaml"))
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("start auditgate proxy");
+        let proxy = ProxyProcess {
+            addr: format!("127.0.0.1:{port}"),
+            metrics_addr: format!("127.0.0.1:{metrics_port}"),
+            dir,
+            child: ChildGuard(child),
+        };
+        let up = wait_until(Duration::from_secs(15), || {
+            http(&proxy.metrics_addr, "GET", "/healthz", &[], b"").is_ok()
+                && std::net::TcpStream::connect(&proxy.addr).is_ok()
+        });
+        assert!(up, "the proxy did not start:\n{}", proxy.stderr());
+        proxy
+    }
+
+    /// What the proxy has logged.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    /// `/healthz` as JSON.
+    pub fn health(&self) -> serde_json::Value {
+        http(&self.metrics_addr, "GET", "/healthz", &[], b"")
+            .expect("healthz")
+            .json()
+    }
+}

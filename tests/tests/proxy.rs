@@ -1,0 +1,538 @@
+//! `auditgate proxy` as a process between a client and the example upstream, with a real
+//! redis-server: what the client gets, what the upstream sees, and the records in the stream.
+
+#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed: the panic says where
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use auditgate_rules::{AuditRecord, Outcome};
+use auditgate_tests::{
+    ProxyProcess, RedisServer, UpstreamProcess, free_port, http, wait_until, workspace_bin,
+};
+
+const STREAM: &str = "auditgate:records";
+
+const RULES: &str = r#"
+version: 1
+service: media-library
+defaults:
+  actor: ["{jwt/sub}", "{header.X-User-Id}"]
+rules:
+  - operation: asset.upload
+    method: POST
+    path: /v1/files
+    resources: [{ type: file, id: "{response/fileId}", path: "{response/filePath}" }]
+    details: { name: "{body/fileName}" }
+  - operation: member.remove
+    method: DELETE
+    path: /api/orgs/{org}/members/{user}
+    resources: [{ type: user, id: "{path.user}" }]
+  - operation: slow.call
+    method: POST
+    path: /slow
+  - operation: bulk.upload
+    method: POST
+    path: /upload
+    details: { size: "{body/size}" }
+  - operation: export.download
+    method: POST
+    path: /stream
+  - operation: echo.call
+    method: POST
+    path: /echo
+"#;
+
+fn records(redis: &RedisServer, at_least: usize) -> Vec<AuditRecord> {
+    assert!(
+        wait_until(Duration::from_secs(10), || redis.len(STREAM) >= at_least),
+        "expected {at_least} records, the stream has {}",
+        redis.len(STREAM)
+    );
+    redis.records(STREAM)
+}
+
+#[test]
+fn every_outcome_becomes_a_record() {
+    let redis = RedisServer::start();
+    let upstream = UpstreamProcess::start();
+    let proxy = ProxyProcess::start(
+        &upstream.addr,
+        &redis.url(),
+        RULES,
+        "timeouts: { read_ms: 300 }\n",
+    );
+    let json = ("Content-Type", "application/json");
+
+    // success, with the resource read from the upstream's response
+    let ok = http(
+        &proxy.addr,
+        "POST",
+        "/v1/files",
+        &[json, ("X-User-Id", "u_1")],
+        br#"{"fileName":"tree.png","folder":"/forest"}"#,
+    )
+    .unwrap();
+    assert_eq!(ok.status, 201);
+    // failure: the upstream refused
+    let refused = http(
+        &proxy.addr,
+        "DELETE",
+        "/api/orgs/acme/members/owner",
+        &[("X-User-Id", "u_2")],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(refused.status, 403);
+    // error: the upstream did not answer in time
+    let timeout = http(&proxy.addr, "POST", "/slow?ms=3000", &[], b"").unwrap();
+    assert_eq!(timeout.status, 504);
+
+    let got = records(&redis, 3);
+    assert_eq!(got[0].operation, "asset.upload");
+    assert_eq!(got[0].outcome, Outcome::Success);
+    assert_eq!(got[0].response.status, Some(201));
+    assert_eq!(
+        got[0].resources[0].id.as_deref(),
+        ok.json()["fileId"].as_str()
+    );
+    assert_eq!(
+        got[0].resources[0].path.as_deref(),
+        Some("/forest/tree.png")
+    );
+    assert_eq!(got[0].details["name"], "tree.png");
+    assert_eq!(got[0].actor.as_ref().unwrap().id, "u_1");
+    assert_eq!(got[0].request.client_ip.as_deref(), Some("127.0.0.1"));
+    assert_eq!(got[0].origin.as_ref().unwrap().kind, "proxy");
+    assert_eq!(got[1].operation, "member.remove");
+    assert_eq!(got[1].outcome, Outcome::Failure);
+    assert_eq!(got[1].response.status, Some(403));
+    assert_eq!(got[2].operation, "slow.call");
+    assert_eq!(got[2].outcome, Outcome::Error);
+    assert_eq!(got[2].response.status, Some(504));
+}
+
+#[test]
+fn an_unreachable_upstream_is_a_502_and_an_error_record() {
+    let redis = RedisServer::start();
+    let dead = format!("127.0.0.1:{}", free_port());
+    let proxy = ProxyProcess::start(&dead, &redis.url(), RULES, "");
+    let r = http(
+        &proxy.addr,
+        "DELETE",
+        "/api/orgs/acme/members/bob",
+        &[("X-Request-Id", "req-502")],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(r.status, 502);
+    assert_eq!(r.header("x-request-id"), Some("req-502"));
+    let got = records(&redis, 1);
+    assert_eq!(got[0].outcome, Outcome::Error);
+    assert_eq!(got[0].response.status, Some(502));
+    assert_eq!(got[0].request.id, "req-502");
+    // One request, no log line per request: errors are counted, warned about rarely.
+    let metrics = http(&proxy.metrics_addr, "GET", "/metrics", &[], b"").unwrap();
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(
+        text.contains("auditgate_proxy_errors_total{source=\"upstream\""),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_client_that_hangs_up_is_an_aborted_record() {
+    let redis = RedisServer::start();
+    let upstream = UpstreamProcess::start();
+    let proxy = ProxyProcess::start(&upstream.addr, &redis.url(), RULES, "");
+    let mut client = std::net::TcpStream::connect(&proxy.addr).unwrap();
+    client
+        .write_all(b"POST /stream?chunks=200&size=1024&delay_ms=20 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        .unwrap();
+    let mut first = [0u8; 64];
+    let n = client.read(&mut first).unwrap();
+    assert!(first[..n].starts_with(b"HTTP/1.1 200"));
+    drop(client);
+    let got = records(&redis, 1);
+    assert_eq!(got[0].operation, "export.download");
+    assert_eq!(got[0].outcome, Outcome::Aborted);
+    assert_eq!(got[0].response.status, Some(200));
+}
+
+#[test]
+fn the_request_id_goes_upstream_and_back_and_unmatched_calls_are_untouched() {
+    let redis = RedisServer::start();
+    let upstream = UpstreamProcess::start();
+    let proxy = ProxyProcess::start(&upstream.addr, &redis.url(), RULES, "");
+
+    let sent = http(
+        &proxy.addr,
+        "POST",
+        "/echo",
+        &[("X-Request-Id", "req-7")],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(sent.header("x-request-id"), Some("req-7"));
+    let seen = sent.json();
+    assert_eq!(
+        seen["headers"]["x-request-id"], "req-7",
+        "the upstream got it"
+    );
+    assert_eq!(
+        seen["headers"]["host"],
+        upstream.addr.as_str(),
+        "Host is the upstream's"
+    );
+    assert_eq!(seen["headers"]["x-forwarded-for"], "127.0.0.1");
+
+    let made = http(&proxy.addr, "POST", "/echo", &[], b"").unwrap();
+    let generated = made
+        .header("x-request-id")
+        .expect("an id was generated")
+        .to_owned();
+    assert_eq!(made.json()["headers"]["x-request-id"], generated.as_str());
+    assert_eq!(
+        uuid::Uuid::parse_str(&generated).unwrap().get_version_num(),
+        7
+    );
+
+    // An unmatched GET passes as it came: no request ID, no record.
+    let plain = http(&proxy.addr, "GET", "/echo", &[("X-Custom", "1")], b"").unwrap();
+    assert_eq!(plain.status, 200);
+    assert!(plain.header("x-request-id").is_none());
+    assert!(plain.json()["headers"].get("x-request-id").is_none());
+    assert_eq!(plain.json()["headers"]["x-custom"], "1");
+
+    let got = records(&redis, 2);
+    assert_eq!(got.len(), 2, "the GET made no record");
+    assert_eq!(got[0].request.id, "req-7");
+    assert_eq!(got[1].request.id, generated);
+}
+
+/// Peak resident memory of a process, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn large_bodies_stream_through_both_ways_with_flat_memory() {
+    let redis = RedisServer::start();
+    let upstream = UpstreamProcess::start();
+    let proxy = ProxyProcess::start(&upstream.addr, &redis.url(), RULES, "");
+    let before = peak_rss_kib(proxy.child.0.id());
+
+    // 256 MiB up, written in 1 MiB pieces with chunked encoding.
+    let mut client = std::net::TcpStream::connect(&proxy.addr).unwrap();
+    client
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let piece = vec![b'x'; 1 << 20];
+    let mut checksum = 0u64;
+    for _ in 0..256 {
+        client
+            .write_all(format!("{:x}\r\n", piece.len()).as_bytes())
+            .unwrap();
+        client.write_all(&piece).unwrap();
+        client.write_all(b"\r\n").unwrap();
+        checksum = piece
+            .iter()
+            .fold(checksum, |h, &b| h.wrapping_mul(31).wrapping_add(b as u64));
+    }
+    client.write_all(b"0\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    client.read_to_end(&mut answer).unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.contains(&format!("\"length\":{}", 256u64 << 20)),
+        "{text}"
+    );
+    assert!(text.contains(&format!("\"checksum\":{checksum}")), "{text}");
+
+    // 256 MiB down.
+    let down = http(
+        &proxy.addr,
+        "POST",
+        "/stream?chunks=4096&size=65536",
+        &[],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(down.body.len(), 256 << 20);
+
+    let after = peak_rss_kib(proxy.child.0.id());
+    assert!(
+        after - before < 64 * 1024,
+        "512 MiB passed through; peak memory grew by {} KiB",
+        after - before
+    );
+    let got = records(&redis, 2);
+    assert_eq!(got[0].operation, "bulk.upload");
+    assert_eq!(got[0].outcome, Outcome::Success);
+    assert!(
+        got[0].details.get("size").is_none(),
+        "a body over the capture limit is not read"
+    );
+    assert_eq!(got[1].operation, "export.download");
+}
+
+#[test]
+fn rules_reload_on_change_and_a_bad_set_is_rejected() {
+    let redis = RedisServer::start();
+    let upstream = UpstreamProcess::start();
+    let proxy = ProxyProcess::start(&upstream.addr, &redis.url(), RULES, "");
+    let rules_file = proxy.dir.path().join("rules.yaml");
+
+    // A new rule: recorded once the file has been seen again.
+    let with_tags =
+        format!("{RULES}  - operation: tag.add\n    method: POST\n    path: /v1/files/addTags\n");
+    std::fs::write(&rules_file, &with_tags).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || {
+        http(&proxy.addr, "POST", "/v1/files/addTags", &[], b"{}").unwrap();
+        redis
+            .records(STREAM)
+            .iter()
+            .any(|r| r.operation == "tag.add")
+    }));
+
+    // A broken file: rejected with its place, the previous set still works.
+    std::fs::write(
+        &rules_file,
+        format!("{with_tags}  - operation: x\n    methd: POST\n    path: /x\n"),
+    )
+    .unwrap();
+    assert!(wait_until(Duration::from_secs(10), || proxy
+        .stderr()
+        .contains("rules not reloaded")));
+    let log = proxy.stderr();
+    let line = with_tags.lines().count() + 2;
+    assert!(
+        log.contains(&format!("rules.yaml:{line}:5: unknown key \"methd\"")),
+        "{log}"
+    );
+    let before = redis.len(STREAM);
+    http(&proxy.addr, "POST", "/v1/files/addTags", &[], b"{}").unwrap();
+    assert!(wait_until(Duration::from_secs(5), || redis.len(STREAM) == before + 1));
+
+    // SIGHUP reloads too: the fixed file, with one rule fewer.
+    std::fs::write(&rules_file, RULES).unwrap();
+    Command::new("kill")
+        .args(["-HUP", &proxy.child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(10), || proxy
+        .stderr()
+        .matches("rules reloaded")
+        .count()
+        >= 2));
+    let before = redis.len(STREAM);
+    http(&proxy.addr, "POST", "/v1/files/addTags", &[], b"{}").unwrap();
+    http(&proxy.addr, "POST", "/echo", &[], b"").unwrap();
+    assert!(wait_until(Duration::from_secs(5), || redis.len(STREAM) == before + 1));
+    assert_eq!(redis.records(STREAM).last().unwrap().operation, "echo.call");
+}
+
+#[test]
+fn a_bad_rule_file_stops_the_proxy_before_it_listens() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("rules.yaml"),
+        "version: 1\nservice: s\nrules:\n  - operation: a\n    method: DELET\n    path: /x\n",
+    )
+    .unwrap();
+    let port = free_port();
+    std::fs::write(
+        dir.path().join("proxy.yaml"),
+        format!("listen: 127.0.0.1:{port}\nupstream: http://127.0.0.1:1\nrules: [rules.yaml]\nredis: {{ url: \"redis://127.0.0.1:1\" }}\nspool: {{ dir: spool }}\n"),
+    )
+    .unwrap();
+    let out = Command::new(workspace_bin("auditgate"))
+        .args(["proxy", "--config"])
+        .arg(dir.path().join("proxy.yaml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("rules.yaml:5:13: unknown method \"DELET\""),
+        "{err}"
+    );
+    assert!(std::net::TcpStream::connect(format!("127.0.0.1:{port}")).is_err());
+
+    std::fs::write(
+        dir.path().join("proxy.yaml"),
+        "listen: 127.0.0.1:1\nupstrem: x\n",
+    )
+    .unwrap();
+    let out = Command::new(workspace_bin("auditgate"))
+        .args(["proxy", "--config"])
+        .arg(dir.path().join("proxy.yaml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("proxy.yaml:2:1: unknown field `upstrem`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn closed_rules_refuse_with_503_when_records_cannot_be_kept() {
+    let upstream = UpstreamProcess::start();
+    let dead_redis = format!("redis://127.0.0.1:{}", free_port());
+    let rules = format!(
+        "{RULES}  - operation: secret.update\n    method: PUT\n    path: /api/repos/{{*repo}}/secrets/{{key}}\n    on_queue_failure: closed\n"
+    );
+    // Redis away and a spool too small for one record: nothing can be kept.
+    let proxy = ProxyProcess::start(
+        &upstream.addr,
+        &dead_redis,
+        &rules,
+        "spool: { dir: spool, max_bytes: 100 }\n",
+    );
+    let r = http(
+        &proxy.addr,
+        "PUT",
+        "/api/repos/acme/site/secrets/TOKEN",
+        &[("X-Request-Id", "req-s")],
+        b"{}",
+    )
+    .unwrap();
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["error"], "audit_unavailable");
+    assert_eq!(r.header("x-request-id"), Some("req-s"));
+    // Open rules keep serving: their record waits in the bounded buffer for Redis.
+    let open = http(&proxy.addr, "POST", "/echo", &[], b"").unwrap();
+    assert_eq!(open.status, 200);
+    assert_eq!(proxy.health()["redis_up"], false);
+    let metrics = http(&proxy.metrics_addr, "GET", "/metrics", &[], b"").unwrap();
+    assert!(String::from_utf8_lossy(&metrics.body).contains("auditgate_proxy_refused_total 1"));
+}
+
+/// Sends audited requests from `threads` threads until `stop`; returns the request IDs of
+/// those that got a complete response.
+fn load(
+    addr: String,
+    threads: usize,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<HashSet<String>> {
+    std::thread::spawn(move || {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let (addr, stop) = (addr.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut done = HashSet::new();
+                    let mut n = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        n += 1;
+                        let id = format!("load-{t}-{n}");
+                        if let Ok(r) = http(&addr, "POST", "/echo", &[("X-Request-Id", &id)], b"")
+                            && r.status == 200
+                        {
+                            done.insert(id);
+                        }
+                    }
+                    done
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
+    })
+}
+
+#[test]
+fn sigterm_under_load_loses_no_record() {
+    let redis = RedisServer::start();
+    let upstream = UpstreamProcess::start();
+    let mut proxy = ProxyProcess::start(
+        &upstream.addr,
+        &redis.url(),
+        RULES,
+        "grace_period_seconds: 3\n",
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = load(proxy.addr.clone(), 4, stop.clone());
+    std::thread::sleep(Duration::from_secs(2));
+    let status = proxy.child.terminate();
+    stop.store(true, Ordering::Relaxed);
+    let completed = clients.join().unwrap();
+    assert!(
+        status.success(),
+        "exit status {status:?}\n{}",
+        proxy.stderr()
+    );
+    assert!(
+        completed.len() > 100,
+        "only {} requests completed",
+        completed.len()
+    );
+    let stored: HashSet<String> = redis
+        .records(STREAM)
+        .into_iter()
+        .map(|r| r.request.id)
+        .collect();
+    let missing: Vec<_> = completed.difference(&stored).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} records missing",
+        missing.len(),
+        completed.len()
+    );
+    let spool = proxy.dir.path().join("spool");
+    let left: u64 = std::fs::read_dir(&spool)
+        .unwrap()
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .filter(|m| m.len() > 8)
+        .map(|m| m.len())
+        .sum();
+    assert_eq!(left, 0, "nothing was left in the spool");
+}
+
+#[test]
+fn redis_restarted_under_load_loses_no_record() {
+    let mut redis = RedisServer::start();
+    let upstream = UpstreamProcess::start();
+    let proxy = ProxyProcess::start(&upstream.addr, &redis.url(), RULES, "");
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = load(proxy.addr.clone(), 4, stop.clone());
+    std::thread::sleep(Duration::from_secs(1));
+    redis.kill();
+    std::thread::sleep(Duration::from_secs(3));
+    redis.restart();
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    let completed = clients.join().unwrap();
+    assert!(
+        completed.len() > 100,
+        "only {} requests completed",
+        completed.len()
+    );
+    let all_there = wait_until(Duration::from_secs(20), || {
+        let stored: HashSet<String> = redis
+            .records(STREAM)
+            .into_iter()
+            .map(|r| r.request.id)
+            .collect();
+        completed.is_subset(&stored)
+    });
+    let health = proxy.health();
+    assert!(
+        all_there,
+        "records missing after the restart; health {health}"
+    );
+    assert_eq!(health["dropped"], 0);
+}
