@@ -8,6 +8,11 @@ use clap::{Parser, Subcommand};
 
 mod rules_cmd;
 
+/// Records are built on the proxy's request threads and freed on the queue's thread; glibc's
+/// allocator serialises such cross-thread frees on arena locks, mimalloc does not.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Audit trails for HTTP APIs, captured without touching the API's code.
 #[derive(Debug, Parser)]
 #[command(name = "auditgate", version, about, long_about = None)]

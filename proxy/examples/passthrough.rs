@@ -14,6 +14,10 @@ use pingora::prelude::*;
 use pingora::server::configuration::ServerConf;
 use pingora::upstreams::peer::HttpPeer;
 
+/// The same allocator as the `auditgate` binary, so that the comparison is of the proxies.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 struct Passthrough {
     upstream: SocketAddr,
 }
@@ -32,7 +36,10 @@ impl ProxyHttp for Passthrough {
 fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let listen = args.get(1).map_or("127.0.0.1:8081", String::as_str);
-    let upstream: SocketAddr = args.get(2).map_or("127.0.0.1:3000", String::as_str).parse()?;
+    let upstream: SocketAddr = args
+        .get(2)
+        .map_or("127.0.0.1:3000", String::as_str)
+        .parse()?;
     let threads: usize = args.get(3).map_or(Ok(2), |t| t.parse())?;
     let conf = ServerConf {
         threads,

@@ -76,6 +76,7 @@ pub struct Flusher {
     keys: Vec<String>,
     next_key: usize,
     batch: usize,
+    linger: Duration,
     response_timeout: Duration,
     shutdown_timeout: Duration,
     shutdown: watch::Receiver<bool>,
@@ -176,6 +177,7 @@ impl RedisQueue {
             keys: config.redis.keys(),
             next_key: 0,
             batch: config.batch,
+            linger: config.linger,
             response_timeout: config.response_timeout,
             shutdown_timeout: config.shutdown_timeout,
             shutdown: shutdown_rx,
@@ -307,6 +309,7 @@ impl Flusher {
             backoff: MIN_BACKOFF,
         };
         let mut batch = Vec::with_capacity(self.batch);
+        let mut short_batch = false;
         loop {
             if *self.shutdown.borrow() {
                 break;
@@ -361,6 +364,15 @@ impl Flusher {
             // then they stay in the buffer, which overflows into counted drops at enqueue.
             // Meanwhile, collect Redis's replies to the batches in flight.
             let can_take = matches!(conn, Connection::Up(_)) || self.spool_has_room();
+            if can_take && short_batch && !self.linger.is_zero() {
+                // The last batch was not full: let records gather for a moment rather than
+                // be woken for each one. While the flusher sleeps, no waker is registered on
+                // the buffer, so `enqueue` costs request threads no cross-thread wake-up.
+                tokio::select! {
+                    _ = tokio::time::sleep(self.linger) => {}
+                    _ = self.shutdown.changed() => {}
+                }
+            }
             let Flusher {
                 rx,
                 in_flight,
@@ -381,6 +393,7 @@ impl Flusher {
                         // Every sender is gone; nothing more can arrive.
                         break;
                     }
+                    short_batch = n < *max_batch;
                 }
                 result = oldest => settled = Some(result),
                 _ = shutdown.changed() => {}
