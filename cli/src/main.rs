@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod logs_cmd;
 mod rules_cmd;
 
 /// Records are built on the proxy's request threads and freed on the queue's thread; glibc's
@@ -35,6 +36,14 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Run the writer: stream to store, query API (SIGTERM: finish the batch in hand, exit).
+    Writer {
+        /// The writer config (YAML): redis, store, listen, tokens, retention_days.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Read the audit log from a writer's API.
+    Logs(logs_cmd::LogsArgs),
 }
 
 fn main() -> ExitCode {
@@ -49,7 +58,30 @@ fn main() -> ExitCode {
                     .and_then(auditgate_proxy::run),
             )
         }
+        Command::Writer { config } => {
+            init_logging();
+            report(run_writer(config))
+        }
+        Command::Logs(args) => logs_cmd::run(args),
     }
+}
+
+fn run_writer(config: PathBuf) -> anyhow::Result<()> {
+    let config = auditgate_writer::WriterConfig::load(&config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(auditgate_writer::run(config, async {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }))
 }
 
 /// Logs to stderr, `info` and up unless `RUST_LOG` says otherwise; pingora's `log` records

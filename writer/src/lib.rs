@@ -1,1 +1,166 @@
-//! placeholder
+//! `auditgate writer`: drains the Redis stream into a store and answers the questions
+//! administrators and auditors ask — what happened, who did it, to which resource, when, with
+//! which request ID — through the query API.
+//!
+//! - [`ingest`]: consumer group `auditgate-writers`; each batch is one store transaction, then
+//!   acknowledged; an `id` already stored is ignored, so the store holds each record once.
+//! - [`store`]: SQLite (default, one file, WAL) or PostgreSQL, behind one trait.
+//! - the API: `GET /api/v1/records`, `/records/{id}`, `/history`, `/export`, `/gaps`, with
+//!   bearer tokens (`admin`, `viewer`); `/metrics` and `/healthz`.
+//!
+//! ```no_run
+//! # async fn go() -> anyhow::Result<()> {
+//! let config = auditgate_writer::WriterConfig::load("writer.yaml")?;
+//! auditgate_writer::run(config, async { tokio::signal::ctrl_c().await.ok(); }).await?;
+//! # Ok(()) }
+//! ```
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use auditgate_queue::{Consumer, ConsumerConfig};
+use chrono::Utc;
+use tokio::sync::watch;
+
+mod api;
+mod config;
+pub mod ingest;
+pub mod metrics;
+pub mod store;
+
+pub use config::{Role, TokenConfig, WriterConfig};
+
+/// Runs the writer until `shutdown` completes: the batch in hand is committed and
+/// acknowledged, then the process may exit.
+pub async fn run(config: WriterConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .ok();
+    let store: Arc<dyn store::Store> = Arc::from(store::open(&config.store).await?);
+    let name = config.consumer.clone().unwrap_or_else(hostname);
+    let mut consumer_config = ConsumerConfig::new(config.redis.clone(), name);
+    consumer_config.batch = config.batch;
+    consumer_config.claim_idle = Duration::from_secs(config.claim_idle_seconds);
+    let consumer = Consumer::connect(consumer_config).await?;
+
+    let tokens = config
+        .tokens
+        .iter()
+        .map(|t| {
+            let mut hash = [0u8; 32];
+            for (i, byte) in hash.iter_mut().enumerate() {
+                *byte = u8::from_str_radix(&t.sha256[2 * i..2 * i + 2], 16).unwrap_or(0);
+            }
+            (hash, t.role)
+        })
+        .collect();
+    let state = Arc::new(api::AppState {
+        store: store.clone(),
+        tokens,
+        metrics: handle,
+    });
+    let listener = tokio::net::TcpListener::bind(&config.listen).await?;
+    let addr = listener.local_addr()?;
+    println!("listening on http://{addr}");
+    tracing::info!(%addr, store = %config.store, "auditgate writer started");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let ingest = tokio::spawn(ingest::ingest(store.clone(), consumer, stop_rx.clone()));
+    let retention = tokio::spawn(retention(
+        store.clone(),
+        config.retention_days,
+        stop_rx.clone(),
+    ));
+    let gauges = tokio::spawn(redis_gauges(config.redis.clone(), stop_rx.clone()));
+    let mut server_stop = stop_rx.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, api::router(state))
+            .with_graceful_shutdown(async move {
+                let _ = server_stop.wait_for(|s| *s).await;
+            })
+            .await
+    });
+
+    shutdown.await;
+    tracing::info!("shutting down: finishing the batch in hand");
+    stop_tx.send_replace(true);
+    let _ = ingest.await;
+    retention.abort();
+    gauges.abort();
+    let _ = server.await;
+    Ok(())
+}
+
+/// Deletes records older than the retention period, at start and every hour.
+async fn retention(store: Arc<dyn store::Store>, days: u32, mut stop: watch::Receiver<bool>) {
+    if days == 0 {
+        return;
+    }
+    loop {
+        let before = Utc::now() - chrono::Duration::days(i64::from(days));
+        match store.delete_before(before).await {
+            Ok(0) => {}
+            Ok(n) => {
+                ::metrics::counter!(metrics::RETAINED_DELETED).increment(n);
+                tracing::info!(deleted = n, days, "retention: deleted old records");
+            }
+            Err(e) => tracing::warn!(error = %e, "retention failed"),
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+        }
+    }
+}
+
+/// Pending entries and consumer lag of the group, every 5 s, for `/metrics`.
+async fn redis_gauges(redis: auditgate_queue::RedisConfig, mut stop: watch::Receiver<bool>) {
+    let Ok(client) = redis::Client::open(redis.url.as_str()) else {
+        return;
+    };
+    loop {
+        if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
+            let (mut pending, mut lag) = (0i64, 0i64);
+            for key in redis.keys() {
+                let groups: redis::RedisResult<
+                    Vec<std::collections::HashMap<String, redis::Value>>,
+                > = redis::cmd("XINFO")
+                    .arg("GROUPS")
+                    .arg(&key)
+                    .query_async(&mut conn)
+                    .await;
+                for group in groups.unwrap_or_default() {
+                    let name: Option<String> = group
+                        .get("name")
+                        .and_then(|v| redis::from_redis_value_ref(v).ok());
+                    if name.as_deref() != Some(redis.group.as_str()) {
+                        continue;
+                    }
+                    let num = |field: &str| -> i64 {
+                        group
+                            .get(field)
+                            .and_then(|v| redis::from_redis_value_ref(v).ok())
+                            .unwrap_or(0)
+                    };
+                    pending += num("pending");
+                    lag += num("lag");
+                }
+            }
+            ::metrics::gauge!(metrics::PENDING).set(pending as f64);
+            ::metrics::gauge!(metrics::LAG).set(lag as f64);
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "writer".to_owned())
+}

@@ -1,0 +1,101 @@
+//! The writer's YAML config (`auditgate writer --config writer.yaml`).
+
+use std::path::{Path, PathBuf};
+
+use auditgate_queue::RedisConfig;
+use serde::Deserialize;
+
+/// Everything `auditgate writer` reads from its config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriterConfig {
+    /// The stream and the consumer group. Required.
+    pub redis: RedisConfig,
+    /// `sqlite://PATH` (relative to the config file) or `postgres://USER@HOST/DB`. Required.
+    pub store: String,
+    /// Where the query API and the page are served. Default `127.0.0.1:9090`.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// API tokens, stored as the SHA-256 (hex) of the token. Default: none (every API call is
+    /// refused).
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+    /// Records older than this many days are deleted. Default 365; 0 keeps everything.
+    #[serde(default = "default_retention")]
+    pub retention_days: u32,
+    /// This writer's name in the consumer group. Default: the host name. Writers sharing a
+    /// host need distinct names.
+    #[serde(default)]
+    pub consumer: Option<String>,
+    /// Entries left unacknowledged by another writer this long are claimed. Default 30.
+    #[serde(default = "default_claim_idle")]
+    pub claim_idle_seconds: u64,
+    /// Entries per batch (one store transaction). Default 512.
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+}
+
+/// One API token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// SHA-256 of the token, hex: `printf %s "$TOKEN" | sha256sum`.
+    pub sha256: String,
+    /// `admin` (everything) or `viewer` (resource history only).
+    pub role: Role,
+}
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Resource history only.
+    Viewer,
+    /// Everything.
+    Admin,
+}
+
+impl WriterConfig {
+    /// Reads a config file; a relative SQLite path is taken relative to the file's folder.
+    pub fn load(path: impl AsRef<Path>) -> anyhow::Result<WriterConfig> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let mut config: WriterConfig = serde_yaml::from_str(&text).map_err(|e| {
+            let (line, col) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
+            let msg = e.to_string();
+            let msg = msg.split(" at line ").next().unwrap_or_default();
+            anyhow::anyhow!("{}:{line}:{col}: {msg}", path.display())
+        })?;
+        if let Some(file) = config.store.strip_prefix("sqlite://") {
+            let base = path.parent().unwrap_or(Path::new("."));
+            config.store = format!("sqlite://{}", base.join(PathBuf::from(file)).display());
+        }
+        for t in &config.tokens {
+            if t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                anyhow::bail!(
+                    "{}: tokens: {:?} is not a SHA-256 in hex (64 characters): write the output of `printf %s \"$TOKEN\" | sha256sum`",
+                    path.display(),
+                    t.sha256
+                );
+            }
+        }
+        Ok(config)
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:9090".to_owned()
+}
+
+fn default_retention() -> u32 {
+    365
+}
+
+fn default_claim_idle() -> u64 {
+    30
+}
+
+fn default_batch() -> usize {
+    512
+}

@@ -1,0 +1,271 @@
+//! Where records end up: one [`Store`] trait, an SQLite and a PostgreSQL implementation with the
+//! same behaviour.
+//!
+//! Both keep each record's JSON as it arrived, beside the columns the filters use (time,
+//! operation, actor, request ID, outcome, origin) and a `resources` table with one row per
+//! resource id and per resource path, since one record can touch many resources. Records are
+//! ordered by `(time, seq)`, `seq` being the store's own insertion counter, which makes keyset
+//! pagination exact: no duplicate and no gap between pages, whatever arrives meanwhile.
+
+use auditgate_rules::{AuditRecord, Outcome};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
+
+mod postgres;
+mod sqlite;
+
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+/// A filter on `operation`: exact, or every operation under a prefix (`asset.*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OperationFilter {
+    /// This operation only.
+    Exact(String),
+    /// Operations starting with this text (written `asset.*`, held as `asset.`).
+    Prefix(String),
+}
+
+/// Newest first (the log) or oldest first (a resource's history).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Order {
+    /// Newest first.
+    #[default]
+    NewestFirst,
+    /// Oldest first.
+    OldestFirst,
+}
+
+/// A position in the `(time, seq)` order: where the next page starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    /// Microseconds since the Unix epoch of the last record returned.
+    pub time_us: i64,
+    /// Its store sequence number.
+    pub seq: i64,
+}
+
+/// What to select.
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    /// `operation=`
+    pub operation: Option<OperationFilter>,
+    /// `actor=`: the actor's id.
+    pub actor: Option<String>,
+    /// `resource=`: a resource id or path.
+    pub resource: Option<String>,
+    /// `request_id=`
+    pub request_id: Option<String>,
+    /// `outcome=`
+    pub outcome: Option<Outcome>,
+    /// `since=`: at or after.
+    pub since: Option<DateTime<Utc>>,
+    /// `until=`: before.
+    pub until: Option<DateTime<Utc>>,
+    /// Records per page.
+    pub limit: usize,
+    /// Continue after this position.
+    pub cursor: Option<Cursor>,
+    /// Which end first.
+    pub order: Order,
+}
+
+/// One page of records.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    /// The records' JSON, as stored.
+    pub records: Vec<String>,
+    /// Where the next page starts; `None` on the last page.
+    pub next_cursor: Option<Cursor>,
+}
+
+/// Sequence numbers a producer instance is missing.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Gap {
+    /// `origin.instance`
+    pub instance: String,
+    /// First missing `origin.seq`.
+    pub from: i64,
+    /// Last missing `origin.seq`.
+    pub to: i64,
+}
+
+/// A store error: the database said no, or the data is not what it should be.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite.
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL.
+    #[error("postgres: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// The `store:` setting is not a store this writer knows.
+    #[error("store {0:?}: use sqlite://PATH or postgres://USER@HOST/DB")]
+    Url(String),
+    /// Anything else (a worker thread gone, a bad value).
+    #[error("{0}")]
+    Other(String),
+}
+
+/// What the writer needs from a database.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Inserts the records whose `id` is not stored yet, in one transaction. Returns how many
+    /// were new (the rest were duplicates of records already stored).
+    async fn insert(&self, records: &[AuditRecord]) -> Result<usize, StoreError>;
+
+    /// One page of the records the query selects.
+    async fn query(&self, query: &Query) -> Result<Page, StoreError>;
+
+    /// One record by its `id`.
+    async fn get(&self, id: &str) -> Result<Option<String>, StoreError>;
+
+    /// Every record the query selects (its `limit` and `cursor` ignored), streamed as the
+    /// chunks of one JSON array, in bounded memory.
+    fn export(&self, query: Query) -> mpsc::Receiver<Result<Bytes, StoreError>>;
+
+    /// For each producer instance, the ranges of `origin.seq` not in the store.
+    async fn gaps(&self) -> Result<Vec<Gap>, StoreError>;
+
+    /// Deletes records older than `before`; returns how many.
+    async fn delete_before(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
+
+    /// How many records are stored.
+    async fn count(&self) -> Result<u64, StoreError>;
+}
+
+/// Opens the store a `store:` URL names, creating or migrating its schema.
+pub async fn open(url: &str) -> Result<Box<dyn Store>, StoreError> {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        Ok(Box::new(SqliteStore::open(path)?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Box::new(PostgresStore::connect(url).await?))
+    } else {
+        Err(StoreError::Url(url.to_owned()))
+    }
+}
+
+/// A record as the stores file it: its JSON and the columns the filters use.
+#[derive(Debug, Clone)]
+pub(crate) struct Row {
+    pub(crate) id: String,
+    pub(crate) time_us: i64,
+    pub(crate) json: String,
+    pub(crate) operation: String,
+    pub(crate) actor: Option<String>,
+    pub(crate) request_id: String,
+    pub(crate) outcome: &'static str,
+    pub(crate) status: Option<i32>,
+    pub(crate) instance: Option<String>,
+    pub(crate) origin_seq: Option<i64>,
+    /// Resource ids and paths, each once.
+    pub(crate) keys: Vec<String>,
+}
+
+impl Row {
+    pub(crate) fn of(record: &AuditRecord) -> Result<Row, StoreError> {
+        let json = serde_json::to_string(record).map_err(|e| StoreError::Other(e.to_string()))?;
+        let mut keys: Vec<String> = record
+            .resources
+            .iter()
+            .flat_map(|r| [r.id.clone(), r.path.clone()])
+            .flatten()
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        Ok(Row {
+            id: record.id.to_string(),
+            time_us: record.time.timestamp_micros(),
+            json,
+            operation: record.operation.clone(),
+            actor: record.actor.as_ref().map(|a| a.id.clone()),
+            request_id: record.request.id.clone(),
+            outcome: record.outcome.as_str(),
+            status: record.response.status.map(i32::from),
+            instance: record.origin.as_ref().map(|o| o.instance.clone()),
+            origin_seq: record.origin.as_ref().map(|o| o.seq as i64),
+            keys,
+        })
+    }
+
+    pub(crate) fn all(records: &[AuditRecord]) -> Result<Vec<Row>, StoreError> {
+        records.iter().map(Row::of).collect()
+    }
+}
+
+impl Cursor {
+    /// `TIME-SEQ`, opaque to clients.
+    pub fn encode(&self) -> String {
+        format!("{}-{}", self.time_us, self.seq)
+    }
+
+    /// Reads what [`Cursor::encode`] wrote.
+    pub fn decode(text: &str) -> Option<Cursor> {
+        let (time, seq) = text.rsplit_once('-')?;
+        Some(Cursor {
+            time_us: time.parse().ok()?,
+            seq: seq.parse().ok()?,
+        })
+    }
+}
+
+impl OperationFilter {
+    /// `asset.*` is a prefix, anything else exact.
+    pub fn parse(text: &str) -> OperationFilter {
+        match text.strip_suffix('*') {
+            Some(prefix) => OperationFilter::Prefix(prefix.to_owned()),
+            None => OperationFilter::Exact(text.to_owned()),
+        }
+    }
+}
+
+/// The smallest string greater than every string starting with `prefix`: the exclusive upper
+/// bound of a prefix range, so that prefix search uses the operation index.
+pub(crate) fn prefix_end(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        if let Some(next) = char::from_u32(last as u32 + 1) {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
+/// Writes a page of JSON records into a JSON array chunk, with a leading comma unless first.
+pub(crate) fn array_chunk(records: &[String], first: &mut bool) -> Bytes {
+    let mut out = String::with_capacity(records.iter().map(|r| r.len() + 2).sum());
+    for r in records {
+        if !*first {
+            out.push_str(",\n");
+        }
+        *first = false;
+        out.push_str(r);
+    }
+    Bytes::from(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_bounds_and_cursors() {
+        assert_eq!(prefix_end("asset.").as_deref(), Some("asset/"));
+        assert_eq!(
+            OperationFilter::parse("asset.*"),
+            OperationFilter::Prefix("asset.".into())
+        );
+        assert_eq!(
+            OperationFilter::parse("asset.rename"),
+            OperationFilter::Exact("asset.rename".into())
+        );
+        let c = Cursor {
+            time_us: 1_795_000_000_000_000,
+            seq: 42,
+        };
+        assert_eq!(Cursor::decode(&c.encode()), Some(c));
+        assert_eq!(Cursor::decode("nonsense"), None);
+    }
+}

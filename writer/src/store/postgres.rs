@@ -1,0 +1,345 @@
+//! The store at scale: PostgreSQL, same tables and behaviour as the SQLite store.
+
+use std::sync::Arc;
+
+use auditgate_rules::AuditRecord;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use tokio::sync::{Mutex, mpsc};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, NoTls};
+
+use super::{
+    Cursor, Gap, OperationFilter, Order, Page, Query, Row, Store, StoreError, array_chunk,
+    prefix_end,
+};
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS records (
+    seq             BIGSERIAL PRIMARY KEY,
+    id              TEXT   NOT NULL UNIQUE,
+    time_us         BIGINT NOT NULL,
+    operation       TEXT   NOT NULL,
+    actor           TEXT,
+    request_id      TEXT   NOT NULL,
+    outcome         TEXT   NOT NULL,
+    status          INTEGER,
+    origin_instance TEXT,
+    origin_seq      BIGINT,
+    record          TEXT   NOT NULL
+);
+CREATE INDEX IF NOT EXISTS records_time      ON records (time_us, seq);
+CREATE INDEX IF NOT EXISTS records_operation ON records (operation text_pattern_ops, time_us, seq);
+CREATE INDEX IF NOT EXISTS records_actor     ON records (actor, time_us, seq);
+CREATE INDEX IF NOT EXISTS records_request   ON records (request_id);
+CREATE INDEX IF NOT EXISTS records_outcome   ON records (outcome, time_us, seq);
+CREATE INDEX IF NOT EXISTS records_origin    ON records (origin_instance, origin_seq);
+CREATE TABLE IF NOT EXISTS resources (
+    key        TEXT   NOT NULL,
+    time_us    BIGINT NOT NULL,
+    record_seq BIGINT NOT NULL REFERENCES records (seq) ON DELETE CASCADE,
+    PRIMARY KEY (key, time_us, record_seq)
+);
+CREATE INDEX IF NOT EXISTS resources_record ON resources (record_seq);
+CREATE TABLE IF NOT EXISTS origin_floor (
+    instance TEXT PRIMARY KEY,
+    seq      BIGINT NOT NULL
+);
+"#;
+
+/// Records in a PostgreSQL database.
+#[derive(Clone)]
+pub struct PostgresStore {
+    url: String,
+    writer: Arc<Mutex<Client>>,
+    reader: Arc<Client>,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore").finish_non_exhaustive()
+    }
+}
+
+async fn connect(url: &str) -> Result<Client, StoreError> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::error!(error = %e, "postgres connection closed");
+        }
+    });
+    Ok(client)
+}
+
+impl PostgresStore {
+    /// Connects and creates the schema.
+    pub async fn connect(url: &str) -> Result<PostgresStore, StoreError> {
+        let writer = connect(url).await?;
+        writer.batch_execute(SCHEMA).await?;
+        let reader = connect(url).await?;
+        Ok(PostgresStore {
+            url: url.to_owned(),
+            writer: Arc::new(Mutex::new(writer)),
+            reader: Arc::new(reader),
+        })
+    }
+}
+
+type Params = Vec<Box<dyn ToSql + Sync + Send>>;
+
+/// Adds a parameter; returns its placeholder (`$n`).
+fn bind(params: &mut Params, value: impl ToSql + Sync + Send + 'static) -> String {
+    params.push(Box::new(value));
+    format!("${}", params.len())
+}
+
+/// `WHERE` clause with `$n` parameters, and the `ORDER BY`.
+fn sql_for(query: &Query) -> (String, Params, &'static str) {
+    let mut clauses: Vec<String> = Vec::new();
+    let mut params: Params = Vec::new();
+    match &query.operation {
+        Some(OperationFilter::Exact(op)) => {
+            clauses.push(format!("r.operation = {}", bind(&mut params, op.clone())));
+        }
+        Some(OperationFilter::Prefix(prefix)) => {
+            clauses.push(format!(
+                "r.operation >= {}",
+                bind(&mut params, prefix.clone())
+            ));
+            if let Some(end) = prefix_end(prefix) {
+                clauses.push(format!("r.operation < {}", bind(&mut params, end)));
+            }
+        }
+        None => {}
+    }
+    if let Some(actor) = &query.actor {
+        clauses.push(format!("r.actor = {}", bind(&mut params, actor.clone())));
+    }
+    if let Some(resource) = &query.resource {
+        clauses.push(format!(
+            "r.seq IN (SELECT record_seq FROM resources WHERE key = {})",
+            bind(&mut params, resource.clone())
+        ));
+    }
+    if let Some(request_id) = &query.request_id {
+        clauses.push(format!(
+            "r.request_id = {}",
+            bind(&mut params, request_id.clone())
+        ));
+    }
+    if let Some(outcome) = query.outcome {
+        clauses.push(format!(
+            "r.outcome = {}",
+            bind(&mut params, outcome.as_str().to_owned())
+        ));
+    }
+    if let Some(since) = query.since {
+        clauses.push(format!(
+            "r.time_us >= {}",
+            bind(&mut params, since.timestamp_micros())
+        ));
+    }
+    if let Some(until) = query.until {
+        clauses.push(format!(
+            "r.time_us < {}",
+            bind(&mut params, until.timestamp_micros())
+        ));
+    }
+    let (cmp, order) = match query.order {
+        Order::NewestFirst => ("<", "ORDER BY r.time_us DESC, r.seq DESC"),
+        Order::OldestFirst => (">", "ORDER BY r.time_us ASC, r.seq ASC"),
+    };
+    if let Some(c) = query.cursor {
+        let time = bind(&mut params, c.time_us);
+        let seq = bind(&mut params, c.seq);
+        clauses.push(format!("(r.time_us, r.seq) {cmp} ({time}, {seq})"));
+    }
+    let where_ = if clauses.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", clauses.join(" AND "))
+    };
+    (where_, params, order)
+}
+
+async fn page(client: &Client, query: &Query) -> Result<Page, StoreError> {
+    let (where_, params, order) = sql_for(query);
+    let sql = format!(
+        "SELECT r.time_us, r.seq, r.record FROM records r {where_} {order} LIMIT {}",
+        query.limit + 1
+    );
+    let refs: Vec<&(dyn ToSql + Sync)> = params
+        .iter()
+        .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+        .collect();
+    let rows = client.query(&sql, &refs).await?;
+    let more = rows.len() > query.limit;
+    let mut records = Vec::with_capacity(rows.len().min(query.limit));
+    let mut last = None;
+    for row in rows.iter().take(query.limit) {
+        last = Some(Cursor {
+            time_us: row.get(0),
+            seq: row.get(1),
+        });
+        records.push(row.get::<_, String>(2));
+    }
+    Ok(Page {
+        records,
+        next_cursor: if more { last } else { None },
+    })
+}
+
+#[async_trait::async_trait]
+impl Store for PostgresStore {
+    async fn insert(&self, records: &[AuditRecord]) -> Result<usize, StoreError> {
+        let rows = Row::all(records)?;
+        let mut client = self.writer.lock().await;
+        let tx = client.transaction().await?;
+        let insert = tx
+            .prepare(
+                "INSERT INTO records (id, time_us, record, operation, actor, request_id, outcome, status, origin_instance, origin_seq)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (id) DO NOTHING RETURNING seq",
+            )
+            .await?;
+        let resource = tx
+            .prepare("INSERT INTO resources (key, time_us, record_seq) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+            .await?;
+        let mut inserted = 0;
+        for r in &rows {
+            let outcome = r.outcome.to_owned();
+            let got = tx
+                .query_opt(
+                    &insert,
+                    &[
+                        &r.id,
+                        &r.time_us,
+                        &r.json,
+                        &r.operation,
+                        &r.actor,
+                        &r.request_id,
+                        &outcome,
+                        &r.status,
+                        &r.instance,
+                        &r.origin_seq,
+                    ],
+                )
+                .await?;
+            let Some(got) = got else { continue };
+            inserted += 1;
+            let seq: i64 = got.get(0);
+            for key in &r.keys {
+                tx.execute(&resource, &[key, &r.time_us, &seq]).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    async fn query(&self, query: &Query) -> Result<Page, StoreError> {
+        page(&self.reader, query).await
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<String>, StoreError> {
+        let row = self
+            .reader
+            .query_opt("SELECT record FROM records WHERE id = $1", &[&id])
+            .await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    fn export(&self, mut query: Query) -> mpsc::Receiver<Result<Bytes, StoreError>> {
+        let (tx, rx) = mpsc::channel(4);
+        let url = self.url.clone();
+        tokio::spawn(async move {
+            let client = match connect(&url).await {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            };
+            query.limit = 1000;
+            query.cursor = None;
+            let mut first = true;
+            if tx.send(Ok(Bytes::from_static(b"[\n"))).await.is_err() {
+                return;
+            }
+            loop {
+                let p = match page(&client, &query).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                };
+                if !p.records.is_empty()
+                    && tx
+                        .send(Ok(array_chunk(&p.records, &mut first)))
+                        .await
+                        .is_err()
+                {
+                    return;
+                }
+                match p.next_cursor {
+                    Some(c) => query.cursor = Some(c),
+                    None => break,
+                }
+            }
+            let _ = tx.send(Ok(Bytes::from_static(b"\n]\n"))).await;
+        });
+        rx
+    }
+
+    async fn gaps(&self) -> Result<Vec<Gap>, StoreError> {
+        let rows = self
+            .reader
+            .query(
+                "WITH s AS (
+                   SELECT origin_instance AS instance, origin_seq AS seq,
+                          LAG(origin_seq) OVER (PARTITION BY origin_instance ORDER BY origin_seq) AS prev
+                   FROM records WHERE origin_instance IS NOT NULL
+                 )
+                 SELECT s.instance, COALESCE(s.prev, f.seq, 0) + 1 AS gap_from, s.seq - 1 AS gap_to
+                 FROM s LEFT JOIN origin_floor f ON f.instance = s.instance
+                 WHERE s.seq > COALESCE(s.prev, f.seq, 0) + 1
+                 ORDER BY s.instance, gap_from",
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| Gap {
+                instance: r.get(0),
+                from: r.get(1),
+                to: r.get(2),
+            })
+            .collect())
+    }
+
+    async fn delete_before(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let before = before.timestamp_micros();
+        let mut client = self.writer.lock().await;
+        let tx = client.transaction().await?;
+        tx.execute(
+            "INSERT INTO origin_floor (instance, seq)
+             SELECT origin_instance, MAX(origin_seq) FROM records
+             WHERE time_us < $1 AND origin_instance IS NOT NULL GROUP BY origin_instance
+             ON CONFLICT (instance) DO UPDATE SET seq = GREATEST(origin_floor.seq, excluded.seq)",
+            &[&before],
+        )
+        .await?;
+        let deleted = tx
+            .execute("DELETE FROM records WHERE time_us < $1", &[&before])
+            .await?;
+        tx.commit().await?;
+        Ok(deleted)
+    }
+
+    async fn count(&self) -> Result<u64, StoreError> {
+        let row = self
+            .reader
+            .query_one("SELECT COUNT(*) FROM records", &[])
+            .await?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+}

@@ -1,0 +1,339 @@
+//! The embedded store: one SQLite file in WAL mode. One connection writes, another reads;
+//! exports open their own, so a long download never holds up the writer or the page.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use auditgate_rules::AuditRecord;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::mpsc;
+
+use super::{
+    Cursor, Gap, OperationFilter, Order, Page, Query, Row, Store, StoreError, array_chunk,
+    prefix_end,
+};
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS records (
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    id              TEXT    NOT NULL UNIQUE,
+    time_us         INTEGER NOT NULL,
+    operation       TEXT    NOT NULL,
+    actor           TEXT,
+    request_id      TEXT    NOT NULL,
+    outcome         TEXT    NOT NULL,
+    status          INTEGER,
+    origin_instance TEXT,
+    origin_seq      INTEGER,
+    record          TEXT    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS records_time      ON records (time_us, seq);
+CREATE INDEX IF NOT EXISTS records_operation ON records (operation, time_us, seq);
+CREATE INDEX IF NOT EXISTS records_actor     ON records (actor, time_us, seq);
+CREATE INDEX IF NOT EXISTS records_request   ON records (request_id);
+CREATE INDEX IF NOT EXISTS records_outcome   ON records (outcome, time_us, seq);
+CREATE INDEX IF NOT EXISTS records_origin    ON records (origin_instance, origin_seq);
+CREATE TABLE IF NOT EXISTS resources (
+    key        TEXT    NOT NULL,
+    time_us    INTEGER NOT NULL,
+    record_seq INTEGER NOT NULL REFERENCES records (seq) ON DELETE CASCADE,
+    PRIMARY KEY (key, time_us, record_seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS resources_record ON resources (record_seq);
+-- The highest origin.seq retention has deleted, per instance: what lies below is not a gap.
+CREATE TABLE IF NOT EXISTS origin_floor (
+    instance TEXT PRIMARY KEY,
+    seq      INTEGER NOT NULL
+);
+PRAGMA user_version = 1;
+"#;
+
+/// Records in one SQLite file.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: Arc<Mutex<Connection>>,
+    reader: Arc<Mutex<Connection>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating) the file and its schema.
+    pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let writer = connect(&path)?;
+        writer.execute_batch(SCHEMA)?;
+        let reader = connect(&path)?;
+        Ok(SqliteStore {
+            path,
+            writer: Arc::new(Mutex::new(writer)),
+            reader: Arc::new(Mutex::new(reader)),
+        })
+    }
+
+    async fn with<T: Send + 'static>(
+        conn: &Arc<Mutex<Connection>>,
+        work: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let conn = conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+            work(&mut conn)
+        })
+        .await
+        .map_err(|e| StoreError::Other(format!("store thread failed: {e}")))?
+    }
+}
+
+fn connect(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    // WAL: readers never wait for the writer; NORMAL sync is durable across process crashes
+    // (the writer acknowledges Redis only after commit returns).
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    Ok(conn)
+}
+
+/// `WHERE` clause and parameters for a query, and the `ORDER BY`.
+fn sql_for(query: &Query) -> (String, Vec<SqlValue>, &'static str) {
+    let mut clauses: Vec<String> = Vec::new();
+    let mut params: Vec<SqlValue> = Vec::new();
+    match &query.operation {
+        Some(OperationFilter::Exact(op)) => {
+            clauses.push("r.operation = ?".into());
+            params.push(op.clone().into());
+        }
+        Some(OperationFilter::Prefix(prefix)) => {
+            clauses.push("r.operation >= ?".into());
+            params.push(prefix.clone().into());
+            if let Some(end) = prefix_end(prefix) {
+                clauses.push("r.operation < ?".into());
+                params.push(end.into());
+            }
+        }
+        None => {}
+    }
+    if let Some(actor) = &query.actor {
+        clauses.push("r.actor = ?".into());
+        params.push(actor.clone().into());
+    }
+    if let Some(resource) = &query.resource {
+        clauses.push("r.seq IN (SELECT record_seq FROM resources WHERE key = ?)".into());
+        params.push(resource.clone().into());
+    }
+    if let Some(request_id) = &query.request_id {
+        clauses.push("r.request_id = ?".into());
+        params.push(request_id.clone().into());
+    }
+    if let Some(outcome) = query.outcome {
+        clauses.push("r.outcome = ?".into());
+        params.push(outcome.as_str().to_owned().into());
+    }
+    if let Some(since) = query.since {
+        clauses.push("r.time_us >= ?".into());
+        params.push(since.timestamp_micros().into());
+    }
+    if let Some(until) = query.until {
+        clauses.push("r.time_us < ?".into());
+        params.push(until.timestamp_micros().into());
+    }
+    let (cmp, order) = match query.order {
+        Order::NewestFirst => ("<", "ORDER BY r.time_us DESC, r.seq DESC"),
+        Order::OldestFirst => (">", "ORDER BY r.time_us ASC, r.seq ASC"),
+    };
+    if let Some(c) = query.cursor {
+        clauses.push(format!("(r.time_us, r.seq) {cmp} (?, ?)"));
+        params.push(c.time_us.into());
+        params.push(c.seq.into());
+    }
+    let where_ = if clauses.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", clauses.join(" AND "))
+    };
+    (where_, params, order)
+}
+
+fn page(conn: &Connection, query: &Query) -> Result<Page, StoreError> {
+    let (where_, params, order) = sql_for(query);
+    let sql = format!(
+        "SELECT r.time_us, r.seq, r.record FROM records r {where_} {order} LIMIT {}",
+        query.limit + 1
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
+    let mut records = Vec::with_capacity(query.limit.min(1024));
+    let mut last = None;
+    let mut more = false;
+    while let Some(row) = rows.next()? {
+        if records.len() == query.limit {
+            more = true;
+            break;
+        }
+        last = Some(Cursor {
+            time_us: row.get(0)?,
+            seq: row.get(1)?,
+        });
+        records.push(row.get::<_, String>(2)?);
+    }
+    Ok(Page {
+        records,
+        next_cursor: if more { last } else { None },
+    })
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn insert(&self, records: &[AuditRecord]) -> Result<usize, StoreError> {
+        let rows = Row::all(records)?;
+        Self::with(&self.writer, move |conn| {
+            let tx = conn.transaction()?;
+            let mut inserted = 0;
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO records (id, time_us, record, operation, actor, request_id, outcome, status, origin_instance, origin_seq)
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                )?;
+                let mut resource = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO resources (key, time_us, record_seq) VALUES (?, ?, ?)",
+                )?;
+                for r in &rows {
+                    let changed = insert.execute(params![
+                        r.id, r.time_us, r.json, r.operation, r.actor, r.request_id, r.outcome,
+                        r.status, r.instance, r.origin_seq
+                    ])?;
+                    if changed == 0 {
+                        continue; // already stored: exactly once
+                    }
+                    inserted += 1;
+                    let record_seq = tx.last_insert_rowid();
+                    for key in &r.keys {
+                        resource.execute(params![key, r.time_us, record_seq])?;
+                    }
+                }
+            }
+            tx.commit()?;
+            Ok(inserted)
+        })
+        .await
+    }
+
+    async fn query(&self, query: &Query) -> Result<Page, StoreError> {
+        let query = query.clone();
+        Self::with(&self.reader, move |conn| page(conn, &query)).await
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<String>, StoreError> {
+        let id = id.to_owned();
+        Self::with(&self.reader, move |conn| {
+            Ok(conn
+                .query_row("SELECT record FROM records WHERE id = ?", [id], |r| {
+                    r.get(0)
+                })
+                .optional()?)
+        })
+        .await
+    }
+
+    fn export(&self, mut query: Query) -> mpsc::Receiver<Result<Bytes, StoreError>> {
+        let (tx, rx) = mpsc::channel(4);
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = match connect(&path) {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            };
+            query.limit = 1000;
+            query.cursor = None;
+            let mut first = true;
+            if tx.blocking_send(Ok(Bytes::from_static(b"[\n"))).is_err() {
+                return;
+            }
+            loop {
+                let p = match page(&conn, &query) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(e));
+                        return;
+                    }
+                };
+                if !p.records.is_empty()
+                    && tx
+                        .blocking_send(Ok(array_chunk(&p.records, &mut first)))
+                        .is_err()
+                {
+                    return; // the client went away
+                }
+                match p.next_cursor {
+                    Some(c) => query.cursor = Some(c),
+                    None => break,
+                }
+            }
+            let _ = tx.blocking_send(Ok(Bytes::from_static(b"\n]\n")));
+        });
+        rx
+    }
+
+    async fn gaps(&self) -> Result<Vec<Gap>, StoreError> {
+        Self::with(&self.reader, |conn| {
+            let mut stmt = conn.prepare(
+                "WITH s AS (
+                   SELECT origin_instance AS instance, origin_seq AS seq,
+                          LAG(origin_seq) OVER (PARTITION BY origin_instance ORDER BY origin_seq) AS prev
+                   FROM records WHERE origin_instance IS NOT NULL
+                 )
+                 SELECT s.instance, COALESCE(s.prev, f.seq, 0) + 1 AS gap_from, s.seq - 1 AS gap_to
+                 FROM s LEFT JOIN origin_floor f ON f.instance = s.instance
+                 WHERE s.seq > COALESCE(s.prev, f.seq, 0) + 1
+                 ORDER BY s.instance, gap_from",
+            )?;
+            let gaps = stmt
+                .query_map([], |r| {
+                    Ok(Gap {
+                        instance: r.get(0)?,
+                        from: r.get(1)?,
+                        to: r.get(2)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(gaps)
+        })
+        .await
+    }
+
+    async fn delete_before(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let before = before.timestamp_micros();
+        Self::with(&self.writer, move |conn| {
+            let tx = conn.transaction()?;
+            tx.execute(
+                "INSERT INTO origin_floor (instance, seq)
+                 SELECT origin_instance, MAX(origin_seq) FROM records
+                 WHERE time_us < ? AND origin_instance IS NOT NULL GROUP BY origin_instance
+                 ON CONFLICT (instance) DO UPDATE SET seq = MAX(seq, excluded.seq)",
+                [before],
+            )?;
+            tx.execute(
+                "DELETE FROM resources WHERE record_seq IN (SELECT seq FROM records WHERE time_us < ?)",
+                [before],
+            )?;
+            let deleted = tx.execute("DELETE FROM records WHERE time_us < ?", [before])?;
+            tx.commit()?;
+            Ok(deleted as u64)
+        })
+        .await
+    }
+
+    async fn count(&self) -> Result<u64, StoreError> {
+        Self::with(&self.reader, |conn| {
+            Ok(conn.query_row("SELECT COUNT(*) FROM records", [], |r| r.get::<_, i64>(0))? as u64)
+        })
+        .await
+    }
+}
