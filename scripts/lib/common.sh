@@ -28,3 +28,16 @@ ensure_rust_components() {
     fi
   done
 }
+
+# Installs PostgreSQL's server (initdb, pg_ctl) when missing: Debian keeps them under
+# /usr/lib/postgresql/VERSION/bin, off the PATH.
+ensure_postgres() {
+  if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    echo "installing postgresql (apt-get)" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get update -qq >/dev/null
+    $sudo apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+  fi
+}

@@ -442,3 +442,215 @@ impl ProxyProcess {
             .json()
     }
 }
+
+/// The admin token every test writer accepts.
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+/// The viewer token every test writer accepts.
+pub const VIEWER_TOKEN: &str = "test-viewer-token";
+
+/// `auditgate writer` as a process, with its config in a temp dir.
+#[derive(Debug)]
+pub struct WriterProcess {
+    /// `127.0.0.1:PORT` of the API.
+    pub addr: String,
+    /// The folder holding `writer.yaml` and `stderr.log` (and the SQLite file, if any).
+    pub dir: tempfile::TempDir,
+    /// The running process.
+    pub child: ChildGuard,
+}
+
+impl WriterProcess {
+    /// Starts a writer on `store` (`sqlite://…` relative to its folder, or `postgres://…`).
+    pub fn start(redis_url: &str, store: &str, extra: &str) -> WriterProcess {
+        let dir = tempfile::tempdir().expect("tempdir");
+        WriterProcess::start_in(dir, redis_url, store, extra)
+    }
+
+    /// Starts a writer in an existing folder (to restart one on the same SQLite file).
+    pub fn start_in(
+        dir: tempfile::TempDir,
+        redis_url: &str,
+        store: &str,
+        extra: &str,
+    ) -> WriterProcess {
+        use sha2::Digest;
+        let hex = |t: &str| {
+            sha2::Sha256::digest(t.as_bytes())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        };
+        let config = format!(
+            "redis: {{ url: \"{redis_url}\" }}\nstore: {store}\nlisten: 127.0.0.1:0\nconsumer: test-writer\n\
+             tokens:\n  - {{ sha256: \"{}\", role: admin }}\n  - {{ sha256: \"{}\", role: viewer }}\n{extra}",
+            hex(ADMIN_TOKEN),
+            hex(VIEWER_TOKEN)
+        );
+        std::fs::write(dir.path().join("writer.yaml"), config).expect("write config");
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join("stderr.log"))
+            .expect("log file");
+        let mut child = Command::new(workspace_bin("auditgate"))
+            .arg("writer")
+            .arg("--config")
+            .arg(dir.path().join("writer.yaml"))
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("start auditgate writer");
+        let addr = wait_for_line(&mut child, "listening on http://");
+        WriterProcess {
+            addr,
+            dir,
+            child: ChildGuard(child),
+        }
+    }
+
+    /// GET with the admin token; the response.
+    pub fn get(&self, path: &str) -> HttpResponse {
+        self.get_as(ADMIN_TOKEN, path)
+    }
+
+    /// GET with a token.
+    pub fn get_as(&self, token: &str, path: &str) -> HttpResponse {
+        http(
+            &self.addr,
+            "GET",
+            path,
+            &[("Authorization", &format!("Bearer {token}"))],
+            b"",
+        )
+        .expect("writer API call")
+    }
+
+    /// How many records the store holds (`/healthz`).
+    pub fn count(&self) -> u64 {
+        http(&self.addr, "GET", "/healthz", &[], b"")
+            .ok()
+            .and_then(|r| serde_json::from_slice::<serde_json::Value>(&r.body).ok())
+            .and_then(|v| v["records"].as_u64())
+            .unwrap_or(0)
+    }
+}
+
+/// A throwaway PostgreSQL server: `initdb` and `pg_ctl` (as the unprivileged `postgres`
+/// user when run as root, since initdb refuses root) on a free port in a temp dir.
+#[derive(Debug)]
+pub struct PostgresServer {
+    port: u16,
+    data: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+    pg_ctl: std::path::PathBuf,
+}
+
+fn pg_bin(name: &str) -> std::path::PathBuf {
+    let mut versions: Vec<_> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    versions.sort();
+    versions
+        .into_iter()
+        .rev()
+        .map(|v| v.join("bin").join(name))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| std::path::PathBuf::from(name))
+}
+
+impl PostgresServer {
+    /// Starts a server and waits until it accepts connections.
+    pub fn start() -> PostgresServer {
+        let dir = tempfile::Builder::new()
+            .prefix("auditgate-pg")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        let data = dir.path().join("data");
+        let port = free_port();
+        let as_root = is_root();
+        let run = |program: &std::path::Path, args: &[&str]| {
+            let mut cmd = if as_root {
+                let mut c = Command::new("runuser");
+                c.args(["-u", "postgres", "--"]).arg(program);
+                c
+            } else {
+                Command::new(program)
+            };
+            let out = cmd.args(args).output().expect("run a PostgreSQL tool");
+            assert!(
+                out.status.success(),
+                "{} failed: {}",
+                program.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        if as_root {
+            let _ = Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(dir.path())
+                .status();
+        }
+        let initdb = pg_bin("initdb");
+        let data_text = data.to_string_lossy().to_string();
+        run(
+            &initdb,
+            &[
+                "-D",
+                &data_text,
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+            ],
+        );
+        let pg_ctl = pg_bin("pg_ctl");
+        let options = format!("-p {port} -h 127.0.0.1 -k {} -F", dir.path().display());
+        let log = dir.path().join("log").to_string_lossy().to_string();
+        run(
+            &pg_ctl,
+            &["-D", &data_text, "-o", &options, "-l", &log, "-w", "start"],
+        );
+        PostgresServer {
+            port,
+            data,
+            _dir: dir,
+            pg_ctl,
+        }
+    }
+
+    /// `postgres://postgres@127.0.0.1:PORT/postgres`
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+/// Whether this process runs as root, read from /proc (no libc call needed).
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+impl Drop for PostgresServer {
+    fn drop(&mut self) {
+        let data = self.data.to_string_lossy().to_string();
+        let mut cmd = if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&self.pg_ctl);
+            c
+        } else {
+            Command::new(&self.pg_ctl)
+        };
+        let _ = cmd
+            .args(["-D", &data, "-m", "immediate", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}

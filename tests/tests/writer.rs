@@ -1,0 +1,344 @@
+//! `auditgate writer` as a process with a real redis-server and real stores (an SQLite file,
+//! a throwaway PostgreSQL server): filters, pages, history, export, auth, gaps, and a writer
+//! killed mid-batch.
+
+#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed: the panic says where
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use auditgate_queue::{QueueConfig, RecordSink, RedisQueue};
+use auditgate_rules::{Actor, AuditRecord, Origin, Outcome, Resource};
+use auditgate_tests::{
+    PostgresServer, RedisServer, VIEWER_TOKEN, WriterProcess, record, wait_until,
+};
+use chrono::{DateTime, TimeZone, Utc};
+use serde_json::Value;
+
+/// Which fixture records a query should select.
+type Keep = Box<dyn Fn(&AuditRecord) -> bool>;
+
+const OPERATIONS: [&str; 4] = ["asset.rename", "asset.delete", "tag.add", "member.remove"];
+
+fn base_time() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 20, 0, 0, 0).unwrap()
+}
+
+/// Record `i` of the filter fixture: every attribute cycles so that each filter selects a
+/// different, known subset.
+fn fixture(i: u64) -> AuditRecord {
+    let mut r = record(i);
+    r.time = base_time() + chrono::Duration::seconds(i as i64);
+    r.id = uuid::Uuid::now_v7();
+    r.operation = OPERATIONS[i as usize % 4].to_owned();
+    r.actor = Some(Actor {
+        id: format!("u_{}", i % 5),
+        source: "header.X-User-Id".into(),
+    });
+    r.outcome = if i.is_multiple_of(7) {
+        Outcome::Failure
+    } else {
+        Outcome::Success
+    };
+    r.response.status = Some(if i.is_multiple_of(7) { 403 } else { 200 });
+    r.request.id = format!("req-{i}");
+    r.resources = vec![Resource {
+        kind: "file".into(),
+        id: Some(format!("f{}", i % 10)),
+        path: Some(format!("/forest/f{}.png", i % 10)),
+    }];
+    r
+}
+
+/// Pushes the fixture through the real producer; returns it newest first (the API's order).
+async fn load_fixture(redis: &RedisServer, n: u64) -> Vec<AuditRecord> {
+    let spool = tempfile::tempdir().unwrap();
+    let queue = RedisQueue::start(
+        QueueConfig::new(redis.url())
+            .spool(spool.path(), 1 << 24)
+            .instance("fixture"),
+    )
+    .unwrap();
+    let mut all: Vec<AuditRecord> = (0..n).map(fixture).collect();
+    for r in &all {
+        queue.enqueue(r.clone()).unwrap();
+    }
+    queue.shutdown().await;
+    all.reverse();
+    all
+}
+
+fn ids_of(page: &Value) -> Vec<String> {
+    page["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn expect(all: &[AuditRecord], keep: impl Fn(&AuditRecord) -> bool) -> Vec<String> {
+    all.iter()
+        .filter(|r| keep(r))
+        .map(|r| r.id.to_string())
+        .collect()
+}
+
+/// Every page of a query, following `next_cursor`.
+fn all_pages(writer: &WriterProcess, query: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let sep = if query.contains('?') { '&' } else { '?' };
+        let page = writer.get(&format!("{query}{sep}limit=37{cursor}")).json();
+        ids.extend(ids_of(&page));
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = format!("&cursor={c}"),
+            None => return ids,
+        }
+    }
+}
+
+async fn filters_pages_history_export_auth(store: &str) {
+    let redis = RedisServer::start();
+    let all = load_fixture(&redis, 300).await;
+    let writer = WriterProcess::start(&redis.url(), store, "");
+    assert!(
+        wait_until(Duration::from_secs(20), || writer.count() == 300),
+        "stored {}",
+        writer.count()
+    );
+
+    // Newest first, and pages that neither repeat nor skip.
+    assert_eq!(
+        ids_of(&writer.get("/api/v1/records?limit=50").json()),
+        expect(&all, |_| true)[..50]
+    );
+    assert_eq!(
+        all_pages(&writer, "/api/v1/records"),
+        expect(&all, |_| true)
+    );
+
+    let since = base_time() + chrono::Duration::seconds(100);
+    let until = base_time() + chrono::Duration::seconds(200);
+    let cases: Vec<(&str, Keep)> = vec![
+        (
+            "operation=asset.rename",
+            Box::new(|r| r.operation == "asset.rename"),
+        ),
+        (
+            "operation=asset.*",
+            Box::new(|r| r.operation.starts_with("asset.")),
+        ),
+        (
+            "actor=u_3",
+            Box::new(|r| r.actor.as_ref().unwrap().id == "u_3"),
+        ),
+        (
+            "resource=f4",
+            Box::new(|r| r.resources[0].id.as_deref() == Some("f4")),
+        ),
+        (
+            "resource=/forest/f4.png",
+            Box::new(|r| r.resources[0].id.as_deref() == Some("f4")),
+        ),
+        ("request_id=req-42", Box::new(|r| r.request.id == "req-42")),
+        (
+            "outcome=failure",
+            Box::new(|r| r.outcome == Outcome::Failure),
+        ),
+        (
+            "since=2026-11-20T00:01:40Z&until=2026-11-20T00:03:20Z",
+            Box::new(move |r| r.time >= since && r.time < until),
+        ),
+        (
+            "operation=asset.*&actor=u_2&outcome=success&since=2026-11-20T00:01:40Z",
+            Box::new(move |r| {
+                r.operation.starts_with("asset.")
+                    && r.actor.as_ref().unwrap().id == "u_2"
+                    && r.outcome == Outcome::Success
+                    && r.time >= since
+            }),
+        ),
+        (
+            "resource=f2&operation=tag.add",
+            Box::new(|r| r.resources[0].id.as_deref() == Some("f2") && r.operation == "tag.add"),
+        ),
+    ];
+    for (query, keep) in &cases {
+        let expected = expect(&all, keep);
+        assert!(!expected.is_empty(), "{query} selects something");
+        assert_eq!(
+            all_pages(&writer, &format!("/api/v1/records?{query}")),
+            expected,
+            "{query}"
+        );
+    }
+
+    // One record; a resource's history, oldest first, for a viewer too.
+    let one = &all[10];
+    assert_eq!(
+        writer.get(&format!("/api/v1/records/{}", one.id)).json()["request"]["id"],
+        one.request.id.as_str()
+    );
+    assert_eq!(writer.get("/api/v1/records/nope").status, 404);
+    let mut history = expect(&all, |r| {
+        r.resources[0].path.as_deref() == Some("/forest/f3.png")
+    });
+    history.reverse();
+    let page = writer
+        .get_as(
+            VIEWER_TOKEN,
+            "/api/v1/history?resource=/forest/f3.png&limit=1000",
+        )
+        .json();
+    assert_eq!(ids_of(&page), history);
+
+    // Auth: no token, a wrong one, a viewer outside history.
+    let anon = auditgate_tests::http(&writer.addr, "GET", "/api/v1/records", &[], b"").unwrap();
+    assert_eq!(anon.status, 401);
+    assert_eq!(writer.get_as("wrong", "/api/v1/records").status, 401);
+    assert_eq!(writer.get_as(VIEWER_TOKEN, "/api/v1/records").status, 403);
+    assert_eq!(writer.get_as(VIEWER_TOKEN, "/api/v1/export").status, 403);
+
+    // Bad filters: 400 and what to write instead.
+    for (query, says) in [
+        ("since=yesterday", "RFC 3339"),
+        ("limit=0", "from 1 to 1000"),
+        ("outcome=maybe", "success, failure, error or aborted"),
+        ("user=u_1", "unknown parameter \"user\""),
+        ("cursor=zzz", "not a cursor"),
+    ] {
+        let r = writer.get(&format!("/api/v1/records?{query}"));
+        assert_eq!(r.status, 400, "{query}");
+        assert!(
+            r.json()["error"].as_str().unwrap().contains(says),
+            "{query}: {}",
+            r.json()
+        );
+    }
+
+    // Export: exactly the filtered records, as one JSON array download.
+    let export = writer.get("/api/v1/export?operation=asset.*&outcome=failure");
+    assert_eq!(export.status, 200);
+    assert!(
+        export
+            .header("content-disposition")
+            .unwrap()
+            .starts_with("attachment; filename=")
+    );
+    let exported: Vec<Value> = serde_json::from_slice(&export.body).unwrap();
+    let exported: Vec<String> = exported
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        exported,
+        expect(&all, |r| r.operation.starts_with("asset.")
+            && r.outcome == Outcome::Failure)
+    );
+
+    // Gaps: none for the fixture; a record lost between 1..=3 shows up.
+    assert_eq!(
+        writer.get("/api/v1/gaps").json()["gaps"],
+        serde_json::json!([])
+    );
+    let mut conn = redis.connection().unwrap();
+    for seq in [1u64, 2, 4] {
+        let mut r = record(seq);
+        r.origin = Some(Origin {
+            kind: "proxy".into(),
+            instance: "gappy".into(),
+            seq,
+        });
+        let _: String = redis::cmd("XADD")
+            .arg("auditgate:records")
+            .arg("*")
+            .arg("record")
+            .arg(serde_json::to_string(&r).unwrap())
+            .query(&mut conn)
+            .unwrap();
+    }
+    assert!(wait_until(Duration::from_secs(10), || writer.count() == 303));
+    assert_eq!(
+        writer.get("/api/v1/gaps").json()["gaps"],
+        serde_json::json!([{ "instance": "gappy", "from": 3, "to": 3 }])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_filters_pages_history_export_and_auth() {
+    filters_pages_history_export_auth("sqlite://audit.db").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_filters_pages_history_export_and_auth() {
+    let pg = PostgresServer::start();
+    filters_pages_history_export_auth(&pg.url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_killed_mid_batch_and_restarted_stores_each_record_once() {
+    let redis = RedisServer::start();
+    let spool = tempfile::tempdir().unwrap();
+    let queue = RedisQueue::start(
+        QueueConfig::new(redis.url())
+            .spool(spool.path(), 1 << 28)
+            .instance("load"),
+    )
+    .unwrap();
+    let producer = {
+        let queue = queue.clone();
+        std::thread::spawn(move || {
+            let mut sent = HashSet::new();
+            for n in 0..30_000u64 {
+                let r = record(n);
+                sent.insert(r.id.to_string());
+                queue.enqueue(r).unwrap();
+                if n % 1000 == 0 {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+            sent
+        })
+    };
+    let mut writer =
+        WriterProcess::start(&redis.url(), "sqlite://audit.db", "claim_idle_seconds: 2\n");
+    assert!(wait_until(Duration::from_secs(20), || writer.count() > 5_000));
+    writer.child.0.kill().unwrap(); // SIGKILL, in the middle of the stream
+    writer.child.0.wait().unwrap();
+    let sent = producer.join().unwrap();
+    queue.shutdown().await;
+
+    let dir = std::mem::replace(&mut writer.dir, tempfile::tempdir().unwrap());
+    drop(writer);
+    let writer = WriterProcess::start_in(
+        dir,
+        &redis.url(),
+        "sqlite://audit.db",
+        "claim_idle_seconds: 2\n",
+    );
+    assert!(
+        wait_until(Duration::from_secs(60), || writer.count() >= 30_000),
+        "stored {} of 30000",
+        writer.count()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(writer.count(), 30_000, "each record exactly once");
+    let exported: Vec<Value> = serde_json::from_slice(&writer.get("/api/v1/export").body).unwrap();
+    let ids: HashSet<String> = exported
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 30_000);
+    assert_eq!(ids, sent);
+    assert_eq!(
+        writer.get("/api/v1/gaps").json()["gaps"],
+        serde_json::json!([])
+    );
+    assert_eq!(
+        redis.len("auditgate:records"),
+        0,
+        "committed entries are deleted from the stream"
+    );
+}
