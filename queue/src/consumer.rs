@@ -59,6 +59,8 @@ pub struct Delivery {
     pub entry_id: String,
     /// The record.
     pub record: AuditRecord,
+    /// The record's JSON as it was queued: what a store keeps, without serialising again.
+    pub json: String,
 }
 
 /// A consumer in the group, on its own connection.
@@ -141,7 +143,17 @@ impl Consumer {
 
     /// Acknowledges and deletes delivered entries: call after their records are committed.
     pub async fn ack(&mut self, deliveries: &[Delivery]) -> Result<(), QueueError> {
-        if deliveries.is_empty() {
+        let ids: Vec<(String, String)> = deliveries
+            .iter()
+            .map(|d| (d.key.clone(), d.entry_id.clone()))
+            .collect();
+        self.ack_ids(&ids).await
+    }
+
+    /// [`Consumer::ack`] by `(stream key, entry ID)`, for callers that have moved the records
+    /// out of their deliveries.
+    pub async fn ack_ids(&mut self, entries: &[(String, String)]) -> Result<(), QueueError> {
+        if entries.is_empty() {
             return Ok(());
         }
         let mut pipe = redis::pipe();
@@ -149,10 +161,10 @@ impl Consumer {
         // pending, nor acknowledged but kept forever.
         pipe.atomic();
         for key in &self.keys {
-            let ids: Vec<&str> = deliveries
+            let ids: Vec<&str> = entries
                 .iter()
-                .filter(|d| &d.key == key)
-                .map(|d| d.entry_id.as_str())
+                .filter(|(k, _)| k == key)
+                .map(|(_, id)| id.as_str())
                 .collect();
             if ids.is_empty() {
                 continue;
@@ -257,6 +269,9 @@ impl Consumer {
                     key: entry.key,
                     entry_id: entry.id,
                     record,
+                    // parse_record accepted the bytes, so they are valid UTF-8 JSON.
+                    json: String::from_utf8_lossy(entry.record.as_deref().unwrap_or_default())
+                        .into_owned(),
                 }),
                 Err(reason) => dead.push((entry, reason)),
             }

@@ -121,7 +121,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         stopped,
     ));
     while store.count().await? < count {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let took = started.elapsed();
     stop.send_replace(true);
@@ -137,7 +137,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         limit: 100,
         ..Query::default()
     };
-    let since = Utc.with_ymd_and_hms(2026, 1, 3, 0, 0, 0).unwrap();
+    let since = Utc.with_ymd_and_hms(2026, 1, 1, 2, 0, 0).unwrap();
     let cases: Vec<(&str, Query)> = vec![
         ("no filter", base.clone()),
         (

@@ -7,7 +7,7 @@ use auditgate_queue::Consumer;
 use tokio::sync::watch;
 
 use crate::metrics;
-use crate::store::Store;
+use crate::store::{Incoming, Store};
 
 /// Drains the stream into the store until `shutdown`; a batch in hand is finished first.
 pub async fn ingest(
@@ -37,13 +37,20 @@ pub async fn ingest(
         if batch.is_empty() {
             continue;
         }
-        let records: Vec<_> = batch.iter().map(|d| d.record.clone()).collect();
+        let ids: Vec<(String, String)> = batch
+            .iter()
+            .map(|d| (d.key.clone(), d.entry_id.clone()))
+            .collect();
+        let records: Vec<Incoming> = batch
+            .into_iter()
+            .map(|d| Incoming::new(d.record, d.json))
+            .collect();
         let started = Instant::now();
         // Commit, retrying while the store is unavailable; nothing is acknowledged before.
         loop {
             match store.insert(&records).await {
                 Ok(new) => {
-                    metrics::batch(new, records.len() - new, started.elapsed());
+                    metrics::batch(new, ids.len() - new, started.elapsed());
                     break;
                 }
                 Err(e) => {
@@ -56,7 +63,7 @@ pub async fn ingest(
                 }
             }
         }
-        if let Err(e) = consumer.ack(&batch).await {
+        if let Err(e) = consumer.ack_ids(&ids).await {
             // The entries stay pending and come back; the store ignores ids it has.
             tracing::warn!(error = %e, "acknowledging a committed batch failed");
         }

@@ -113,7 +113,7 @@ pub enum StoreError {
 pub trait Store: Send + Sync + 'static {
     /// Inserts the records whose `id` is not stored yet, in one transaction. Returns how many
     /// were new (the rest were duplicates of records already stored).
-    async fn insert(&self, records: &[AuditRecord]) -> Result<usize, StoreError>;
+    async fn insert(&self, records: &[Incoming]) -> Result<usize, StoreError>;
 
     /// One page of the records the query selects.
     async fn query(&self, query: &Query) -> Result<Page, StoreError>;
@@ -146,6 +146,28 @@ pub async fn open(url: &str) -> Result<Box<dyn Store>, StoreError> {
     }
 }
 
+/// A record to store, with the JSON it arrived as (kept as it is).
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    /// The parsed record: where the indexed columns come from.
+    pub record: AuditRecord,
+    /// Its JSON, stored and served unchanged.
+    pub json: String,
+}
+
+impl Incoming {
+    /// A record and its JSON as queued.
+    pub fn new(record: AuditRecord, json: String) -> Incoming {
+        Incoming { record, json }
+    }
+
+    /// A record, serialised here.
+    pub fn from_record(record: AuditRecord) -> Result<Incoming, StoreError> {
+        let json = serde_json::to_string(&record).map_err(|e| StoreError::Other(e.to_string()))?;
+        Ok(Incoming { record, json })
+    }
+}
+
 /// A record as the stores file it: its JSON and the columns the filters use.
 #[derive(Debug, Clone)]
 pub(crate) struct Row {
@@ -164,8 +186,9 @@ pub(crate) struct Row {
 }
 
 impl Row {
-    pub(crate) fn of(record: &AuditRecord) -> Result<Row, StoreError> {
-        let json = serde_json::to_string(record).map_err(|e| StoreError::Other(e.to_string()))?;
+    pub(crate) fn of(incoming: &Incoming) -> Row {
+        let Incoming { record, json } = incoming;
+        let json = json.clone();
         let mut keys: Vec<String> = record
             .resources
             .iter()
@@ -174,7 +197,7 @@ impl Row {
             .collect();
         keys.sort_unstable();
         keys.dedup();
-        Ok(Row {
+        Row {
             id: record.id.to_string(),
             time_us: record.time.timestamp_micros(),
             json,
@@ -186,10 +209,10 @@ impl Row {
             instance: record.origin.as_ref().map(|o| o.instance.clone()),
             origin_seq: record.origin.as_ref().map(|o| o.seq as i64),
             keys,
-        })
+        }
     }
 
-    pub(crate) fn all(records: &[AuditRecord]) -> Result<Vec<Row>, StoreError> {
+    pub(crate) fn all(records: &[Incoming]) -> Vec<Row> {
         records.iter().map(Row::of).collect()
     }
 }

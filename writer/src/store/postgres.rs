@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use auditgate_rules::AuditRecord;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use tokio::sync::{Mutex, mpsc};
@@ -10,8 +9,8 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls};
 
 use super::{
-    Cursor, Gap, OperationFilter, Order, Page, Query, Row, Store, StoreError, array_chunk,
-    prefix_end,
+    Cursor, Gap, Incoming, OperationFilter, Order, Page, Query, Row, Store, StoreError,
+    array_chunk, prefix_end,
 };
 
 const SCHEMA: &str = r#"
@@ -191,48 +190,66 @@ async fn page(client: &Client, query: &Query) -> Result<Page, StoreError> {
 
 #[async_trait::async_trait]
 impl Store for PostgresStore {
-    async fn insert(&self, records: &[AuditRecord]) -> Result<usize, StoreError> {
-        let rows = Row::all(records)?;
+    async fn insert(&self, records: &[Incoming]) -> Result<usize, StoreError> {
+        let rows = Row::all(records);
+        // Two statements a batch, whatever its size: the columns go over as arrays.
+        let mut ids = Vec::with_capacity(rows.len());
+        let mut times = Vec::with_capacity(rows.len());
+        let mut jsons = Vec::with_capacity(rows.len());
+        let mut operations = Vec::with_capacity(rows.len());
+        let mut actors = Vec::with_capacity(rows.len());
+        let mut request_ids = Vec::with_capacity(rows.len());
+        let mut outcomes = Vec::with_capacity(rows.len());
+        let mut statuses = Vec::with_capacity(rows.len());
+        let mut instances = Vec::with_capacity(rows.len());
+        let mut seqs = Vec::with_capacity(rows.len());
+        for r in &rows {
+            ids.push(r.id.clone());
+            times.push(r.time_us);
+            jsons.push(r.json.clone());
+            operations.push(r.operation.clone());
+            actors.push(r.actor.clone());
+            request_ids.push(r.request_id.clone());
+            outcomes.push(r.outcome.to_owned());
+            statuses.push(r.status);
+            instances.push(r.instance.clone());
+            seqs.push(r.origin_seq);
+        }
         let mut client = self.writer.lock().await;
         let tx = client.transaction().await?;
-        let insert = tx
-            .prepare(
+        let inserted = tx
+            .query(
                 "INSERT INTO records (id, time_us, record, operation, actor, request_id, outcome, status, origin_instance, origin_seq)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (id) DO NOTHING RETURNING seq",
+                 SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int[], $9::text[], $10::bigint[])
+                 ON CONFLICT (id) DO NOTHING
+                 RETURNING seq, id",
+                &[&ids, &times, &jsons, &operations, &actors, &request_ids, &outcomes, &statuses, &instances, &seqs],
             )
             .await?;
-        let resource = tx
-            .prepare("INSERT INTO resources (key, time_us, record_seq) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
-            .await?;
-        let mut inserted = 0;
+        let new: std::collections::HashMap<String, i64> = inserted
+            .iter()
+            .map(|row| (row.get::<_, String>(1), row.get::<_, i64>(0)))
+            .collect();
+        let (mut keys, mut key_times, mut key_seqs) = (Vec::new(), Vec::new(), Vec::new());
         for r in &rows {
-            let outcome = r.outcome.to_owned();
-            let got = tx
-                .query_opt(
-                    &insert,
-                    &[
-                        &r.id,
-                        &r.time_us,
-                        &r.json,
-                        &r.operation,
-                        &r.actor,
-                        &r.request_id,
-                        &outcome,
-                        &r.status,
-                        &r.instance,
-                        &r.origin_seq,
-                    ],
-                )
-                .await?;
-            let Some(got) = got else { continue };
-            inserted += 1;
-            let seq: i64 = got.get(0);
-            for key in &r.keys {
-                tx.execute(&resource, &[key, &r.time_us, &seq]).await?;
+            if let Some(seq) = new.get(&r.id) {
+                for key in &r.keys {
+                    keys.push(key.clone());
+                    key_times.push(r.time_us);
+                    key_seqs.push(*seq);
+                }
             }
         }
+        if !keys.is_empty() {
+            tx.execute(
+                "INSERT INTO resources (key, time_us, record_seq)
+                 SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[]) ON CONFLICT DO NOTHING",
+                &[&keys, &key_times, &key_seqs],
+            )
+            .await?;
+        }
         tx.commit().await?;
-        Ok(inserted)
+        Ok(new.len())
     }
 
     async fn query(&self, query: &Query) -> Result<Page, StoreError> {

@@ -4,7 +4,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use auditgate_rules::AuditRecord;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use rusqlite::types::Value as SqlValue;
@@ -12,8 +11,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::mpsc;
 
 use super::{
-    Cursor, Gap, OperationFilter, Order, Page, Query, Row, Store, StoreError, array_chunk,
-    prefix_end,
+    Cursor, Gap, Incoming, OperationFilter, Order, Page, Query, Row, Store, StoreError,
+    array_chunk, prefix_end,
 };
 
 const SCHEMA: &str = r#"
@@ -108,10 +107,13 @@ fn sql_for(query: &Query) -> (String, Vec<SqlValue>, &'static str) {
             params.push(op.clone().into());
         }
         Some(OperationFilter::Prefix(prefix)) => {
-            clauses.push("r.operation >= ?".into());
+            // `+` keeps SQLite from answering a prefix through the operation index, which
+            // would sort every matching row by time: scanning the time index (or a more
+            // selective one) newest first finds a page at once.
+            clauses.push("+r.operation >= ?".into());
             params.push(prefix.clone().into());
             if let Some(end) = prefix_end(prefix) {
-                clauses.push("r.operation < ?".into());
+                clauses.push("+r.operation < ?".into());
                 params.push(end.into());
             }
         }
@@ -188,8 +190,8 @@ fn page(conn: &Connection, query: &Query) -> Result<Page, StoreError> {
 
 #[async_trait::async_trait]
 impl Store for SqliteStore {
-    async fn insert(&self, records: &[AuditRecord]) -> Result<usize, StoreError> {
-        let rows = Row::all(records)?;
+    async fn insert(&self, records: &[Incoming]) -> Result<usize, StoreError> {
+        let rows = Row::all(records);
         Self::with(&self.writer, move |conn| {
             let tx = conn.transaction()?;
             let mut inserted = 0;
