@@ -29,7 +29,17 @@ struct Node {
     statics: FxHashMap<Box<str>, u32>,
     param: Option<u32>,
     rest: Option<u32>,
-    rules: Vec<u32>,
+    /// The rules ending here, in file order, with what the walk needs of them kept inline so
+    /// that a lookup does not touch the (large) rules themselves.
+    rules: Vec<Ending>,
+}
+
+/// A rule ending at a node.
+#[derive(Debug, Clone, Copy)]
+struct Ending {
+    rule: u32,
+    methods: MethodSet,
+    has_when: bool,
 }
 
 #[derive(Debug)]
@@ -73,7 +83,11 @@ impl Matcher {
                 }
                 at = child as usize;
             }
-            nodes[at].rules.push(index as u32);
+            nodes[at].rules.push(Ending {
+                rule: index as u32,
+                methods: rule.methods,
+                has_when: rule.when.is_some(),
+            });
         }
         Matcher { nodes }
     }
@@ -104,14 +118,13 @@ impl Matcher {
     ) -> bool {
         let here = &self.nodes[node];
         if at == segments.len() {
-            for &index in &here.rules {
-                let rule = &rules[index as usize];
-                if rule.methods.contains(method) {
+            for ending in &here.rules {
+                if ending.methods.contains(method) {
                     out.push(Candidate {
-                        rule: index,
+                        rule: ending.rule,
                         captures: captures.clone(),
                     });
-                    if rule.when.is_none() {
+                    if !ending.has_when {
                         return true;
                     }
                 }

@@ -92,12 +92,19 @@ pub async fn run(config: WriterConfig, shutdown: impl Future<Output = ()>) -> an
     Ok(())
 }
 
-/// Deletes records older than the retention period, at start and every hour.
+/// Deletes records older than the retention period and refreshes the planner's statistics,
+/// at start and every hour.
 async fn retention(store: Arc<dyn store::Store>, days: u32, mut stop: watch::Receiver<bool>) {
-    if days == 0 {
-        return;
-    }
     loop {
+        if let Err(e) = store.optimize().await {
+            tracing::warn!(error = %e, "refreshing the store's statistics failed");
+        }
+        if days == 0 {
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tokio::time::sleep(Duration::from_secs(3600)) => continue,
+            }
+        }
         let before = Utc::now() - chrono::Duration::days(i64::from(days));
         match store.delete_before(before).await {
             Ok(0) => {}

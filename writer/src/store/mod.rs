@@ -133,6 +133,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// How many records are stored.
     async fn count(&self) -> Result<u64, StoreError>;
+
+    /// Refreshes the planner's statistics (`ANALYZE`), so that each filter uses its index.
+    /// The writer calls it at start and hourly.
+    async fn optimize(&self) -> Result<(), StoreError>;
 }
 
 /// Opens the store a `store:` URL names, creating or migrating its schema.

@@ -359,4 +359,13 @@ impl Store for PostgresStore {
             .await?;
         Ok(row.get::<_, i64>(0) as u64)
     }
+
+    async fn optimize(&self) -> Result<(), StoreError> {
+        self.writer
+            .lock()
+            .await
+            .batch_execute("ANALYZE records; ANALYZE resources;")
+            .await?;
+        Ok(())
+    }
 }
