@@ -294,7 +294,7 @@ impl RuleSet {
             }
             self.inner
                 .matcher
-                .find(&self.inner.rules, method_bit, &segments, &mut candidates);
+                .find(method_bit, &segments, &mut candidates);
         }
         let unmatched = self
             .inner

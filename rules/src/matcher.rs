@@ -93,15 +93,9 @@ impl Matcher {
     }
 
     /// Fills `out` with the rules matching `method` and `segments`, most specific first.
-    pub(crate) fn find(
-        &self,
-        rules: &[Rule],
-        method: MethodSet,
-        segments: &[&str],
-        out: &mut Candidates,
-    ) {
+    pub(crate) fn find(&self, method: MethodSet, segments: &[&str], out: &mut Candidates) {
         let mut captures = SmallVec::new();
-        self.walk(0, rules, method, segments, 0, &mut captures, out);
+        self.walk(0, method, segments, 0, &mut captures, out);
     }
 
     /// Returns true once a rule without `when` has been found: the search is then over.
@@ -109,7 +103,6 @@ impl Matcher {
     fn walk(
         &self,
         node: usize,
-        rules: &[Rule],
         method: MethodSet,
         segments: &[&str],
         at: usize,
@@ -132,29 +125,13 @@ impl Matcher {
             return false;
         }
         if let Some(&child) = here.statics.get(segments[at])
-            && self.walk(
-                child as usize,
-                rules,
-                method,
-                segments,
-                at + 1,
-                captures,
-                out,
-            )
+            && self.walk(child as usize, method, segments, at + 1, captures, out)
         {
             return true;
         }
         if let Some(child) = here.param {
             captures.push((at as u32, at as u32 + 1));
-            let done = self.walk(
-                child as usize,
-                rules,
-                method,
-                segments,
-                at + 1,
-                captures,
-                out,
-            );
+            let done = self.walk(child as usize, method, segments, at + 1, captures, out);
             captures.pop();
             if done {
                 return true;
@@ -166,7 +143,7 @@ impl Matcher {
             // rest, so this loop never nests and a lookup stays linear in the path length.
             for end in at + 1..=segments.len() {
                 captures.push((at as u32, end as u32));
-                let done = self.walk(child as usize, rules, method, segments, end, captures, out);
+                let done = self.walk(child as usize, method, segments, end, captures, out);
                 captures.pop();
                 if done {
                     return true;

@@ -244,7 +244,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     while let Some(chunk) = rx.recv().await {
         bytes += chunk?.len();
         chunks += 1;
-        if chunks % 64 == 0 {
+        if chunks.is_multiple_of(64) {
             rss_max = rss_max.max(anon_mib());
         }
     }
