@@ -238,6 +238,34 @@ async fn filters_pages_history_export_auth(store: &str) {
             && r.outcome == Outcome::Failure)
     );
 
+    // The operations the page's filter offers, and the page itself (no token needed for it).
+    assert_eq!(
+        writer.get("/api/v1/operations").json()["operations"],
+        serde_json::json!(["asset.delete", "asset.rename", "member.remove", "tag.add"])
+    );
+    assert_eq!(
+        writer.get_as(VIEWER_TOKEN, "/api/v1/operations").status,
+        403
+    );
+    let page = auditgate_tests::http(&writer.addr, "GET", "/", &[], b"").unwrap();
+    assert_eq!(page.status, 200);
+    assert_eq!(
+        page.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    let html = String::from_utf8_lossy(&page.body);
+    for needle in [
+        "<title>Audit log",
+        "name=\"operation\"",
+        "name=\"actor\"",
+        "name=\"resource\"",
+        "name=\"request_id\"",
+        "name=\"since\"",
+        "/api/v1/export",
+    ] {
+        assert!(html.contains(needle), "the page has {needle}");
+    }
+
     // Gaps: none for the fixture; a record lost between 1..=3 shows up.
     assert_eq!(
         writer.get("/api/v1/gaps").json()["gaps"],

@@ -57,6 +57,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/history", get(history))
         .route("/api/v1/export", get(export))
         .route("/api/v1/gaps", get(gaps))
+        .route("/api/v1/operations", get(operations))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/", get(index))
@@ -266,6 +267,15 @@ async fn gaps(
     Ok(axum::Json(serde_json::json!({ "gaps": gaps })).into_response())
 }
 
+async fn operations(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    state.authorize(&headers, Role::Admin)?;
+    let operations = state.store.operations().await?;
+    Ok(axum::Json(serde_json::json!({ "operations": operations })).into_response())
+}
+
 async fn healthz(State(state): State<Arc<AppState>>) -> Response {
     match state.store.count().await {
         Ok(n) => axum::Json(serde_json::json!({"status": "ok", "records": n})).into_response(),
@@ -291,10 +301,15 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
+/// The audit-log page: one self-contained HTML file; it signs in with an API token and uses
+/// the API above.
 async fn index() -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        "auditgate writer\n\nThe query API is under /api/v1 (records, records/{id}, history, export, gaps);\nsee the README. The audit-log page is not built yet.\n",
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("page.html"),
     )
         .into_response()
 }

@@ -134,6 +134,9 @@ pub trait Store: Send + Sync + 'static {
     /// How many records are stored.
     async fn count(&self) -> Result<u64, StoreError>;
 
+    /// The distinct operations stored, sorted (for the page's operation filter).
+    async fn operations(&self) -> Result<Vec<String>, StoreError>;
+
     /// Refreshes the planner's statistics (`ANALYZE`), so that each filter uses its index.
     /// The writer calls it at start and hourly.
     async fn optimize(&self) -> Result<(), StoreError>;
@@ -246,6 +249,14 @@ impl OperationFilter {
         }
     }
 }
+
+/// Distinct operations by skipping through the operation index: one seek per operation, not
+/// a scan of every record. The same SQL runs on SQLite and PostgreSQL.
+pub(crate) const OPERATIONS_SQL: &str = "WITH RECURSIVE ops(op) AS (
+    SELECT MIN(operation) FROM records
+    UNION ALL
+    SELECT (SELECT MIN(operation) FROM records WHERE operation > ops.op) FROM ops WHERE op IS NOT NULL
+) SELECT op FROM ops WHERE op IS NOT NULL";
 
 /// The smallest string greater than every string starting with `prefix`: the exclusive upper
 /// bound of a prefix range, so that prefix search uses the operation index.

@@ -9,8 +9,8 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls};
 
 use super::{
-    Cursor, Gap, Incoming, OperationFilter, Order, Page, Query, Row, Store, StoreError,
-    array_chunk, prefix_end,
+    Cursor, Gap, Incoming, OPERATIONS_SQL, OperationFilter, Order, Page, Query, Row, Store,
+    StoreError, array_chunk, prefix_end,
 };
 
 const SCHEMA: &str = r#"
@@ -367,5 +367,10 @@ impl Store for PostgresStore {
             .batch_execute("ANALYZE records; ANALYZE resources;")
             .await?;
         Ok(())
+    }
+
+    async fn operations(&self) -> Result<Vec<String>, StoreError> {
+        let rows = self.reader.query(OPERATIONS_SQL, &[]).await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 }

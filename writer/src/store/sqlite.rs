@@ -11,8 +11,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::mpsc;
 
 use super::{
-    Cursor, Gap, Incoming, OperationFilter, Order, Page, Query, Row, Store, StoreError,
-    array_chunk, prefix_end,
+    Cursor, Gap, Incoming, OPERATIONS_SQL, OperationFilter, Order, Page, Query, Row, Store,
+    StoreError, array_chunk, prefix_end,
 };
 
 const SCHEMA: &str = r#"
@@ -349,6 +349,17 @@ impl Store for SqliteStore {
         Self::with(&self.writer, |conn| {
             conn.execute_batch("PRAGMA analysis_limit = 1000; PRAGMA optimize;")?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn operations(&self) -> Result<Vec<String>, StoreError> {
+        Self::with(&self.reader, |conn| {
+            let mut stmt = conn.prepare_cached(OPERATIONS_SQL)?;
+            let ops = stmt
+                .query_map([], |r| r.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(ops)
         })
         .await
     }
