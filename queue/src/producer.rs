@@ -46,6 +46,8 @@ const TYPICAL_RECORD: usize = 2048;
 /// Pipelined batches awaiting Redis's reply at once: two, so that the next batch is being
 /// serialised and sent while Redis works on the previous one.
 const MAX_IN_FLIGHT: usize = 2;
+/// How often an idle flusher looks at the stop flag, besides being woken by `shutdown()`.
+const STOP_CHECK: Duration = Duration::from_millis(100);
 
 /// The Redis Streams producer: cheap to clone, safe to share between threads.
 ///
@@ -112,6 +114,7 @@ struct Shared {
     /// When the last "records dropped" warning was logged (ms since `epoch`).
     last_drop_warning: AtomicU64,
     epoch: Instant,
+    shutdown_timeout: Duration,
 }
 
 enum Connection {
@@ -166,6 +169,7 @@ impl RedisQueue {
             done: done_rx,
             last_drop_warning: AtomicU64::new(0),
             epoch: Instant::now(),
+            shutdown_timeout: config.shutdown_timeout,
         });
         if let Some(spool) = &shared.spool {
             shared.counters.set_spool_bytes(lock(spool).bytes());
@@ -205,8 +209,17 @@ impl RedisQueue {
         self.shared.shutdown.send_replace(true);
         let mut done = self.shared.done.clone();
         // An error means the flusher is gone (never run, or its runtime stopped): nothing to
-        // wait for.
-        let _ = done.wait_for(|d| *d).await;
+        // wait for. The bound is a last resort: a flusher that does not finish must not keep
+        // a process from exiting; what it holds is in the spool or counted.
+        let limit = self.shared.shutdown_timeout + Duration::from_secs(10);
+        if tokio::time::timeout(limit, done.wait_for(|d| *d))
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                "the audit queue's flusher did not finish in {limit:?}; exiting without it"
+            );
+        }
     }
 
     /// Counters and gauges, as the metrics report them.
@@ -311,7 +324,7 @@ impl Flusher {
         let mut batch = Vec::with_capacity(self.batch);
         let mut short_batch = false;
         loop {
-            if *self.shutdown.borrow() {
+            if *self.shutdown.borrow() || self.shared.stopping.load(Ordering::SeqCst) {
                 break;
             }
             if matches!(conn, Connection::Down { .. }) {
@@ -398,6 +411,8 @@ impl Flusher {
                 result = oldest => settled = Some(result),
                 _ = shutdown.changed() => {}
                 _ = sleep_until(conn.retry_at()) => {}
+                // A periodic look at the stop flag: shutdown must not depend on one wake-up.
+                _ = tokio::time::sleep(STOP_CHECK) => {}
             }
             if let Some(result) = settled
                 && let Some(done) = self.in_flight.pop_front()
@@ -526,6 +541,10 @@ impl Flusher {
         conn: &mut MultiplexedConnection,
         payloads: &[Vec<u8>],
     ) -> redis::RedisResult<()> {
+        if payloads.is_empty() {
+            // An empty pipeline gets no reply to wait for.
+            return Ok(());
+        }
         let started = Instant::now();
         let pipe = self.pipeline(payloads);
         let result = pipe.query_async::<()>(conn).await;
@@ -536,6 +555,9 @@ impl Flusher {
     /// Sends a batch without waiting for Redis: the reply is collected by [`Self::settle`].
     /// Records queued meanwhile are serialised while Redis works on this batch.
     fn start_send(&mut self, conn: &MultiplexedConnection, payloads: Vec<Vec<u8>>) {
+        if payloads.is_empty() {
+            return;
+        }
         let pipe = self.pipeline(&payloads);
         let mut conn = conn.clone();
         let task = tokio::spawn(async move { pipe.query_async::<()>(&mut conn).await });
@@ -637,7 +659,10 @@ impl Flusher {
         };
         let end = (done + self.batch).min(segment.records.len());
         let chunk: Vec<Vec<u8>> = segment.records[done..end].to_vec();
-        if let Err(e) = self.send(conn, &chunk).await {
+        // A segment with no valid record (all of it torn or damaged) has nothing to send.
+        if !chunk.is_empty()
+            && let Err(e) = self.send(conn, &chunk).await
+        {
             self.replaying = Some((segment, done));
             return Err(e);
         }

@@ -172,7 +172,12 @@ impl Spool {
 
     /// Whether nothing waits for replay.
     pub fn is_empty(&self) -> bool {
-        self.sealed.is_empty() && self.active.as_ref().is_none_or(|a| a.segment.bytes == 0)
+        // An active segment holding only its header has no records.
+        self.sealed.is_empty()
+            && self
+                .active
+                .as_ref()
+                .is_none_or(|a| a.segment.bytes <= MAGIC.len() as u64)
     }
 
     /// Whether an entry of `payload_len` bytes would fit.
