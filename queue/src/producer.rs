@@ -383,7 +383,9 @@ impl Flusher {
                 // the buffer, so `enqueue` costs request threads no cross-thread wake-up.
                 tokio::select! {
                     _ = tokio::time::sleep(self.linger) => {}
-                    _ = self.shutdown.changed() => {}
+                    // The change is consumed here: go round to the stop check rather than
+                    // wait below for a change that has already happened.
+                    _ = self.shutdown.changed() => continue,
                 }
             }
             let Flusher {
@@ -411,7 +413,7 @@ impl Flusher {
                 result = oldest => settled = Some(result),
                 _ = shutdown.changed() => {}
                 _ = sleep_until(conn.retry_at()) => {}
-                // A periodic look at the stop flag: shutdown must not depend on one wake-up.
+                // Belt and braces: an idle flusher also looks at the stop flag now and then.
                 _ = tokio::time::sleep(STOP_CHECK) => {}
             }
             if let Some(result) = settled
