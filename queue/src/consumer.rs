@@ -133,7 +133,20 @@ impl Consumer {
     /// restart), then entries idle with dead consumers, then new ones (waiting up to `block`).
     /// Empty when nothing arrived in time. Unparseable entries are dead-lettered, not returned.
     pub async fn next_batch(&mut self) -> Result<Vec<Delivery>, QueueError> {
-        let result = self.read().await;
+        self.batch_waiting(Some(self.config.block)).await
+    }
+
+    /// Like [`Consumer::next_batch`], but returns at once (empty) when nothing new is there:
+    /// for a caller that has other work (a commit to acknowledge) once the stream is drained.
+    pub async fn try_next_batch(&mut self) -> Result<Vec<Delivery>, QueueError> {
+        self.batch_waiting(None).await
+    }
+
+    async fn batch_waiting(
+        &mut self,
+        block: Option<Duration>,
+    ) -> Result<Vec<Delivery>, QueueError> {
+        let result = self.read(block).await;
         if result.is_err() {
             // Reconnect on the next call; the group may also need re-creating.
             self.conn = None;
@@ -184,7 +197,7 @@ impl Consumer {
         Ok(result?)
     }
 
-    async fn read(&mut self) -> Result<Vec<Delivery>, QueueError> {
+    async fn read(&mut self, block: Option<Duration>) -> Result<Vec<Delivery>, QueueError> {
         if self.reread_own {
             let entries = self.read_group("0", None).await?;
             if entries.is_empty() {
@@ -200,7 +213,7 @@ impl Consumer {
             }
             self.next_claim = Instant::now() + self.config.claim_idle / 2;
         }
-        let entries = self.read_group(">", Some(self.config.block)).await?;
+        let entries = self.read_group(">", block).await?;
         self.sort(entries).await
     }
 

@@ -29,9 +29,18 @@ pub async fn ingest(
     let mut dead_seen = 0;
     let mut committing: Option<Committing> = None;
     loop {
+        // With a commit in flight, only look for what is already there: an idle stream must
+        // not hold back that commit's acknowledgement for a whole blocking read.
+        let read = async {
+            if committing.is_some() {
+                consumer.try_next_batch().await
+            } else {
+                consumer.next_batch().await
+            }
+        };
         let batch = tokio::select! {
             _ = shutdown.changed() => break,
-            batch = consumer.next_batch() => batch,
+            batch = read => batch,
         };
         let batch = match batch {
             Ok(b) => b,
