@@ -250,6 +250,109 @@ impl OperationFilter {
     }
 }
 
+/// A query parameter, before a store turns it into its driver's type.
+#[derive(Debug, Clone)]
+pub(crate) enum Param {
+    Text(String),
+    Int(i64),
+}
+
+/// How a store writes its placeholders and the prefix test of `operation`.
+pub(crate) struct Dialect {
+    /// The placeholder of the `n`th parameter (1-based): `?` or `$n`.
+    pub(crate) placeholder: fn(usize) -> String,
+    /// The column expression a prefix range compares.
+    pub(crate) prefix_column: &'static str,
+}
+
+/// The SQL of one page of `query` (one row more than the limit, to know whether another page
+/// follows) and its parameters: the one place that turns filters into SQL for both stores.
+pub(crate) fn page_sql(query: &Query, dialect: &Dialect) -> (String, Vec<Param>) {
+    let mut clauses: Vec<String> = Vec::new();
+    let mut params: Vec<Param> = Vec::new();
+    let mut bind = |param: Param| {
+        params.push(param);
+        (dialect.placeholder)(params.len())
+    };
+    match &query.operation {
+        Some(OperationFilter::Exact(op)) => {
+            clauses.push(format!("r.operation = {}", bind(Param::Text(op.clone()))));
+        }
+        Some(OperationFilter::Prefix(prefix)) => {
+            let column = dialect.prefix_column;
+            clauses.push(format!("{column} >= {}", bind(Param::Text(prefix.clone()))));
+            if let Some(end) = prefix_end(prefix) {
+                clauses.push(format!("{column} < {}", bind(Param::Text(end))));
+            }
+        }
+        None => {}
+    }
+    if let Some(actor) = &query.actor {
+        clauses.push(format!("r.actor = {}", bind(Param::Text(actor.clone()))));
+    }
+    if let Some(resource) = &query.resource {
+        clauses.push(format!(
+            "r.seq IN (SELECT record_seq FROM resources WHERE key = {})",
+            bind(Param::Text(resource.clone()))
+        ));
+    }
+    if let Some(request_id) = &query.request_id {
+        clauses.push(format!(
+            "r.request_id = {}",
+            bind(Param::Text(request_id.clone()))
+        ));
+    }
+    if let Some(outcome) = query.outcome {
+        clauses.push(format!(
+            "r.outcome = {}",
+            bind(Param::Text(outcome.as_str().to_owned()))
+        ));
+    }
+    if let Some(since) = query.since {
+        clauses.push(format!(
+            "r.time_us >= {}",
+            bind(Param::Int(since.timestamp_micros()))
+        ));
+    }
+    if let Some(until) = query.until {
+        clauses.push(format!(
+            "r.time_us < {}",
+            bind(Param::Int(until.timestamp_micros()))
+        ));
+    }
+    let (cmp, order) = match query.order {
+        Order::NewestFirst => ("<", "ORDER BY r.time_us DESC, r.seq DESC"),
+        Order::OldestFirst => (">", "ORDER BY r.time_us ASC, r.seq ASC"),
+    };
+    if let Some(c) = query.cursor {
+        let time = bind(Param::Int(c.time_us));
+        let seq = bind(Param::Int(c.seq));
+        clauses.push(format!("(r.time_us, r.seq) {cmp} ({time}, {seq})"));
+    }
+    let where_ = if clauses.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", clauses.join(" AND "))
+    };
+    let sql = format!(
+        "SELECT r.time_us, r.seq, r.record FROM records r {where_} {order} LIMIT {}",
+        query.limit + 1
+    );
+    (sql, params)
+}
+
+/// Missing `origin.seq` ranges per instance, above what retention deleted. The same SQL runs
+/// on SQLite and PostgreSQL.
+pub(crate) const GAPS_SQL: &str = "WITH s AS (
+    SELECT origin_instance AS instance, origin_seq AS seq,
+           LAG(origin_seq) OVER (PARTITION BY origin_instance ORDER BY origin_seq) AS prev
+    FROM records WHERE origin_instance IS NOT NULL
+)
+SELECT s.instance, COALESCE(s.prev, f.seq, 0) + 1 AS gap_from, s.seq - 1 AS gap_to
+FROM s LEFT JOIN origin_floor f ON f.instance = s.instance
+WHERE s.seq > COALESCE(s.prev, f.seq, 0) + 1
+ORDER BY s.instance, gap_from";
+
 /// Distinct operations by skipping through the operation index: one seek per operation, not
 /// a scan of every record. The same SQL runs on SQLite and PostgreSQL.
 pub(crate) const OPERATIONS_SQL: &str = "WITH RECURSIVE ops(op) AS (

@@ -9,8 +9,8 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls};
 
 use super::{
-    Cursor, Gap, Incoming, OPERATIONS_SQL, OperationFilter, Order, Page, Query, Row, Store,
-    StoreError, array_chunk, prefix_end,
+    Cursor, Dialect, GAPS_SQL, Gap, Incoming, OPERATIONS_SQL, Page, Param, Query, Row, Store,
+    StoreError, array_chunk, page_sql,
 };
 
 const SCHEMA: &str = r#"
@@ -84,89 +84,23 @@ impl PostgresStore {
     }
 }
 
-type Params = Vec<Box<dyn ToSql + Sync + Send>>;
-
-/// Adds a parameter; returns its placeholder (`$n`).
-fn bind(params: &mut Params, value: impl ToSql + Sync + Send + 'static) -> String {
-    params.push(Box::new(value));
-    format!("${}", params.len())
-}
-
-/// `WHERE` clause with `$n` parameters, and the `ORDER BY`.
-fn sql_for(query: &Query) -> (String, Params, &'static str) {
-    let mut clauses: Vec<String> = Vec::new();
-    let mut params: Params = Vec::new();
-    match &query.operation {
-        Some(OperationFilter::Exact(op)) => {
-            clauses.push(format!("r.operation = {}", bind(&mut params, op.clone())));
-        }
-        Some(OperationFilter::Prefix(prefix)) => {
-            clauses.push(format!(
-                "r.operation >= {}",
-                bind(&mut params, prefix.clone())
-            ));
-            if let Some(end) = prefix_end(prefix) {
-                clauses.push(format!("r.operation < {}", bind(&mut params, end)));
-            }
-        }
-        None => {}
-    }
-    if let Some(actor) = &query.actor {
-        clauses.push(format!("r.actor = {}", bind(&mut params, actor.clone())));
-    }
-    if let Some(resource) = &query.resource {
-        clauses.push(format!(
-            "r.seq IN (SELECT record_seq FROM resources WHERE key = {})",
-            bind(&mut params, resource.clone())
-        ));
-    }
-    if let Some(request_id) = &query.request_id {
-        clauses.push(format!(
-            "r.request_id = {}",
-            bind(&mut params, request_id.clone())
-        ));
-    }
-    if let Some(outcome) = query.outcome {
-        clauses.push(format!(
-            "r.outcome = {}",
-            bind(&mut params, outcome.as_str().to_owned())
-        ));
-    }
-    if let Some(since) = query.since {
-        clauses.push(format!(
-            "r.time_us >= {}",
-            bind(&mut params, since.timestamp_micros())
-        ));
-    }
-    if let Some(until) = query.until {
-        clauses.push(format!(
-            "r.time_us < {}",
-            bind(&mut params, until.timestamp_micros())
-        ));
-    }
-    let (cmp, order) = match query.order {
-        Order::NewestFirst => ("<", "ORDER BY r.time_us DESC, r.seq DESC"),
-        Order::OldestFirst => (">", "ORDER BY r.time_us ASC, r.seq ASC"),
-    };
-    if let Some(c) = query.cursor {
-        let time = bind(&mut params, c.time_us);
-        let seq = bind(&mut params, c.seq);
-        clauses.push(format!("(r.time_us, r.seq) {cmp} ({time}, {seq})"));
-    }
-    let where_ = if clauses.is_empty() {
-        String::new()
-    } else {
-        format!("WHERE {}", clauses.join(" AND "))
-    };
-    (where_, params, order)
-}
+/// `$n` placeholders; the operation index (`text_pattern_ops`) serves prefix ranges.
+const POSTGRES: Dialect = Dialect {
+    placeholder: |n| format!("${n}"),
+    prefix_column: "r.operation",
+};
 
 async fn page(client: &Client, query: &Query) -> Result<Page, StoreError> {
-    let (where_, params, order) = sql_for(query);
-    let sql = format!(
-        "SELECT r.time_us, r.seq, r.record FROM records r {where_} {order} LIMIT {}",
-        query.limit + 1
-    );
+    let (sql, params) = page_sql(query, &POSTGRES);
+    let params: Vec<Box<dyn ToSql + Sync + Send>> = params
+        .into_iter()
+        .map(|p| -> Box<dyn ToSql + Sync + Send> {
+            match p {
+                Param::Text(t) => Box::new(t),
+                Param::Int(i) => Box::new(i),
+            }
+        })
+        .collect();
     let refs: Vec<&(dyn ToSql + Sync)> = params
         .iter()
         .map(|p| p.as_ref() as &(dyn ToSql + Sync))
@@ -308,21 +242,7 @@ impl Store for PostgresStore {
     }
 
     async fn gaps(&self) -> Result<Vec<Gap>, StoreError> {
-        let rows = self
-            .reader
-            .query(
-                "WITH s AS (
-                   SELECT origin_instance AS instance, origin_seq AS seq,
-                          LAG(origin_seq) OVER (PARTITION BY origin_instance ORDER BY origin_seq) AS prev
-                   FROM records WHERE origin_instance IS NOT NULL
-                 )
-                 SELECT s.instance, COALESCE(s.prev, f.seq, 0) + 1 AS gap_from, s.seq - 1 AS gap_to
-                 FROM s LEFT JOIN origin_floor f ON f.instance = s.instance
-                 WHERE s.seq > COALESCE(s.prev, f.seq, 0) + 1
-                 ORDER BY s.instance, gap_from",
-                &[],
-            )
-            .await?;
+        let rows = self.reader.query(GAPS_SQL, &[]).await?;
         Ok(rows
             .iter()
             .map(|r| Gap {

@@ -11,8 +11,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::mpsc;
 
 use super::{
-    Cursor, Gap, Incoming, OPERATIONS_SQL, OperationFilter, Order, Page, Query, Row, Store,
-    StoreError, array_chunk, prefix_end,
+    Cursor, Dialect, GAPS_SQL, Gap, Incoming, OPERATIONS_SQL, Page, Param, Query, Row, Store,
+    StoreError, array_chunk, page_sql,
 };
 
 const SCHEMA: &str = r#"
@@ -103,75 +103,20 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-/// `WHERE` clause and parameters for a query, and the `ORDER BY`.
-fn sql_for(query: &Query) -> (String, Vec<SqlValue>, &'static str) {
-    let mut clauses: Vec<String> = Vec::new();
-    let mut params: Vec<SqlValue> = Vec::new();
-    match &query.operation {
-        Some(OperationFilter::Exact(op)) => {
-            clauses.push("r.operation = ?".into());
-            params.push(op.clone().into());
-        }
-        Some(OperationFilter::Prefix(prefix)) => {
-            // `+` keeps SQLite from answering a prefix through the operation index, which
-            // would sort every matching row by time: scanning the time index (or a more
-            // selective one) newest first finds a page at once.
-            clauses.push("+r.operation >= ?".into());
-            params.push(prefix.clone().into());
-            if let Some(end) = prefix_end(prefix) {
-                clauses.push("+r.operation < ?".into());
-                params.push(end.into());
-            }
-        }
-        None => {}
-    }
-    if let Some(actor) = &query.actor {
-        clauses.push("r.actor = ?".into());
-        params.push(actor.clone().into());
-    }
-    if let Some(resource) = &query.resource {
-        clauses.push("r.seq IN (SELECT record_seq FROM resources WHERE key = ?)".into());
-        params.push(resource.clone().into());
-    }
-    if let Some(request_id) = &query.request_id {
-        clauses.push("r.request_id = ?".into());
-        params.push(request_id.clone().into());
-    }
-    if let Some(outcome) = query.outcome {
-        clauses.push("r.outcome = ?".into());
-        params.push(outcome.as_str().to_owned().into());
-    }
-    if let Some(since) = query.since {
-        clauses.push("r.time_us >= ?".into());
-        params.push(since.timestamp_micros().into());
-    }
-    if let Some(until) = query.until {
-        clauses.push("r.time_us < ?".into());
-        params.push(until.timestamp_micros().into());
-    }
-    let (cmp, order) = match query.order {
-        Order::NewestFirst => ("<", "ORDER BY r.time_us DESC, r.seq DESC"),
-        Order::OldestFirst => (">", "ORDER BY r.time_us ASC, r.seq ASC"),
-    };
-    if let Some(c) = query.cursor {
-        clauses.push(format!("(r.time_us, r.seq) {cmp} (?, ?)"));
-        params.push(c.time_us.into());
-        params.push(c.seq.into());
-    }
-    let where_ = if clauses.is_empty() {
-        String::new()
-    } else {
-        format!("WHERE {}", clauses.join(" AND "))
-    };
-    (where_, params, order)
-}
+/// `?` placeholders; prefix ranges compare `+r.operation`, which keeps SQLite from answering a
+/// prefix through the operation index (sorting every matching row by time): scanning the time
+/// index (or a more selective one) newest first finds a page at once.
+const SQLITE: Dialect = Dialect {
+    placeholder: |_| "?".to_owned(),
+    prefix_column: "+r.operation",
+};
 
 fn page(conn: &Connection, query: &Query) -> Result<Page, StoreError> {
-    let (where_, params, order) = sql_for(query);
-    let sql = format!(
-        "SELECT r.time_us, r.seq, r.record FROM records r {where_} {order} LIMIT {}",
-        query.limit + 1
-    );
+    let (sql, params) = page_sql(query, &SQLITE);
+    let params = params.into_iter().map(|p| match p {
+        Param::Text(t) => SqlValue::Text(t),
+        Param::Int(i) => SqlValue::Integer(i),
+    });
     let mut stmt = conn.prepare_cached(&sql)?;
     let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
     let mut records = Vec::with_capacity(query.limit.min(1024));
@@ -291,17 +236,7 @@ impl Store for SqliteStore {
 
     async fn gaps(&self) -> Result<Vec<Gap>, StoreError> {
         Self::with(&self.reader, |conn| {
-            let mut stmt = conn.prepare(
-                "WITH s AS (
-                   SELECT origin_instance AS instance, origin_seq AS seq,
-                          LAG(origin_seq) OVER (PARTITION BY origin_instance ORDER BY origin_seq) AS prev
-                   FROM records WHERE origin_instance IS NOT NULL
-                 )
-                 SELECT s.instance, COALESCE(s.prev, f.seq, 0) + 1 AS gap_from, s.seq - 1 AS gap_to
-                 FROM s LEFT JOIN origin_floor f ON f.instance = s.instance
-                 WHERE s.seq > COALESCE(s.prev, f.seq, 0) + 1
-                 ORDER BY s.instance, gap_from",
-            )?;
+            let mut stmt = conn.prepare_cached(GAPS_SQL)?;
             let gaps = stmt
                 .query_map([], |r| {
                     Ok(Gap {
