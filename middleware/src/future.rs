@@ -110,13 +110,8 @@ where
                 let (header, id) = request_id.take().unwrap_or_else(|| {
                     unreachable!("a ResponseFuture is not polled after it completed")
                 });
-                let body = serde_json::json!({
-                    "error": "audit_unavailable",
-                    "message": "this operation is audited and its audit record cannot be stored right now; try again later",
-                    "request_id": id,
-                });
-                let mut response =
-                    Response::new(ResponseBody::refused(Bytes::from(body.to_string())));
+                let body = Bytes::from(auditgate_queue::refusal_body(&id));
+                let mut response = Response::new(ResponseBody::refused(body));
                 *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
                 let headers = response.headers_mut();
                 headers.insert(

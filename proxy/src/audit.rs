@@ -153,14 +153,7 @@ impl ProxyHttp for AuditProxy {
 
         if found.on_queue_failure() == OnQueueFailure::Closed && !self.sink.can_accept() {
             self.metrics.refused.increment(1);
-            let body = Bytes::from(
-                serde_json::json!({
-                    "error": "audit_unavailable",
-                    "message": "this operation is audited and its audit record cannot be stored right now; try again later",
-                    "request_id": request_id,
-                })
-                .to_string(),
-            );
+            let body = Bytes::from(auditgate_queue::refusal_body(&request_id));
             let mut response = ResponseHeader::build(503, Some(4))?;
             response.insert_header(http::header::CONTENT_TYPE, "application/json")?;
             response.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;

@@ -78,15 +78,31 @@ impl OriginStamp {
 /// A name for this process: `HOSTNAME/XXXX`, four random hex digits telling apart processes on
 /// one host (pids are reused; these are not, in practice).
 pub(crate) fn default_instance() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+    let host = hostname().unwrap_or_else(|| "localhost".to_owned());
+    // The random bits of a UUIDv7.
+    let bytes = uuid::Uuid::now_v7().into_bytes();
+    format!("{host}/{:02x}{:02x}", bytes[14], bytes[15])
+}
+
+/// This machine's host name (`/proc/sys/kernel/hostname`, else `$HOSTNAME`): the default
+/// name of producer instances and writer consumers.
+pub fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
         .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "localhost".to_owned());
-    // The random bits of a UUIDv7.
-    let bytes = uuid::Uuid::now_v7().into_bytes();
-    format!("{host}/{:02x}{:02x}", bytes[14], bytes[15])
+}
+
+/// The JSON body of the 503 that answers a call of an `on_queue_failure: closed` rule when
+/// [`RecordSink::can_accept`] is false: the same for the proxy and the layer.
+pub fn refusal_body(request_id: &str) -> String {
+    serde_json::json!({
+        "error": "audit_unavailable",
+        "message": "this operation is audited and its audit record cannot be stored right now; try again later",
+        "request_id": request_id,
+    })
+    .to_string()
 }
 
 /// A sink that keeps records in memory: for tests of the code that produces them.

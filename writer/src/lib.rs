@@ -38,7 +38,11 @@ pub async fn run(config: WriterConfig, shutdown: impl Future<Output = ()>) -> an
         .install_recorder()
         .ok();
     let store: Arc<dyn store::Store> = Arc::from(store::open(&config.store).await?);
-    let name = config.consumer.clone().unwrap_or_else(hostname);
+    let name = config
+        .consumer
+        .clone()
+        .or_else(auditgate_queue::hostname)
+        .unwrap_or_else(|| "writer".to_owned());
     let mut consumer_config = ConsumerConfig::new(config.redis.clone(), name);
     consumer_config.batch = config.batch;
     consumer_config.claim_idle = Duration::from_secs(config.claim_idle_seconds);
@@ -162,12 +166,4 @@ async fn redis_gauges(redis: auditgate_queue::RedisConfig, mut stop: watch::Rece
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
     }
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "writer".to_owned())
 }
