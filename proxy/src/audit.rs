@@ -16,12 +16,12 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use auditgate_queue::{RecordSink, RedisQueue};
+use auditgate_queue::{RecordSink, RedisQueue, Throttle};
 use auditgate_rules::{
     BodyCapture, Call, Claims, ClientIpMode, Match, OnQueueFailure, Outcome, RuleSet,
 };
@@ -49,9 +49,8 @@ pub struct AuditProxy {
     pub(crate) metrics: ProxyMetrics,
     /// Audited requests not yet logged: shutdown waits for them before flushing the queue.
     pub(crate) in_flight: Arc<AtomicUsize>,
-    /// When the last proxy error was logged (ms since `epoch`).
-    last_error_log: AtomicU64,
-    epoch: Instant,
+    /// Proxy-error warnings, at most one every 10 s.
+    error_warnings: Throttle,
 }
 
 /// Per-request state.
@@ -97,8 +96,7 @@ impl AuditProxy {
             jwt,
             metrics,
             in_flight: Arc::new(AtomicUsize::new(0)),
-            last_error_log: AtomicU64::new(0),
-            epoch: Instant::now(),
+            error_warnings: Throttle::new(Duration::from_secs(10)),
         }
     }
 
@@ -113,14 +111,7 @@ impl AuditProxy {
     /// A warning about failing requests, at most every 10 s: the log shows that something is
     /// wrong without one line per request.
     fn warn_rarely(&self, error: &Error) {
-        let now = self.epoch.elapsed().as_millis() as u64 + 10_000;
-        let last = self.last_error_log.load(Ordering::Relaxed);
-        if now.saturating_sub(last) >= 10_000
-            && self
-                .last_error_log
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+        if self.error_warnings.allow() {
             tracing::warn!(error = %error, "proxying failed (further failures in the next 10 s are only counted: auditgate_proxy_errors_total)");
         }
     }

@@ -37,6 +37,7 @@ mod metrics;
 pub mod producer;
 mod sink;
 pub mod spool;
+mod throttle;
 
 pub use config::{DEFAULT_GROUP, DEFAULT_STREAM, QueueConfig, RedisConfig, SpoolConfig};
 pub use consumer::{Consumer, ConsumerConfig, Delivery};
@@ -44,3 +45,4 @@ pub use error::QueueError;
 pub use metrics::{QueueStats, names as metric_names};
 pub use producer::{Flusher, RedisQueue};
 pub use sink::{Accepted, Dropped, MemorySink, RecordSink, hostname, refusal_body};
+pub use throttle::Throttle;

@@ -24,7 +24,7 @@
 //! and `origin.seq`).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -38,6 +38,7 @@ use crate::error::QueueError;
 use crate::metrics::{Counters, QueueStats};
 use crate::sink::{Accepted, Dropped, OriginStamp, RecordSink, default_instance};
 use crate::spool::{AppendError, SegmentRecords, Spool};
+use crate::throttle::Throttle;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -111,9 +112,8 @@ struct Shared {
     stopping: AtomicBool,
     shutdown: watch::Sender<bool>,
     done: watch::Receiver<bool>,
-    /// When the last "records dropped" warning was logged (ms since `epoch`).
-    last_drop_warning: AtomicU64,
-    epoch: Instant,
+    /// "Records dropped" warnings, at most one every 10 s.
+    drop_warnings: Throttle,
     shutdown_timeout: Duration,
 }
 
@@ -167,8 +167,7 @@ impl RedisQueue {
             stopping: AtomicBool::new(false),
             shutdown: shutdown_tx,
             done: done_rx,
-            last_drop_warning: AtomicU64::new(0),
-            epoch: Instant::now(),
+            drop_warnings: Throttle::new(Duration::from_secs(10)),
             shutdown_timeout: config.shutdown_timeout,
         });
         if let Some(spool) = &shared.spool {
@@ -298,14 +297,7 @@ impl Shared {
     /// and never floods the log.
     fn dropped(&self, n: u64, why: &str) {
         self.counters.dropped.add(n);
-        let now = self.epoch.elapsed().as_millis() as u64 + 10_000;
-        let last = self.last_drop_warning.load(Ordering::Relaxed);
-        if now.saturating_sub(last) >= 10_000
-            && self
-                .last_drop_warning
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+        if self.drop_warnings.allow() {
             tracing::warn!(
                 dropped_total = self.counters.dropped.get(),
                 "audit records dropped: {why}"
