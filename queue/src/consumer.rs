@@ -278,14 +278,23 @@ impl Consumer {
         let mut dead = Vec::new();
         for entry in entries {
             match parse_record(entry.record.as_deref()) {
-                Ok(record) => deliveries.push(Delivery {
-                    key: entry.key,
-                    entry_id: entry.id,
-                    record,
-                    // parse_record accepted the bytes, so they are valid UTF-8 JSON.
-                    json: String::from_utf8_lossy(entry.record.as_deref().unwrap_or_default())
-                        .into_owned(),
-                }),
+                Ok(record) => {
+                    let RawEntry {
+                        key,
+                        id,
+                        record: bytes,
+                    } = entry;
+                    // parse_record accepted the bytes, so they are valid UTF-8 JSON: the
+                    // check below never copies.
+                    let json = String::from_utf8(bytes.unwrap_or_default())
+                        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+                    deliveries.push(Delivery {
+                        key,
+                        entry_id: id,
+                        record,
+                        json,
+                    });
+                }
                 Err(reason) => dead.push((entry, reason)),
             }
         }

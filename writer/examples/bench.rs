@@ -14,6 +14,10 @@ use auditgate_rules::AuditRecord;
 use auditgate_writer::store::{self, OperationFilter, Order, Query, Store};
 use chrono::{TimeZone, Utc};
 
+// The allocator the `auditgate` binary runs the writer with.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const TEMPLATE: &str = r#"{"schema":1,"id":"0193a6f0-7c1e-7d5e-9b1a-2f4c8e9d0a11",
   "time":"2026-11-22T10:00:00.123456Z","duration_ms":3.21,"service":"media-library",
   "operation":"asset.rename","rule":"file-rename","description":"Renamed file abc to tree.png",
@@ -112,6 +116,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     redis_config.stream = stream.clone();
     let mut consumer_config = ConsumerConfig::new(redis_config, "bench");
     consumer_config.batch = 2000;
+    let commit_max = std::env::var("COMMIT_MAX")
+        .map_or(Ok(auditgate_writer::ingest::DEFAULT_COMMIT_MAX), |v| {
+            v.parse()
+        })?;
     consumer_config.block = Duration::from_millis(200);
     let consumer = Consumer::connect(consumer_config).await?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -119,14 +127,28 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let ingest = tokio::spawn(auditgate_writer::ingest::ingest(
         store.clone(),
         consumer,
+        commit_max,
         stopped,
     ));
-    while store.count().await? < count {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+    // Entries are deleted from the stream once committed and acknowledged: an empty stream
+    // means every record is in the store.
+    loop {
+        let left: u64 = redis::cmd("XLEN")
+            .arg(&stream)
+            .query_async(&mut conn)
+            .await?;
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let took = started.elapsed();
     stop.send_replace(true);
     ingest.await?;
+    let stored = store.count().await?;
+    if stored != count {
+        return Err(format!("the store holds {stored} records, not {count}").into());
+    }
     println!(
         "drained into {}: {:.0} records/s ({count} in {took:.1?})",
         store_url.split("://").next().unwrap_or(store_url),

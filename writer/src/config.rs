@@ -30,9 +30,14 @@ pub struct WriterConfig {
     /// Entries left unacknowledged by another writer this long are claimed. Default 30.
     #[serde(default = "default_claim_idle")]
     pub claim_idle_seconds: u64,
-    /// Entries per batch (one store transaction). Default 512.
+    /// Entries per read from the stream (`XREADGROUP COUNT`). Default 512.
     #[serde(default = "default_batch")]
     pub batch: usize,
+    /// Most entries in one store transaction. While a commit runs, the writer keeps reading
+    /// what is waiting, up to this many, and commits it next: a backlog drains in few large
+    /// transactions. Default 16384.
+    #[serde(default = "default_commit_max")]
+    pub commit_max: usize,
 }
 
 /// One API token.
@@ -94,6 +99,10 @@ fn default_retention() -> u32 {
 
 fn default_claim_idle() -> u64 {
     30
+}
+
+fn default_commit_max() -> usize {
+    crate::ingest::DEFAULT_COMMIT_MAX
 }
 
 fn default_batch() -> usize {

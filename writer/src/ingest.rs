@@ -1,37 +1,56 @@
-//! The consumer loop: stream → store, one transaction per batch, acknowledged after commit.
+//! The consumer loop: stream → store, one transaction per commit, acknowledged after it.
 //!
-//! Reading and committing overlap: while batch N is being committed (on the store's thread),
-//! batch N+1 is read from Redis. A batch is acknowledged only once its commit has returned,
-//! and the next commit starts only after that, so the store sees batches in order.
+//! Reading and committing overlap, and commits grow with the backlog (group commit): while
+//! one commit runs on the store's thread, the loop keeps reading what is already in the
+//! stream, up to `commit_max` entries, and commits all of it next. An idle stream gives small
+//! commits soon after each read; a backlog gives few large ones, which is what makes draining
+//! fast, because a commit writes each index page it touched once, however many records
+//! touched it. A commit is acknowledged only once it has returned, and the next commit starts
+//! only after that, so the store sees commits in order.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use auditgate_queue::Consumer;
+use auditgate_queue::{Consumer, Delivery};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::metrics;
 use crate::store::{Incoming, Store};
 
-/// A batch being committed: its stream entries, acknowledged once the commit returns `true`.
+/// Most entries one store transaction takes when a backlog has built up.
+pub const DEFAULT_COMMIT_MAX: usize = 16_384;
+
+/// A commit in flight: its stream entries, acknowledged once the commit returns `true`.
 struct Committing {
     ids: Vec<(String, String)>,
     task: JoinHandle<bool>,
 }
 
-/// Drains the stream into the store until `shutdown`; the batch in hand is finished first.
+/// Drains the stream into the store until `shutdown`; what has been read by then is committed
+/// and acknowledged first. One transaction takes at most `commit_max` entries (at least one
+/// read's worth).
 pub async fn ingest(
     store: Arc<dyn Store>,
     mut consumer: Consumer,
+    commit_max: usize,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut dead_seen = 0;
     let mut committing: Option<Committing> = None;
+    let mut read: Vec<Delivery> = Vec::new();
     loop {
+        if committing.is_none() && !read.is_empty() {
+            committing = Some(start_commit(&store, std::mem::take(&mut read), &shutdown));
+            continue;
+        }
+        if let Some(c) = committing.take_if(|c| read.len() >= commit_max || c.task.is_finished()) {
+            finish(&mut consumer, c).await;
+            continue;
+        }
         // With a commit in flight, only look for what is already there: an idle stream must
         // not hold back that commit's acknowledgement for a whole blocking read.
-        let read = async {
+        let next = async {
             if committing.is_some() {
                 consumer.try_next_batch().await
             } else {
@@ -40,42 +59,50 @@ pub async fn ingest(
         };
         let batch = tokio::select! {
             _ = shutdown.changed() => break,
-            batch = read => batch,
-        };
-        let batch = match batch {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the stream failed; retrying in 1 s");
-                tokio::select! {
-                    _ = shutdown.changed() => break,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                }
-            }
+            batch = next => batch,
         };
         let dead = consumer.dead_lettered();
         metrics::dead_letters(dead - dead_seen);
         dead_seen = dead;
-        // The previous batch first: acknowledged once committed, before the next commit.
-        if let Some(previous) = committing.take() {
-            finish(&mut consumer, previous).await;
+        match batch {
+            Ok(batch) if batch.is_empty() => {
+                // Nothing more there: acknowledge the commit in flight rather than wait.
+                if let Some(c) = committing.take() {
+                    finish(&mut consumer, c).await;
+                }
+            }
+            Ok(batch) => read.extend(batch),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the stream failed; retrying in 1 s");
+                tokio::select! {
+                    _ = shutdown.changed() => break,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
         }
-        if batch.is_empty() {
-            continue;
-        }
-        let ids: Vec<(String, String)> = batch
-            .iter()
-            .map(|d| (d.key.clone(), d.entry_id.clone()))
-            .collect();
-        let records: Vec<Incoming> = batch
-            .into_iter()
-            .map(|d| Incoming::new(d.record, d.json))
-            .collect();
-        let task = tokio::spawn(commit(store.clone(), records, shutdown.clone()));
-        committing = Some(Committing { ids, task });
     }
-    if let Some(previous) = committing.take() {
-        finish(&mut consumer, previous).await;
+    if let Some(c) = committing.take() {
+        finish(&mut consumer, c).await;
     }
+    if !read.is_empty() {
+        let c = start_commit(&store, read, &shutdown);
+        finish(&mut consumer, c).await;
+    }
+}
+
+fn start_commit(
+    store: &Arc<dyn Store>,
+    deliveries: Vec<Delivery>,
+    shutdown: &watch::Receiver<bool>,
+) -> Committing {
+    let mut ids = Vec::with_capacity(deliveries.len());
+    let mut records = Vec::with_capacity(deliveries.len());
+    for d in deliveries {
+        ids.push((d.key, d.entry_id));
+        records.push(Incoming::new(d.record, d.json));
+    }
+    let task = tokio::spawn(commit(store.clone(), records, shutdown.clone()));
+    Committing { ids, task }
 }
 
 /// Commits one batch, retrying while the store is unavailable; `false` when shutdown came
@@ -103,7 +130,7 @@ async fn commit(
     }
 }
 
-/// Waits for a batch's commit and acknowledges it.
+/// Waits for a commit and acknowledges its entries.
 async fn finish(consumer: &mut Consumer, batch: Committing) {
     let committed = batch.task.await.unwrap_or_else(|e| {
         tracing::error!(error = %e, "a commit task failed");

@@ -70,7 +70,12 @@ pub async fn run(config: WriterConfig, shutdown: impl Future<Output = ()>) -> an
     tracing::info!(%addr, store = %config.store, "auditgate writer started");
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let ingest = tokio::spawn(ingest::ingest(store.clone(), consumer, stop_rx.clone()));
+    let ingest = tokio::spawn(ingest::ingest(
+        store.clone(),
+        consumer,
+        config.commit_max.max(1),
+        stop_rx.clone(),
+    ));
     let retention = tokio::spawn(retention(
         store.clone(),
         config.retention_days,
