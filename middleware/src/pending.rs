@@ -66,10 +66,10 @@ impl<K: RecordSink> PendingRecord<K> {
             .then(|| BodyCapture::new(capture_limit));
         PendingRecord {
             sink,
-            found,
             method: request.method.clone(),
             uri: request.uri.clone(),
-            headers: request.headers.clone(),
+            // Only what the record reads: a browser's dozen headers are not copied per call.
+            headers: found.record_headers(&request.headers),
             request_id,
             time,
             started,
@@ -79,6 +79,7 @@ impl<K: RecordSink> PendingRecord<K> {
             response_body,
             status: None,
             emitted: false,
+            found,
         }
     }
 
@@ -102,19 +103,23 @@ impl<K: RecordSink> PendingRecord<K> {
             Ok(c) => c.whole().map(<[u8]>::to_vec),
             Err(poisoned) => poisoned.into_inner().whole().map(<[u8]>::to_vec),
         });
-        let mut call = Call::new(&self.method, &self.uri, &self.headers);
-        call.request_body = request_body.as_ref().and_then(|b| b.as_deref());
-        call.status = self.status;
-        call.response_body = self.response_body.as_ref().and_then(BodyCapture::whole);
-        call.outcome = outcome;
-        call.client_ip = self.client_ip.take();
-        call.claims = match &self.verified_claims {
-            Some(claims) => Claims::Verified(claims),
-            None => Claims::Unverified,
+        let call = Call {
+            method: &self.method,
+            uri: &self.uri,
+            headers: &self.headers,
+            request_body: request_body.as_ref().and_then(|b| b.as_deref()),
+            status: self.status,
+            response_body: self.response_body.as_ref().and_then(BodyCapture::whole),
+            outcome,
+            client_ip: self.client_ip.take(),
+            claims: match &self.verified_claims {
+                Some(claims) => Claims::Verified(claims),
+                None => Claims::Unverified,
+            },
+            request_id: Some(&self.request_id),
+            time: self.time,
+            duration: self.started.elapsed(),
         };
-        call.request_id = Some(&self.request_id);
-        call.time = self.time;
-        call.duration = self.started.elapsed();
         if let Some(record) = self.found.record(&call) {
             // A refusal is counted by the sink itself (dropped metric): nothing to add here,
             // and the response has been sent already.

@@ -55,7 +55,7 @@ where
 
         // The request ID: the client's when it sent a sane one, else a new one; the handler
         // sees it in the header and as an extension, the client gets it back.
-        let request_id = found.request_id(&parts.headers);
+        let request_id = found.request_id_at(&parts.headers, time);
         let header = found.request_id_header().clone();
         let header_value = HeaderValue::from_str(&request_id).ok();
         if let Some(value) = &header_value {

@@ -18,7 +18,7 @@ use crate::path::decode_param;
 use crate::record::{
     Actor, AuditRecord, Outcome, RequestInfo, Resource, ResponseInfo, SCHEMA_VERSION,
 };
-use crate::template::{Lookup, Source, Template, to_text};
+use crate::template::{Lookup, Source, Template, into_text, to_text};
 
 /// The operation of a record for a mutating call that no rule matched (`unmatched: record`).
 pub const UNMATCHED_OPERATION: &str = "unmatched";
@@ -186,18 +186,18 @@ impl Match {
 
     /// Whether any matching rule reads the request body (`body/` sources or `when.body`).
     pub fn needs_request_body(&self) -> bool {
-        let files = &self.rules.inner.files;
-        self.candidate_rules().any(|r| {
-            r.when.as_ref().is_some_and(|w| w.body.is_some())
-                || r.reads(&files[r.file], |s| matches!(s, Source::Body(_)))
-        })
+        let reads = &self.rules.inner.body_reads;
+        self.candidates
+            .iter()
+            .any(|c| reads[c.rule as usize].request)
     }
 
     /// Whether any matching rule reads the response body (`response/` sources).
     pub fn needs_response_body(&self) -> bool {
-        let files = &self.rules.inner.files;
-        self.candidate_rules()
-            .any(|r| r.reads(&files[r.file], |s| matches!(s, Source::Response(_))))
+        let reads = &self.rules.inner.body_reads;
+        self.candidates
+            .iter()
+            .any(|c| reads[c.rule as usize].response)
     }
 
     /// `Closed` when any matching rule says `on_queue_failure: closed`: the choice between
@@ -222,8 +222,28 @@ impl Match {
     /// (1 to 128 visible ASCII characters), else a new UUIDv7. Callers forward it upstream,
     /// echo it to the client and pass it back in [`Call::request_id`].
     pub fn request_id(&self, headers: &http::HeaderMap) -> String {
+        self.request_id_at(headers, Utc::now())
+    }
+
+    /// [`Match::request_id`] for a call that arrived at `time`: a generated ID carries that
+    /// time, and the caller that has read the clock already does not read it again.
+    pub fn request_id_at(&self, headers: &http::HeaderMap, time: DateTime<Utc>) -> String {
         read_request_id(headers, self.request_id_header())
-            .map_or_else(|| Uuid::now_v7().to_string(), str::to_owned)
+            .map_or_else(|| uuid_at(time).to_string(), str::to_owned)
+    }
+
+    /// A copy of the request headers that holds only what a record can read (`User-Agent`,
+    /// `Authorization` when a template reads the JWT, and the headers templates and `when`
+    /// name), for a caller that must keep them until the call ends. The request-ID header is
+    /// not among them: such a caller passes the ID in [`Call::request_id`].
+    pub fn record_headers(&self, headers: &http::HeaderMap) -> http::HeaderMap {
+        let mut kept = http::HeaderMap::new();
+        for name in &self.rules.inner.record_headers {
+            for value in headers.get_all(name) {
+                kept.append(name.clone(), value.clone());
+            }
+        }
+        kept
     }
 
     /// Makes the call's record: the first candidate (most specific first) whose `when` holds
@@ -356,7 +376,7 @@ impl Field {
     fn eval(template: Option<&Template>, lookup: &CallLookup<'_>) -> Field {
         match template.and_then(|t| t.eval(lookup)) {
             Some(Value::Array(items)) => Field::Many(items.iter().map(to_text).collect()),
-            Some(value) => Field::One(to_text(&value)),
+            Some(value) => Field::One(into_text(value)),
             None => Field::One(None),
         }
     }
@@ -439,7 +459,7 @@ impl Lookup for CallLookup<'_> {
         let from = self.m.bounds.get(start as usize)?.0 as usize;
         let to = self.m.bounds.get(end.checked_sub(1)? as usize)?.1 as usize;
         let raw = self.m.path.get(from..to)?;
-        Some(Cow::Owned(decode_param(raw).into_owned()))
+        Some(decode_param(raw))
     }
 
     fn query(&self, name: &str) -> Option<Cow<'_, str>> {

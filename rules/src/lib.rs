@@ -79,7 +79,7 @@ pub use record::{
 use load::FileReader;
 use matcher::Matcher;
 use model::{FileMeta, MethodSet, Rule};
-use template::Source;
+use template::{Source, Template};
 
 /// A loaded, checked and compiled set of rules: cheap to clone and share between threads.
 #[derive(Debug, Clone)]
@@ -97,6 +97,29 @@ pub(crate) struct Inner {
     unmatched: Option<usize>,
     /// The methods `unmatched: record` applies to (that file's default methods).
     unmatched_methods: MethodSet,
+    /// Every request header a record can read: see [`Match::record_headers`].
+    pub(crate) record_headers: Vec<http::HeaderName>,
+    /// Which bodies each rule reads, by rule index: asked on every matching request.
+    pub(crate) body_reads: Vec<BodyReads>,
+}
+
+/// The bodies one rule's record needs captured.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BodyReads {
+    /// `body/` sources or `when.body`.
+    pub(crate) request: bool,
+    /// `response/` sources.
+    pub(crate) response: bool,
+}
+
+impl BodyReads {
+    fn of(rule: &Rule, file: &FileMeta) -> BodyReads {
+        BodyReads {
+            request: rule.when.as_ref().is_some_and(|w| w.body.is_some())
+                || rule.reads(file, |s| matches!(s, Source::Body(_))),
+            response: rule.reads(file, |s| matches!(s, Source::Response(_))),
+        }
+    }
 }
 
 /// Options for loading a rule set; see [`RuleSet::loader`].
@@ -219,6 +242,11 @@ impl Loader {
         let unmatched = files.iter().position(|f| f.unmatched == Unmatched::Record);
         let unmatched_methods = unmatched.map_or(MethodSet::default(), |i| files[i].methods);
         let matcher = Matcher::build(&rules);
+        let record_headers = record_headers(&files, &rules);
+        let body_reads = rules
+            .iter()
+            .map(|r| BodyReads::of(r, &files[r.file]))
+            .collect();
         Ok(RuleSet {
             inner: Arc::new(Inner {
                 files,
@@ -227,9 +255,33 @@ impl Loader {
                 hmac_key: self.hmac_key.clone().map(Vec::into_boxed_slice),
                 unmatched,
                 unmatched_methods,
+                record_headers,
+                body_reads,
             }),
         })
     }
+}
+
+/// The request headers a record of this set can read: `User-Agent`, `Authorization` when a
+/// template reads the JWT, and every `header.` source and `when.header`.
+fn record_headers(files: &[FileMeta], rules: &[Rule]) -> Vec<http::HeaderName> {
+    let templates = rules
+        .iter()
+        .flat_map(Rule::templates)
+        .chain(files.iter().flat_map(|f| f.actor.iter()));
+    let mut names = vec![http::header::USER_AGENT];
+    for expr in templates.flat_map(Template::exprs) {
+        let name = match &expr.source {
+            Source::Jwt(_) => Some(http::header::AUTHORIZATION),
+            Source::Header(name) => http::HeaderName::from_bytes(name.as_bytes()).ok(),
+            _ => None,
+        };
+        names.extend(name);
+    }
+    names.extend(rules.iter().filter_map(|r| r.when.as_ref()?.header.clone()));
+    names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    names.dedup();
+    names
 }
 
 impl RuleSet {

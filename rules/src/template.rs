@@ -171,23 +171,32 @@ impl Template {
 
     /// Evaluates the template; `None` when any placeholder's source is missing.
     pub(crate) fn eval(&self, lookup: &dyn Lookup) -> Option<Value> {
-        if let Some(expr) = self.single() {
-            return expr.eval(lookup);
+        match self.single() {
+            Some(expr) => expr.eval(lookup),
+            None => self.eval_text(lookup).map(Value::String),
         }
-        let mut out = String::new();
-        for part in &self.parts {
-            match part {
-                Part::Literal(text) => out.push_str(text),
-                Part::Expr(expr) => out.push_str(&to_text(&expr.eval(lookup)?)?),
-            }
-        }
-        Some(Value::String(out))
     }
 
     /// Evaluates to text: a string stays itself, a number or boolean is written out, an array
     /// of scalars is joined with ", ".
+    ///
+    /// Records are built on the request path, so text is written straight into the one
+    /// `String` returned, without a `serde_json::Value` in between.
     pub(crate) fn eval_text(&self, lookup: &dyn Lookup) -> Option<String> {
-        to_text(&self.eval(lookup)?)
+        match self.parts.as_slice() {
+            [Part::Literal(text)] => Some(text.clone()),
+            [Part::Expr(expr)] => expr.eval_text(lookup),
+            parts => {
+                let mut out = String::with_capacity(self.text.len());
+                for part in parts {
+                    match part {
+                        Part::Literal(text) => out.push_str(text),
+                        Part::Expr(expr) => expr.push_text(lookup, &mut out)?,
+                    }
+                }
+                Some(out)
+            }
+        }
     }
 }
 
@@ -230,6 +239,38 @@ impl Expr {
             filters,
             text,
         })
+    }
+
+    /// A path, query or header value as it is, when no filter applies: the common case,
+    /// which needs no JSON value.
+    fn plain<'l>(&self, lookup: &'l dyn Lookup) -> Option<Option<Cow<'l, str>>> {
+        if !self.filters.is_empty() {
+            return None;
+        }
+        Some(match &self.source {
+            Source::Path(name) => lookup.path_param(name),
+            Source::Query(name) => lookup.query(name),
+            Source::Header(name) => lookup.header(name),
+            Source::Body(_) | Source::Response(_) | Source::Jwt(_) => return None,
+        })
+    }
+
+    fn eval_text(&self, lookup: &dyn Lookup) -> Option<String> {
+        match self.plain(lookup) {
+            Some(text) => text.map(Cow::into_owned),
+            None => into_text(self.eval(lookup)?),
+        }
+    }
+
+    fn push_text(&self, lookup: &dyn Lookup, out: &mut String) -> Option<()> {
+        match self.plain(lookup) {
+            Some(text) => out.push_str(&text?),
+            None => match self.eval(lookup)? {
+                Value::String(text) => out.push_str(&text),
+                value => out.push_str(&to_text(&value)?),
+            },
+        }
+        Some(())
     }
 
     fn eval(&self, lookup: &dyn Lookup) -> Option<Value> {
@@ -376,6 +417,14 @@ pub(crate) fn hmac_hex(key: &[u8], data: &[u8]) -> String {
 
 /// Renders a value as record text: strings as themselves, numbers and booleans written out,
 /// arrays of scalars joined with ", ", objects as JSON. Null is nothing.
+/// [`to_text`] of a value that is no longer needed: a string is moved, not copied.
+pub(crate) fn into_text(value: Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s),
+        other => to_text(&other),
+    }
+}
+
 pub(crate) fn to_text(value: &Value) -> Option<String> {
     match value {
         Value::Null => None,

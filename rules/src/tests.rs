@@ -849,3 +849,48 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn record_headers_keep_what_templates_read_and_nothing_else() {
+    let set = load(&format!(
+        "{}defaults: {{ actor: [\"{{jwt/sub}}\"] }}\n",
+        with_rules(
+            "  - operation: tag.add\n    method: POST\n    path: /tags\n    \
+             actor: [\"{header.X-User-Id}\"]\n    details: { tenant: \"{header.X-Tenant}\" }\n  \
+             - operation: tag.mark\n    method: POST\n    path: /marks\n    when: { header: X-Dry-Run }\n",
+        )
+    ));
+    let mut headers = http::HeaderMap::new();
+    for (name, value) in [
+        ("user-agent", "curl/8"),
+        ("authorization", "Bearer x"),
+        ("x-user-id", "u_1"),
+        ("x-tenant", "acme"),
+        ("x-tenant", "beta"),
+        ("x-dry-run", "1"),
+        ("cookie", "session=secret"),
+        ("accept", "*/*"),
+    ] {
+        headers.append(
+            http::HeaderName::from_static(name),
+            http::HeaderValue::from_static(value),
+        );
+    }
+    let found = set
+        .matches(&http::Method::POST, "/tags")
+        .expect("the rule matches");
+    let kept = found.record_headers(&headers);
+    let mut names: Vec<&str> = kept.keys().map(http::HeaderName::as_str).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "authorization",
+            "user-agent",
+            "x-dry-run",
+            "x-tenant",
+            "x-user-id"
+        ]
+    );
+    assert_eq!(kept.get_all("x-tenant").iter().count(), 2);
+}
