@@ -35,7 +35,7 @@ use pingora::{ErrorSource, ErrorType};
 
 use crate::client_ip::client_ip;
 use crate::config::{ProxyConfig, Upstream};
-use crate::jwt::Hs256;
+use crate::jwt::Verifier;
 use crate::metrics::ProxyMetrics;
 
 /// The audit proxy: what every request shares.
@@ -45,7 +45,8 @@ pub struct AuditProxy {
     pub(crate) sink: RedisQueue,
     pub(crate) upstream: Upstream,
     pub(crate) config: ProxyConfig,
-    pub(crate) jwt: Option<Hs256>,
+    /// Bearer-token keys, swapped when the rules reload.
+    pub(crate) jwt: Option<Arc<ArcSwap<Verifier>>>,
     pub(crate) metrics: ProxyMetrics,
     /// Audited requests not yet logged: shutdown waits for them before flushing the queue.
     pub(crate) in_flight: Arc<AtomicUsize>,
@@ -85,7 +86,7 @@ impl AuditProxy {
         sink: RedisQueue,
         upstream: Upstream,
         config: ProxyConfig,
-        jwt: Option<Hs256>,
+        jwt: Option<Arc<ArcSwap<Verifier>>>,
         metrics: ProxyMetrics,
     ) -> AuditProxy {
         AuditProxy {
@@ -159,7 +160,7 @@ impl ProxyHttp for AuditProxy {
 
         let claims = match &self.jwt {
             None => ClaimState::Unverified,
-            Some(verifier) => match verifier.verify(&session.req_header().headers) {
+            Some(verifier) => match verifier.load().verify(&session.req_header().headers) {
                 Some(claims) => ClaimState::Verified(claims),
                 None => ClaimState::Refused,
             },

@@ -68,9 +68,14 @@ pub struct ProxyConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JwtConfig {
-    /// A file holding the HS256 secret. Tokens with another algorithm, a bad signature or an
-    /// `exp` in the past are not trusted: `jwt/` templates yield nothing for them.
-    pub hs256_secret_file: PathBuf,
+    /// A file holding the HS256 secret, for HS256 tokens.
+    #[serde(default)]
+    pub hs256_secret_file: Option<PathBuf>,
+    /// A JWKS file (`{"keys": [...]}`, as an identity provider publishes it) with the public
+    /// keys of RS256/384/512, PS256/384/512, ES256, ES384 and EdDSA tokens. Read at start and
+    /// again on each rule reload (file change or SIGHUP), so rotated keys are picked up.
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
 }
 
 /// Upstream timeouts, in milliseconds.
@@ -156,7 +161,12 @@ impl ProxyConfig {
             *key = base.join(&*key);
         }
         if let Some(jwt) = &mut config.jwt {
-            jwt.hs256_secret_file = base.join(&jwt.hs256_secret_file);
+            for file in [&mut jwt.hs256_secret_file, &mut jwt.jwks_file]
+                .into_iter()
+                .flatten()
+            {
+                *file = base.join(&*file);
+            }
         }
         Ok(config)
     }
@@ -194,6 +204,14 @@ impl ProxyConfig {
                 "`listen: {}` is not an address: write HOST:PORT, e.g. 127.0.0.1:8080",
                 config.listen
             )));
+        }
+        if let Some(jwt) = &config.jwt
+            && jwt.hs256_secret_file.is_none()
+            && jwt.jwks_file.is_none()
+        {
+            return Err(invalid(
+                "`jwt` names no key: give `hs256_secret_file`, `jwks_file` or both (without `jwt`, claims are read unverified)".into(),
+            ));
         }
         config.upstream().map_err(invalid)?;
         Ok(config)
@@ -366,6 +384,12 @@ mod tests {
         assert!(
             err.to_string().contains("use full, anonymized or none"),
             "{err}"
+        );
+        let err =
+            ProxyConfig::from_yaml(Path::new("p.yaml"), &format!("{GOOD}jwt: {{}}\n")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "p.yaml: `jwt` names no key: give `hs256_secret_file`, `jwks_file` or both (without `jwt`, claims are read unverified)"
         );
     }
 }

@@ -35,7 +35,7 @@ mod services;
 pub use audit::AuditProxy;
 pub use config::{ConfigError, JwtConfig, ProxyConfig, Timeouts, Upstream};
 
-use crate::jwt::Hs256;
+use crate::jwt::Verifier;
 use crate::metrics::{MetricsApp, ProxyMetrics};
 use crate::services::{QueueService, ReloadService};
 
@@ -46,13 +46,12 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
     let handle = metrics::install()?;
     let rules = ReloadService::load(&config.rules, config.hmac_key_file.as_ref())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let jwt =
-        match &config.jwt {
-            Some(j) => Some(Hs256::from_file(&j.hs256_secret_file).with_context(|| {
-                format!("jwt.hs256_secret_file {}", j.hs256_secret_file.display())
-            })?),
-            None => None,
-        };
+    let jwt = match &config.jwt {
+        Some(j) => Some(Arc::new(ArcSwap::from_pointee(
+            Verifier::load(j).map_err(|e| anyhow::anyhow!("jwt: {e}"))?,
+        ))),
+        None => None,
+    };
     let upstream = config.upstream().map_err(|e| anyhow::anyhow!("{e}"))?;
     for addr in std::iter::once(&config.listen).chain(config.metrics_listen.as_ref()) {
         // Bind once here so that a taken port is a clear error, not a panic in a thread.
@@ -85,6 +84,7 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
         rules: rules.clone(),
         paths: config.rules.clone(),
         hmac_key_file: config.hmac_key_file.clone(),
+        jwt: config.jwt.clone().zip(jwt.clone()),
     };
     let proxy = AuditProxy::new(
         rules,

@@ -12,6 +12,8 @@ use auditgate_rules::RuleSet;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
+use crate::config::JwtConfig;
+use crate::jwt::Verifier;
 use crate::metrics::RELOADS;
 
 /// Runs the queue's flusher; on shutdown, waits for in-flight audited requests (up to the
@@ -53,6 +55,8 @@ pub(crate) struct ReloadService {
     pub(crate) rules: Arc<ArcSwap<RuleSet>>,
     pub(crate) paths: Vec<PathBuf>,
     pub(crate) hmac_key_file: Option<PathBuf>,
+    /// The `jwt:` config and the keys in use, re-read with the rules.
+    pub(crate) jwt: Option<(JwtConfig, Arc<ArcSwap<Verifier>>)>,
 }
 
 impl ReloadService {
@@ -69,6 +73,16 @@ impl ReloadService {
     }
 
     fn reload(&self, why: &str) {
+        if let Some((config, keys)) = &self.jwt {
+            match Verifier::load(config) {
+                Ok(verifier) => keys.store(Arc::new(verifier)),
+                Err(e) => {
+                    tracing::error!(
+                        "token keys not reloaded ({why}); keeping the previous ones: {e}"
+                    )
+                }
+            }
+        }
         match Self::load(&self.paths, self.hmac_key_file.as_ref()) {
             Ok(rules) => {
                 let s = rules.summary();
@@ -86,10 +100,16 @@ impl ReloadService {
     /// Name, size and modification time of every rule file: a change in any is a change.
     fn fingerprint(&self) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
         let mut out = Vec::new();
-        for path in &self.paths {
+        let key_files = self.jwt.iter().flat_map(|(c, _)| {
+            [&c.hs256_secret_file, &c.jwks_file]
+                .into_iter()
+                .flatten()
+                .cloned()
+        });
+        for path in self.paths.iter().cloned().chain(key_files) {
             let mut files = vec![path.clone()];
             if path.is_dir() {
-                files = std::fs::read_dir(path)
+                files = std::fs::read_dir(&path)
                     .map(|entries| {
                         entries
                             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -142,7 +162,7 @@ impl BackgroundService for ReloadService {
                     let now = self.fingerprint();
                     if now != seen {
                         seen = now;
-                        self.reload("a rule file changed");
+                        self.reload("a rule or key file changed");
                     }
                 }
             }

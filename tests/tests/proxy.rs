@@ -536,3 +536,108 @@ fn redis_restarted_under_load_loses_no_record() {
     );
     assert_eq!(health["dropped"], 0);
 }
+
+/// An ES256 signing key and its public JWK.
+struct TokenKey {
+    kid: &'static str,
+    pair: ring::signature::EcdsaKeyPair,
+}
+
+impl TokenKey {
+    fn new(kid: &'static str) -> TokenKey {
+        use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING as ALG, EcdsaKeyPair};
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ALG, &rng).unwrap();
+        TokenKey {
+            kid,
+            pair: EcdsaKeyPair::from_pkcs8(&ALG, pkcs8.as_ref(), &rng).unwrap(),
+        }
+    }
+
+    fn jwk(&self) -> serde_json::Value {
+        use base64::Engine as _;
+        use ring::signature::KeyPair as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let point = self.pair.public_key().as_ref();
+        serde_json::json!({
+            "kty": "EC", "crv": "P-256", "kid": self.kid, "alg": "ES256", "use": "sig",
+            "x": b64.encode(&point[1..33]), "y": b64.encode(&point[33..]),
+        })
+    }
+
+    /// A token for `sub`, signed by this key but naming `kid` as its key.
+    fn token_as(&self, kid: &str, sub: &str) -> String {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let head = b64.encode(format!(r#"{{"alg":"ES256","typ":"JWT","kid":"{kid}"}}"#));
+        let claims = b64.encode(format!(r#"{{"sub":"{sub}","exp":{}}}"#, 4_000_000_000u64));
+        let signed = format!("{head}.{claims}");
+        let rng = ring::rand::SystemRandom::new();
+        let signature = self.pair.sign(&rng, signed.as_bytes()).unwrap();
+        format!("{signed}.{}", b64.encode(signature.as_ref()))
+    }
+
+    fn token(&self, sub: &str) -> String {
+        self.token_as(self.kid, sub)
+    }
+}
+
+#[test]
+fn tokens_are_verified_against_a_jwks_file_that_can_rotate() {
+    let redis = RedisServer::start();
+    let upstream = UpstreamProcess::start();
+    let keys = tempfile::tempdir().unwrap();
+    let jwks_file = keys.path().join("jwks.json");
+    let (old, new) = (TokenKey::new("2026-a"), TokenKey::new("2026-b"));
+    let write_jwks = |key: &TokenKey| {
+        std::fs::write(
+            &jwks_file,
+            serde_json::json!({ "keys": [key.jwk()] }).to_string(),
+        )
+        .unwrap()
+    };
+    write_jwks(&old);
+    let proxy = ProxyProcess::start(
+        &upstream.addr,
+        &redis.url(),
+        RULES,
+        &format!("jwt: {{ jwks_file: {} }}\n", jwks_file.display()),
+    );
+    // Each call names its actor twice: in the token, and in a header the rules fall back to.
+    let call = |token: &str| {
+        let bearer = format!("Bearer {token}");
+        let response = http(
+            &proxy.addr,
+            "DELETE",
+            "/api/orgs/acme/members/bob",
+            &[
+                ("Authorization", bearer.as_str()),
+                ("X-User-Id", "u_header"),
+            ],
+            b"",
+        )
+        .unwrap();
+        assert_eq!(response.status, 200);
+    };
+    let actor = |n: usize| {
+        let got = records(&redis, n);
+        let actor = got[n - 1].actor.clone().unwrap();
+        (actor.id, actor.source)
+    };
+
+    call(&old.token("u_alice"));
+    assert_eq!(actor(1), ("u_alice".into(), "jwt/sub".into()));
+    // Signed by a key the file does not hold, under a kid it does: not trusted.
+    call(&new.token_as(old.kid, "u_mallory"));
+    assert_eq!(actor(2), ("u_header".into(), "header.X-User-Id".into()));
+
+    // The identity provider rotates its key: the file changes, the proxy re-reads it.
+    write_jwks(&new);
+    assert!(wait_until(Duration::from_secs(10), || proxy
+        .stderr()
+        .contains("rules reloaded")));
+    call(&new.token("u_bob"));
+    assert_eq!(actor(3), ("u_bob".into(), "jwt/sub".into()));
+    call(&old.token("u_alice"));
+    assert_eq!(actor(4), ("u_header".into(), "header.X-User-Id".into()));
+}
