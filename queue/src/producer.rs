@@ -14,8 +14,10 @@
 //!  dropped (counted in `auditgate_queue_dropped_total`, warned about at most every 10 s)
 //! ```
 //!
-//! Up to two batches are in flight at once, so that the flusher serialises the next batch while
-//! Redis works on the previous one; a batch Redis does not confirm is spooled.
+//! A record is serialised by the thread that enqueues it (its allocations are freed where
+//! they were made; one buffer crosses to the flusher). Up to two batches are in flight at once,
+//! so that the flusher gathers and sends the next batch while Redis works on the previous one;
+//! a batch Redis does not confirm is spooled.
 //!
 //! While anything waits in the spool, new records are appended behind it rather than sent
 //! directly, so that the spool replays in the order records were produced. A record that
@@ -45,7 +47,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// The size of a typical record, for asking whether the spool has room.
 const TYPICAL_RECORD: usize = 2048;
 /// Pipelined batches awaiting Redis's reply at once: two, so that the next batch is being
-/// serialised and sent while Redis works on the previous one.
+/// gathered and sent while Redis works on the previous one.
 const MAX_IN_FLIGHT: usize = 2;
 /// How often an idle flusher looks at the stop flag, besides being woken by `shutdown()`.
 const STOP_CHECK: Duration = Duration::from_millis(100);
@@ -74,7 +76,8 @@ pub struct RedisQueue {
 #[derive(Debug)]
 pub struct Flusher {
     shared: Arc<Shared>,
-    rx: mpsc::Receiver<AuditRecord>,
+    /// Records as JSON, serialised by the thread that enqueued them.
+    rx: mpsc::Receiver<Vec<u8>>,
     client: redis::Client,
     keys: Vec<String>,
     next_key: usize,
@@ -103,7 +106,7 @@ struct InFlight {
 
 #[derive(Debug)]
 struct Shared {
-    tx: mpsc::Sender<AuditRecord>,
+    tx: mpsc::Sender<Vec<u8>>,
     capacity: usize,
     spool: Option<Mutex<Spool>>,
     stamp: OriginStamp,
@@ -238,17 +241,26 @@ impl RedisQueue {
 impl RecordSink for RedisQueue {
     fn enqueue(&self, mut record: AuditRecord) -> Result<Accepted, Dropped> {
         let shared = &self.shared;
-        shared.stamp.stamp(&mut record);
         shared.counters.enqueued.increment();
+        // Serialised here, on the caller's thread: the record's many small allocations are
+        // freed where they were made, and only one buffer crosses to the flusher.
+        let mut payload = match shared.stamp.encode(&mut record) {
+            Ok(p) => p,
+            Err(_) => {
+                shared.dropped(1, "a record did not serialise");
+                return Err(Dropped);
+            }
+        };
+        drop(record);
         if !shared.stopping.load(Ordering::Relaxed) {
-            match shared.tx.try_send(record) {
+            match shared.tx.try_send(payload) {
                 Ok(()) => return Ok(Accepted::Buffered),
-                Err(mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r)) => {
-                    record = r
+                Err(mpsc::error::TrySendError::Full(p) | mpsc::error::TrySendError::Closed(p)) => {
+                    payload = p
                 }
             }
         }
-        shared.spool_one(&record)
+        shared.spool_one(&payload)
     }
 
     fn can_accept(&self) -> bool {
@@ -266,20 +278,13 @@ impl RecordSink for RedisQueue {
 
 impl Shared {
     /// Writes one record to the spool from the caller's thread (the buffer was full).
-    fn spool_one(&self, record: &AuditRecord) -> Result<Accepted, Dropped> {
+    fn spool_one(&self, payload: &[u8]) -> Result<Accepted, Dropped> {
         let Some(spool) = &self.spool else {
             self.dropped(1, "the buffer is full and no spool is configured");
             return Err(Dropped);
         };
-        let payload = match serde_json::to_vec(record) {
-            Ok(p) => p,
-            Err(_) => {
-                self.dropped(1, "the record did not serialise");
-                return Err(Dropped);
-            }
-        };
         let mut spool = lock(spool);
-        match spool.append(&payload) {
+        match spool.append(payload) {
             Ok(()) => {
                 self.counters.spooled.increment();
                 self.counters.set_spool_bytes(spool.bytes());
@@ -415,7 +420,7 @@ impl Flusher {
             }
             self.shared.counters.set_buffer_depth(self.rx.len());
             if !batch.is_empty() {
-                self.held = self.serialise(&mut batch);
+                self.held = std::mem::take(&mut batch);
             }
         }
         self.drain(conn).await;
@@ -440,7 +445,7 @@ impl Flusher {
                 if self.rx.recv_many(&mut batch, self.batch).await == 0 {
                     break;
                 }
-                self.held = self.serialise(&mut batch);
+                self.held = std::mem::take(&mut batch);
             }
             let payloads = std::mem::take(&mut self.held);
             match &mut conn {
@@ -675,20 +680,9 @@ impl Flusher {
         Ok(())
     }
 
-    fn serialise(&self, batch: &mut Vec<AuditRecord>) -> Vec<Vec<u8>> {
-        let mut payloads = Vec::with_capacity(batch.len());
-        for record in batch.drain(..) {
-            match serde_json::to_vec(&record) {
-                Ok(p) => payloads.push(p),
-                Err(_) => self.shared.dropped(1, "a record did not serialise"),
-            }
-        }
-        payloads
-    }
-
     /// Moves what the buffer holds into the spool, as far as the spool has room; what does
     /// not fit is held.
-    fn buffer_to_spool(&mut self, batch: &mut Vec<AuditRecord>) {
+    fn buffer_to_spool(&mut self, batch: &mut Vec<Vec<u8>>) {
         while self.held.is_empty() && self.spool_has_room() {
             batch.clear();
             for _ in 0..self.batch {
@@ -700,7 +694,7 @@ impl Flusher {
             if batch.is_empty() {
                 break;
             }
-            self.held = self.serialise(batch);
+            self.held = std::mem::take(batch);
             self.held_to_spool();
         }
         self.shared.counters.set_buffer_depth(self.rx.len());
