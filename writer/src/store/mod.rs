@@ -263,6 +263,8 @@ pub(crate) struct Dialect {
     pub(crate) placeholder: fn(usize) -> String,
     /// The column expression a prefix range compares.
     pub(crate) prefix_column: &'static str,
+    /// The record seqs of one resource key: this text, then the key's placeholder.
+    pub(crate) resource_rows: &'static str,
 }
 
 /// The SQL of one page of `query` (one row more than the limit, to know whether another page
@@ -292,7 +294,8 @@ pub(crate) fn page_sql(query: &Query, dialect: &Dialect) -> (String, Vec<Param>)
     }
     if let Some(resource) = &query.resource {
         clauses.push(format!(
-            "r.seq IN (SELECT record_seq FROM resources WHERE key = {})",
+            "r.seq IN ({}{})",
+            dialect.resource_rows,
             bind(Param::Text(resource.clone()))
         ));
     }

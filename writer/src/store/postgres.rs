@@ -88,6 +88,7 @@ impl PostgresStore {
 const POSTGRES: Dialect = Dialect {
     placeholder: |n| format!("${n}"),
     prefix_column: "r.operation",
+    resource_rows: "SELECT record_seq FROM resources WHERE key = ",
 };
 
 async fn page(client: &Client, query: &Query) -> Result<Page, StoreError> {
