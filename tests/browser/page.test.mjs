@@ -34,16 +34,24 @@ try {
   // Times are shown in the viewer's time zone (Paris is UTC+1 in November).
   const first = (await api("/api/v1/records?limit=1")).records[0];
   const shownTime = await page.$eval("#rows tr td", (td) => td.textContent);
-  const hour = new Date(first.time).toLocaleString("en-US", { timeZone: "Europe/Paris", hour: "2-digit", hour12: false });
+  // hourCycle h23: `hour12: false` writes midnight as "24" in en-US.
+  const hour = new Date(first.time).toLocaleString("en-US", { timeZone: "Europe/Paris", hour: "2-digit", hourCycle: "h23" });
   assert.ok(shownTime.includes(hour.padStart(2, "0") + ":"), `time ${shownTime} in Paris time (${hour})`);
 
   // Each filter narrows the table to what the API selects.
   const apply = async (fill) => {
     await page.click("#filters button[type=reset]");
-    await page.waitForTimeout(100);
     await fill();
     await page.click("#filters button[type=submit]");
-    await page.waitForTimeout(300);
+  };
+  // The table shows `expected` once the page's request has come back: wait for that (up to
+  // 10 s, on a busy machine), then compare, so a slow answer is not a wrong one.
+  const shows = async (p, expected, label) => {
+    for (let i = 0; i < 100; i++) {
+      if (JSON.stringify(await shownIds(p)) === JSON.stringify(expected)) break;
+      await p.waitForTimeout(100);
+    }
+    assert.deepEqual(await shownIds(p), expected, label);
   };
   const cases = [
     ["operation=tag.add", () => page.selectOption("#operation", "tag.add")],
@@ -62,7 +70,7 @@ try {
     await apply(fill);
     const expected = ids((await api(`/api/v1/records?limit=50&${query}`)).records);
     assert.ok(expected.length > 0, `${query} selects something`);
-    assert.deepEqual(await shownIds(page), expected, query);
+    await shows(page, expected, query);
   }
   // A time interval, typed in local time.
   const recs = (await api("/api/v1/records?limit=1000")).records;
@@ -75,18 +83,17 @@ try {
     await page.fill("input[name=until]", local(until));
   });
   const within = recs.filter((r) => new Date(r.time) >= new Date(Math.floor(since / 1000) * 1000) && new Date(r.time) < new Date(Math.floor(until / 1000) * 1000));
-  assert.deepEqual(await shownIds(page), ids(within), "time interval");
+  await shows(page, ids(within), "time interval");
 
   // Paging: the second page is the API's second page.
   await apply(async () => {});
   const p1 = await api("/api/v1/records?limit=50");
+  await shows(page, ids(p1.records), "first page again");
   await page.click("#next");
-  await page.waitForTimeout(300);
   const p2 = await api(`/api/v1/records?limit=50&cursor=${encodeURIComponent(p1.next_cursor)}`);
-  assert.deepEqual(await shownIds(page), ids(p2.records), "second page");
+  await shows(page, ids(p2.records), "second page");
   await page.click("#first");
-  await page.waitForTimeout(300);
-  assert.deepEqual(await shownIds(page), ids(p1.records), "back to the first page");
+  await shows(page, ids(p1.records), "back to the first page");
 
   // Details of a record.
   await page.click("#rows tr:nth-child(3)");
@@ -98,12 +105,12 @@ try {
   const link = await page.$("#rows tr:first-child a.res");
   const resource = (await link.textContent()).split(":").slice(1).join(":");
   await link.click();
-  await page.waitForTimeout(300);
+  await shows(page, ids((await api(`/api/v1/history?limit=50&resource=${encodeURIComponent(resource)}`)).records), "history");
   assert.ok((await page.textContent("#view-title")).includes(resource));
-  assert.deepEqual(await shownIds(page), ids((await api(`/api/v1/history?limit=50&resource=${encodeURIComponent(resource)}`)).records), "history");
 
   // Export downloads exactly the filtered records.
   await apply(() => page.fill("input[name=actor]", "u_1"));
+  await shows(page, ids((await api("/api/v1/records?limit=50&actor=u_1")).records), "actor=u_1");
   const [download] = await Promise.all([page.waitForEvent("download"), page.click("#export")]);
   const exported = JSON.parse(await readFile(await download.path(), "utf8"));
   const all = [];
@@ -119,16 +126,16 @@ try {
   // A viewer sees resource history only.
   const vpage = await (await browser.newContext()).newPage();
   await vpage.goto(base + "/#token=" + encodeURIComponent(viewer));
-  await vpage.waitForTimeout(500);
+  // Signed in once the page has learnt its role from the API.
+  await vpage.waitForFunction(() => document.getElementById("who").textContent.startsWith("viewer"));
   assert.equal(await vpage.isVisible("#operation"), false, "no operation filter for a viewer");
   assert.equal(await vpage.isVisible("#export"), false, "no export for a viewer");
   assert.equal(await vpage.$$eval("#rows tr", (r) => r.length), 0, "no log for a viewer");
   await vpage.fill("input[name=resource]", "f4");
   await vpage.click("#filters button[type=submit]");
-  await vpage.waitForTimeout(300);
   const vexpected = ids((await api("/api/v1/history?limit=50&resource=f4", viewer)).records);
   assert.ok(vexpected.length > 0);
-  assert.deepEqual(await shownIds(vpage), vexpected, "viewer history");
+  await shows(vpage, vexpected, "viewer history");
   console.log("page: all checks passed");
 } finally {
   await browser.close();
