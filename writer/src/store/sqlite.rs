@@ -84,6 +84,64 @@ pub struct SqliteStore {
     path: PathBuf,
     writer: Arc<Mutex<Connection>>,
     reader: Arc<Mutex<Connection>>,
+    _checkpoints: Arc<Checkpointer>,
+}
+
+/// WAL frames the writer lets pile up before it checkpoints by itself: only when the
+/// checkpointer thread has fallen far behind (or died), as a bound on the WAL's size.
+const WRITER_CHECKPOINT_PAGES: i64 = 65_536;
+
+/// How often the checkpointer copies committed WAL frames into the database file.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Copies the WAL into the database file on its own thread and connection (`PASSIVE`: it
+/// never blocks the writer or readers). Checkpointing is half of what an insert costs —
+/// reading frames back, writing pages in place, `fsync` — and this way the writer's thread
+/// only appends to the WAL while another core does the rest.
+#[derive(Debug)]
+struct Checkpointer {
+    stop: Arc<(Mutex<bool>, std::sync::Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    fn start(path: &Path) -> Result<Checkpointer, StoreError> {
+        let conn = connect(path)?;
+        let stop = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || {
+                let (lock, wake) = &*flag;
+                let mut stopped = lock.lock().unwrap_or_else(|p| p.into_inner());
+                while !*stopped {
+                    stopped = wake
+                        .wait_timeout(stopped, CHECKPOINT_EVERY)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                    let result = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                    if let Err(e) = result {
+                        tracing::warn!(error = %e, "checkpointing the SQLite WAL failed");
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Other(format!("cannot start the checkpoint thread: {e}")))?;
+        Ok(Checkpointer {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        let (lock, wake) = &*self.stop;
+        *lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        wake.notify_all();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl SqliteStore {
@@ -92,8 +150,12 @@ impl SqliteStore {
         let path = path.as_ref().to_path_buf();
         let mut writer = connect(&path)?;
         migrate(&mut writer)?;
+        writer.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)?;
+        // A WAL that grew during a backlog is cut back to this size once it restarts.
+        writer.pragma_update(None, "journal_size_limit", 64 << 20)?;
         let reader = connect(&path)?;
         Ok(SqliteStore {
+            _checkpoints: Arc::new(Checkpointer::start(&path)?),
             path,
             writer: Arc::new(Mutex::new(writer)),
             reader: Arc::new(Mutex::new(reader)),
