@@ -18,7 +18,7 @@ use crate::path::decode_param;
 use crate::record::{
     Actor, AuditRecord, Outcome, RequestInfo, Resource, ResponseInfo, SCHEMA_VERSION,
 };
-use crate::template::{Lookup, Source, Template, into_text, to_text};
+use crate::template::{Lookup, Source, Template, into_text, pointer, to_text};
 
 /// The operation of a record for a mutating call that no rule matched (`unmatched: record`).
 pub const UNMATCHED_OPERATION: &str = "unmatched";
@@ -355,7 +355,7 @@ fn uuid_at(time: DateTime<Utc>) -> Uuid {
 fn when_holds(when: &When, lookup: &CallLookup<'_>) -> bool {
     when.body
         .as_ref()
-        .is_none_or(|ptr| lookup.body().and_then(|b| b.pointer(ptr)).is_some())
+        .is_none_or(|ptr| lookup.body().and_then(|b| pointer(b, ptr)).is_some())
         && when
             .query
             .as_ref()
