@@ -28,20 +28,22 @@ struct Committing {
 }
 
 /// Drains the stream into the store until `shutdown`; what has been read by then is committed
-/// and acknowledged first. One transaction takes at most `commit_max` entries (at least one
-/// read's worth).
+/// and acknowledged first. One transaction takes at most `commit_max` entries (at least 1).
 pub async fn ingest(
     store: Arc<dyn Store>,
     mut consumer: Consumer,
     commit_max: usize,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let commit_max = commit_max.max(1);
     let mut dead_seen = 0;
     let mut committing: Option<Committing> = None;
     let mut read: Vec<Delivery> = Vec::new();
     loop {
         if committing.is_none() && !read.is_empty() {
-            committing = Some(start_commit(&store, std::mem::take(&mut read), &shutdown));
+            let rest = read.split_off(read.len().min(commit_max));
+            let batch = std::mem::replace(&mut read, rest);
+            committing = Some(start_commit(&store, batch, &shutdown));
             continue;
         }
         if let Some(c) = committing.take_if(|c| read.len() >= commit_max || c.task.is_finished()) {
@@ -84,8 +86,8 @@ pub async fn ingest(
     if let Some(c) = committing.take() {
         finish(&mut consumer, c).await;
     }
-    if !read.is_empty() {
-        let c = start_commit(&store, read, &shutdown);
+    for batch in read.chunks(commit_max) {
+        let c = start_commit(&store, batch.to_vec(), &shutdown);
         finish(&mut consumer, c).await;
     }
 }

@@ -73,7 +73,7 @@ pub async fn run(config: WriterConfig, shutdown: impl Future<Output = ()>) -> an
     let ingest = tokio::spawn(ingest::ingest(
         store.clone(),
         consumer,
-        config.commit_max.max(1),
+        config.commit_max,
         stop_rx.clone(),
     ));
     let retention = tokio::spawn(retention(
