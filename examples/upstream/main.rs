@@ -17,6 +17,9 @@
 //! - `/slow?ms=N` answers after N ms; `/stream?chunks=N&size=S&delay_ms=D` streams N chunks;
 //!   `/upload` reads the whole body as it streams and answers its length and checksum;
 //!   `/echo` answers the request's method, path and headers as JSON.
+//! - `/upgrade` with a WebSocket handshake (`Connection: Upgrade`, `Upgrade: websocket`,
+//!   `Sec-WebSocket-Key`) switches protocols (101) and then echoes every byte it reads: the
+//!   connection stays open both ways, as a WebSocket's does.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -28,6 +31,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Query, Request};
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 
@@ -54,7 +58,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-async fn any(Query(query): Query<HashMap<String, String>>, request: Request) -> Response {
+async fn any(Query(query): Query<HashMap<String, String>>, mut request: Request) -> Response {
+    if request.uri().path() == "/upgrade" {
+        return upgrade(&mut request);
+    }
     let (parts, body) = request.into_parts();
     let path = parts.uri.path().to_owned();
     let number = |name: &str, default: u64| {
@@ -130,6 +137,40 @@ async fn any(Query(query): Query<HashMap<String, String>>, request: Request) -> 
         Method::GET => json_response(StatusCode::OK, json!({"path": path})),
         _ => json_response(StatusCode::OK, json!({"ok": true, "path": path})),
     }
+}
+
+/// `101 Switching Protocols` for a WebSocket handshake, then every byte read is written back
+/// (raw bytes, not WebSocket frames: a proxy passes either unchanged).
+fn upgrade(request: &mut Request) -> Response {
+    let headers = request.headers();
+    let websocket = headers
+        .get("upgrade")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    let Some(key) = headers.get("sec-websocket-key").filter(|_| websocket) else {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "send a WebSocket handshake: Connection: Upgrade, Upgrade: websocket, Sec-WebSocket-Key"}),
+        );
+    };
+    // RFC 6455 §4.2.2: base64(SHA-1(key + the protocol's GUID)).
+    let mut accept = key.as_bytes().to_vec();
+    accept.extend_from_slice(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &accept);
+    let accept = base64::engine::general_purpose::STANDARD.encode(digest.as_ref());
+    let on_upgrade = hyper::upgrade::on(request);
+    tokio::spawn(async move {
+        if let Ok(upgraded) = on_upgrade.await {
+            let (mut reader, mut writer) = tokio::io::split(hyper_util::rt::TokioIo::new(upgraded));
+            let _ = tokio::io::copy(&mut reader, &mut writer).await;
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-accept", accept)
+        .body(Body::empty())
+        .unwrap_or_default()
 }
 
 fn stream(chunks: u64, size: u64, delay_ms: u64) -> Response {

@@ -641,3 +641,51 @@ fn tokens_are_verified_against_a_jwks_file_that_can_rotate() {
     call(&old.token("u_alice"));
     assert_eq!(actor(4), ("u_header".into(), "header.X-User-Id".into()));
 }
+
+/// Sends a WebSocket handshake on a raw connection; returns the connection and the response
+/// head.
+fn upgrade(addr: &str) -> (std::net::TcpStream, String) {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream
+        .write_all(
+            b"GET /upgrade HTTP/1.1\r\nHost: api\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            stream.read(&mut byte).unwrap(),
+            1,
+            "connection closed in the head"
+        );
+        head.push(byte[0]);
+    }
+    (stream, String::from_utf8(head).unwrap())
+}
+
+#[test]
+fn a_websocket_connection_passes_through_both_ways() {
+    let redis = RedisServer::start();
+    let upstream = UpstreamProcess::start();
+    let proxy = ProxyProcess::start(&upstream.addr, &redis.url(), RULES, "");
+    let (mut stream, head) = upgrade(&proxy.addr);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    // The upstream's answer to the handshake reaches the client (RFC 6455's example key).
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
+    // Bytes flow both ways, several times, over the one connection.
+    for message in ["hello", "a second message", &"x".repeat(100_000)] {
+        stream.write_all(message.as_bytes()).unwrap();
+        let mut back = vec![0u8; message.len()];
+        stream.read_exact(&mut back).unwrap();
+        assert_eq!(back, message.as_bytes());
+    }
+}
