@@ -45,6 +45,8 @@ pub struct AuditProxy {
     pub(crate) sink: RedisQueue,
     pub(crate) upstream: Upstream,
     pub(crate) config: ProxyConfig,
+    /// The CAs an `https` upstream must chain to, when not the system's.
+    pub(crate) upstream_ca: Option<Arc<[pingora::utils::tls::WrappedX509]>>,
     /// Bearer-token keys, swapped when the rules reload.
     pub(crate) jwt: Option<Arc<ArcSwap<Verifier>>>,
     pub(crate) metrics: ProxyMetrics,
@@ -96,6 +98,7 @@ impl AuditProxy {
             config,
             jwt,
             metrics,
+            upstream_ca: None,
             in_flight: Arc::new(AtomicUsize::new(0)),
             error_warnings: Throttle::new(Duration::from_secs(10)),
         }
@@ -188,6 +191,7 @@ impl ProxyHttp for AuditProxy {
         peer.options.read_timeout = Some(t.read());
         peer.options.write_timeout = Some(t.write());
         peer.options.idle_timeout = Some(t.idle());
+        peer.options.ca = self.upstream_ca.clone();
         Ok(Box::new(peer))
     }
 

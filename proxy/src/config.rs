@@ -48,6 +48,10 @@ pub struct ProxyConfig {
     /// Upstream timeouts.
     #[serde(default)]
     pub timeouts: Timeouts,
+    /// A PEM file of the CA certificates an `https` upstream's certificate must chain to,
+    /// instead of the system's roots: for an API behind an internal CA.
+    #[serde(default)]
+    pub upstream_ca_file: Option<PathBuf>,
     /// Send the client's `Host` header upstream (`true`) or the upstream's own host (`false`,
     /// the default, as nginx's `proxy_pass` does).
     #[serde(default)]
@@ -157,8 +161,11 @@ impl ProxyConfig {
             *rules = base.join(&*rules);
         }
         config.spool.dir = base.join(&config.spool.dir);
-        if let Some(key) = &mut config.hmac_key_file {
-            *key = base.join(&*key);
+        for file in [&mut config.hmac_key_file, &mut config.upstream_ca_file]
+            .into_iter()
+            .flatten()
+        {
+            *file = base.join(&*file);
         }
         if let Some(jwt) = &mut config.jwt {
             for file in [&mut jwt.hs256_secret_file, &mut jwt.jwks_file]

@@ -31,6 +31,7 @@ mod config;
 mod jwt;
 pub mod metrics;
 mod services;
+mod upstream_ca;
 
 pub use audit::AuditProxy;
 pub use config::{ConfigError, JwtConfig, ProxyConfig, Timeouts, Upstream};
@@ -53,6 +54,12 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
         None => None,
     };
     let upstream = config.upstream().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let upstream_ca = match &config.upstream_ca_file {
+        Some(path) => {
+            Some(upstream_ca::load(path).map_err(|e| anyhow::anyhow!("upstream_ca_file: {e}"))?)
+        }
+        None => None,
+    };
     for addr in std::iter::once(&config.listen).chain(config.metrics_listen.as_ref()) {
         // Bind once here so that a taken port is a clear error, not a panic in a thread.
         std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
@@ -86,7 +93,7 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
         hmac_key_file: config.hmac_key_file.clone(),
         jwt: config.jwt.clone().zip(jwt.clone()),
     };
-    let proxy = AuditProxy::new(
+    let mut proxy = AuditProxy::new(
         rules,
         (*queue).clone(),
         upstream,
@@ -94,6 +101,7 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
         jwt,
         ProxyMetrics::new(),
     );
+    proxy.upstream_ca = upstream_ca;
     let in_flight = proxy.in_flight.clone();
     let mut proxy_service = pingora::proxy::http_proxy_service(&server.configuration, proxy);
     proxy_service.add_tcp(&listen);

@@ -390,7 +390,7 @@ pub struct ProxyProcess {
 
 impl ProxyProcess {
     /// Writes `rules.yaml` and a `proxy.yaml` (plus `extra` config lines) and starts the
-    /// proxy; waits until it answers.
+    /// proxy; waits until it answers. `upstream` is `HOST:PORT` (plain HTTP) or a URL.
     pub fn start(upstream: &str, redis_url: &str, rules: &str, extra: &str) -> ProxyProcess {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("rules.yaml"), rules).expect("write rules");
@@ -401,8 +401,13 @@ impl ProxyProcess {
         } else {
             "spool: { dir: spool }\n"
         };
+        let upstream = if upstream.contains("://") {
+            upstream.to_owned()
+        } else {
+            format!("http://{upstream}")
+        };
         let config = format!(
-            "listen: 127.0.0.1:{port}\nupstream: http://{upstream}\nrules: [rules.yaml]\n\
+            "listen: 127.0.0.1:{port}\nupstream: {upstream}\nrules: [rules.yaml]\n\
              redis: {{ url: \"{redis_url}\" }}\n{spool}\
              metrics_listen: 127.0.0.1:{metrics_port}\nclient_ip: full\n{extra}"
         );

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use auditgate_rules::{AuditRecord, Outcome};
 use auditgate_tests::{
-    ProxyProcess, RedisServer, UpstreamProcess, free_port, http, wait_until, workspace_bin,
+    ChildGuard, ProxyProcess, RedisServer, UpstreamProcess, free_port, http, wait_until,
+    workspace_bin,
 };
 
 const STREAM: &str = "auditgate:records";
@@ -688,4 +689,134 @@ fn a_websocket_connection_passes_through_both_ways() {
         stream.read_exact(&mut back).unwrap();
         assert_eq!(back, message.as_bytes());
     }
+}
+
+#[test]
+fn an_https_upstream_is_verified_against_the_configured_ca() {
+    // An upstream whose certificate comes from a private CA, as an internal API's would.
+    let certs = tempfile::tempdir().unwrap();
+    let at = |name: &str| certs.path().join(name);
+    let openssl = |args: &[&str]| {
+        let done = Command::new("openssl")
+            .args(args)
+            .current_dir(certs.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(done.success(), "openssl {args:?}");
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=auditgate test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "key.pem",
+        "-out",
+        "leaf.csr",
+    ]);
+    std::fs::write(
+        at("leaf.ext"),
+        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "leaf.ext",
+        "-out",
+        "cert.pem",
+    ]);
+    let (cert, key, ca) = (at("cert.pem"), at("key.pem"), at("ca.pem"));
+    let port = free_port();
+    let _server = ChildGuard(
+        Command::new("openssl")
+            .args(["s_server", "-quiet", "-www", "-accept", &port.to_string()])
+            .arg("-cert")
+            .arg(&cert)
+            .arg("-key")
+            .arg(&key)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let upstream = format!("127.0.0.1:{port}");
+    assert!(wait_until(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(&upstream).is_ok()
+    }));
+    let redis = RedisServer::start();
+    let url = format!("https://localhost:{port}");
+
+    let trusted = ProxyProcess::start(
+        &url,
+        &redis.url(),
+        RULES,
+        &format!("upstream_ca_file: {}\n", ca.display()),
+    );
+    let page = http(&trusted.addr, "GET", "/", &[], b"").unwrap();
+    assert_eq!(page.status, 200, "{}", trusted.stderr());
+    assert!(String::from_utf8_lossy(&page.body).contains("s_server"));
+
+    // Without the CA, the same upstream's certificate is refused: 502, nothing forwarded.
+    let untrusting = ProxyProcess::start(&url, &redis.url(), RULES, "");
+    let refused = http(&untrusting.addr, "GET", "/", &[], b"").unwrap();
+    assert_eq!(refused.status, 502);
+}
+
+#[test]
+fn a_bad_upstream_ca_file_stops_the_proxy_before_it_listens() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("rules.yaml"), RULES).unwrap();
+    std::fs::write(dir.path().join("ca.pem"), "not a certificate\n").unwrap();
+    std::fs::write(
+        dir.path().join("proxy.yaml"),
+        format!(
+            "listen: 127.0.0.1:{}\nupstream: https://localhost:1\nrules: [rules.yaml]\n\
+             redis: {{ url: \"redis://127.0.0.1:1\" }}\nspool: {{ dir: spool }}\n\
+             upstream_ca_file: ca.pem\n",
+            free_port()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(workspace_bin("auditgate"))
+        .arg("proxy")
+        .arg("--config")
+        .arg(dir.path().join("proxy.yaml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("upstream_ca_file:") && stderr.contains("ca.pem: no certificate in it"),
+        "{stderr}"
+    );
 }
