@@ -111,8 +111,10 @@ pub enum StoreError {
 /// What the writer needs from a database.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Inserts the records whose `id` is not stored yet, in one transaction. Returns how many
-    /// were new (the rest were duplicates of records already stored).
+    /// Inserts the records whose `id` is not stored yet, durably, before returning: in one
+    /// transaction (PostgreSQL splits a large batch into two, committed side by side). After an
+    /// error some of them may be stored; inserting the same records again is always safe.
+    /// Returns how many were new (the rest were duplicates of records already stored).
     async fn insert(&self, records: &[Incoming]) -> Result<usize, StoreError>;
 
     /// One page of the records the query selects.
