@@ -2,8 +2,9 @@
 //! administrators and auditors ask — what happened, who did it, to which resource, when, with
 //! which request ID — through the query API.
 //!
-//! - [`ingest`]: consumer group `auditgate-writers`; each batch is one store transaction, then
-//!   acknowledged; an `id` already stored is ignored, so the store holds each record once.
+//! - [`ingest`]: consumer group `auditgate-writers`; what is read while a commit runs is
+//!   committed next, in one transaction of up to `commit_max` entries, and acknowledged only
+//!   after it; an `id` already stored is ignored, so the store holds each record once.
 //! - [`store`]: SQLite (default, one file, WAL) or PostgreSQL, behind one trait.
 //! - the API: `GET /api/v1/records`, `/records/{id}`, `/history`, `/export`, `/gaps`, with
 //!   bearer tokens (`admin`, `viewer`); `/metrics` and `/healthz`.

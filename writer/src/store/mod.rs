@@ -3,7 +3,8 @@
 //!
 //! Both keep each record's JSON as it arrived, beside the columns the filters use (time,
 //! operation, actor, request ID, outcome, origin) and a `resources` table with one row per
-//! resource id and per resource path, since one record can touch many resources. Records are
+//! resource id and per resource path, since one record can touch many resources (SQLite groups
+//! those rows in buckets of 65 536 records; see `sqlite.rs`). Records are
 //! ordered by `(time, seq)`, `seq` being the store's own insertion counter, which makes keyset
 //! pagination exact: no duplicate and no gap between pages, whatever arrives meanwhile.
 
