@@ -228,8 +228,17 @@ impl Match {
     /// [`Match::request_id`] for a call that arrived at `time`: a generated ID carries that
     /// time, and the caller that has read the clock already does not read it again.
     pub fn request_id_at(&self, headers: &http::HeaderMap, time: DateTime<Utc>) -> String {
-        read_request_id(headers, self.request_id_header())
-            .map_or_else(|| uuid_at(time).to_string(), str::to_owned)
+        read_request_id(headers, self.request_id_header()).map_or_else(
+            || {
+                // Straight into a buffer: `to_string` would go through `fmt`.
+                let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+                uuid_at(time)
+                    .hyphenated()
+                    .encode_lower(&mut text)
+                    .to_owned()
+            },
+            str::to_owned,
+        )
     }
 
     /// A copy of the request headers that holds only what a record can read (`User-Agent`,
