@@ -41,8 +41,7 @@ pub async fn ingest(
     let mut read: Vec<Delivery> = Vec::new();
     loop {
         if committing.is_none() && !read.is_empty() {
-            let rest = read.split_off(read.len().min(commit_max));
-            let batch = std::mem::replace(&mut read, rest);
+            let batch = take_front(&mut read, commit_max);
             committing = Some(start_commit(&store, batch, &shutdown));
             continue;
         }
@@ -86,10 +85,16 @@ pub async fn ingest(
     if let Some(c) = committing.take() {
         finish(&mut consumer, c).await;
     }
-    for batch in read.chunks(commit_max) {
-        let c = start_commit(&store, batch.to_vec(), &shutdown);
+    while !read.is_empty() {
+        let c = start_commit(&store, take_front(&mut read, commit_max), &shutdown);
         finish(&mut consumer, c).await;
     }
+}
+
+/// The first `n` deliveries (or all, when fewer), leaving the rest.
+fn take_front(read: &mut Vec<Delivery>, n: usize) -> Vec<Delivery> {
+    let rest = read.split_off(read.len().min(n));
+    std::mem::replace(read, rest)
 }
 
 fn start_commit(
