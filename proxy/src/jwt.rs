@@ -99,22 +99,11 @@ fn invalid(message: String) -> std::io::Error {
 impl Verifier {
     /// Reads the key files a `jwt:` config names; the error names the file.
     pub(crate) fn load(config: &crate::config::JwtConfig) -> Result<Verifier, String> {
-        let name = |path: &Option<std::path::PathBuf>| {
-            path.as_ref()
-                .map_or_else(String::new, |p| p.display().to_string())
-        };
         Verifier::from_files(
             config.hs256_secret_file.as_deref(),
             config.jwks_file.as_deref(),
         )
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::InvalidData => e.to_string(),
-            _ => format!(
-                "cannot read {}{}: {e}",
-                name(&config.hs256_secret_file),
-                name(&config.jwks_file)
-            ),
-        })
+        .map_err(|e| e.to_string())
     }
 
     /// Reads the HS256 secret file and the JWKS file, whichever are given.
@@ -123,8 +112,12 @@ impl Verifier {
         jwks_file: Option<&Path>,
     ) -> std::io::Result<Verifier> {
         let mut verifier = Verifier::default();
+        let read = |path: &Path| {
+            std::fs::read(path)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+        };
         if let Some(path) = hs256_secret_file {
-            let mut secret = std::fs::read(path)?;
+            let mut secret = read(path)?;
             while secret.last().is_some_and(|b| matches!(b, b'\n' | b'\r')) {
                 secret.pop();
             }
@@ -137,7 +130,7 @@ impl Verifier {
             verifier.hs256 = Some(secret);
         }
         if let Some(path) = jwks_file {
-            let text = std::fs::read(path)?;
+            let text = read(path)?;
             verifier.keys =
                 parse_jwks(&text).map_err(|e| invalid(format!("{}: {e}", path.display())))?;
         }
