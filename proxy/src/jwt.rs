@@ -92,6 +92,11 @@ struct Jwk {
     y: Option<String>,
 }
 
+/// An I/O error that names the file it happened on.
+fn named(path: &Path) -> impl FnOnce(std::io::Error) -> std::io::Error + '_ {
+    move |e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
 fn invalid(message: String) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, message)
 }
@@ -112,15 +117,8 @@ impl Verifier {
         jwks_file: Option<&Path>,
     ) -> std::io::Result<Verifier> {
         let mut verifier = Verifier::default();
-        let read = |path: &Path| {
-            std::fs::read(path)
-                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))
-        };
         if let Some(path) = hs256_secret_file {
-            let mut secret = read(path)?;
-            while secret.last().is_some_and(|b| matches!(b, b'\n' | b'\r')) {
-                secret.pop();
-            }
+            let secret = auditgate_rules::read_key_file(path).map_err(named(path))?;
             if secret.is_empty() {
                 return Err(invalid(format!(
                     "{} is empty: put the HS256 secret in it",
@@ -130,7 +128,7 @@ impl Verifier {
             verifier.hs256 = Some(secret);
         }
         if let Some(path) = jwks_file {
-            let text = read(path)?;
+            let text = std::fs::read(path).map_err(named(path))?;
             verifier.keys =
                 parse_jwks(&text).map_err(|e| invalid(format!("{}: {e}", path.display())))?;
         }
@@ -140,12 +138,7 @@ impl Verifier {
     /// The claims of the request's `Authorization: Bearer` token when a configured key
     /// vouches for it and it is within its validity; `None` otherwise.
     pub(crate) fn verify(&self, headers: &http::HeaderMap) -> Option<serde_json::Value> {
-        let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
-        let (scheme, token) = value.trim().split_once(' ')?;
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return None;
-        }
-        let token = token.trim();
+        let token = auditgate_rules::bearer_token(headers)?;
         let (signed, signature) = token.rsplit_once('.')?;
         let (header, payload) = signed.split_once('.')?;
         if payload.contains('.') {

@@ -512,14 +512,18 @@ impl Lookup for CallLookup<'_> {
     }
 }
 
-/// The claims of `Authorization: Bearer <jwt>`, decoded without checking the signature.
-pub fn decode_bearer_claims(headers: &http::HeaderMap) -> Option<Value> {
+/// The token of `Authorization: Bearer <token>` (the scheme in any case), trimmed.
+pub fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
     let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.trim().split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return None;
-    }
-    let payload = token.trim().split('.').nth(1)?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
+/// The claims of `Authorization: Bearer <jwt>`, decoded without checking the signature.
+pub fn decode_bearer_claims(headers: &http::HeaderMap) -> Option<Value> {
+    let payload = bearer_token(headers)?.split('.').nth(1)?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(payload.trim_end_matches('='))
         .ok()?;

@@ -69,7 +69,9 @@ mod yaml;
 
 pub use capture::BodyCapture;
 pub use error::{Diagnostic, RulesError};
-pub use eval::{Call, Claims, ClientIpMode, Match, UNMATCHED_OPERATION, decode_bearer_claims};
+pub use eval::{
+    Call, Claims, ClientIpMode, Match, UNMATCHED_OPERATION, bearer_token, decode_bearer_claims,
+};
 pub use model::{OnQueueFailure, Unmatched};
 pub use path::normalize_path;
 pub use record::{
@@ -150,13 +152,10 @@ impl Loader {
     /// Reads the HMAC key from a file; a trailing newline is not part of the key.
     pub fn hmac_key_file(self, path: impl AsRef<Path>) -> Result<Self, RulesError> {
         let path = path.as_ref();
-        let mut key = std::fs::read(path).map_err(|source| RulesError::Io {
+        let key = read_key_file(path).map_err(|source| RulesError::Io {
             path: path.to_path_buf(),
             source,
         })?;
-        while key.last().is_some_and(|b| matches!(b, b'\n' | b'\r')) {
-            key.pop();
-        }
         if key.is_empty() {
             return Err(RulesError::EmptyHmacKey {
                 path: path.to_path_buf(),
@@ -260,6 +259,16 @@ impl Loader {
             }),
         })
     }
+}
+
+/// Reads a file holding a secret key; a trailing newline (as editors and `echo` write) is not
+/// part of the key. Used for `hmac_key_file` and the proxy's token secrets.
+pub fn read_key_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut key = std::fs::read(path)?;
+    while key.last().is_some_and(|b| matches!(b, b'\n' | b'\r')) {
+        key.pop();
+    }
+    Ok(key)
 }
 
 /// The request headers a record of this set can read: `User-Agent`, `Authorization` when a
