@@ -2,7 +2,7 @@
 //! emitted exactly once — when the response body ends, or, if the call is dropped first, as
 //! `aborted` (like tower-http's `on_early_drop`).
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use auditgate_queue::RecordSink;
@@ -99,15 +99,17 @@ impl<K: RecordSink> PendingRecord<K> {
         if std::mem::replace(&mut self.emitted, true) {
             return;
         }
-        let request_body = self.request_body.as_ref().map(|c| match c.lock() {
-            Ok(c) => c.whole().map(<[u8]>::to_vec),
-            Err(poisoned) => poisoned.into_inner().whole().map(<[u8]>::to_vec),
-        });
+        // The capture stays locked while the record is made, rather than copied out: the
+        // request body is finished by now, so nothing else waits on the lock.
+        let request_body = self
+            .request_body
+            .as_ref()
+            .map(|c| c.lock().unwrap_or_else(PoisonError::into_inner));
         let call = Call {
             method: &self.method,
             uri: &self.uri,
             headers: &self.headers,
-            request_body: request_body.as_ref().and_then(|b| b.as_deref()),
+            request_body: request_body.as_ref().and_then(|b| b.whole()),
             status: self.status,
             response_body: self.response_body.as_ref().and_then(BodyCapture::whole),
             outcome,
@@ -120,10 +122,10 @@ impl<K: RecordSink> PendingRecord<K> {
             time: self.time,
             duration: self.started.elapsed(),
         };
-        if let Some(record) = self.found.record(&call) {
+        if let Some(record) = self.found.record_ref(&call) {
             // A refusal is counted by the sink itself (dropped metric): nothing to add here,
             // and the response has been sent already.
-            let _ = self.sink.enqueue(record);
+            let _ = self.sink.enqueue_ref(record);
         }
     }
 }

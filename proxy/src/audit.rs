@@ -341,11 +341,11 @@ impl ProxyHttp for AuditProxy {
             ClaimState::Verified(v) => Claims::Verified(v),
             ClaimState::Refused => Claims::Absent,
         };
-        let Some(record) = audit.found.record(&call) else {
+        let Some(record) = audit.found.record_ref(&call) else {
             return;
         };
-        self.metrics.record(&record.operation, record.outcome);
+        self.metrics.record(record.operation, record.outcome);
         // A record the queue cannot take is counted there (auditgate_queue_dropped_total).
-        let _ = self.sink.enqueue(record);
+        let _ = self.sink.enqueue_ref(record);
     }
 }

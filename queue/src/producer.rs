@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use auditgate_rules::AuditRecord;
+use auditgate_rules::{AuditRecord, RecordRef};
 use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
 use tokio::sync::{mpsc, watch};
@@ -240,27 +240,19 @@ impl RedisQueue {
 
 impl RecordSink for RedisQueue {
     fn enqueue(&self, mut record: AuditRecord) -> Result<Accepted, Dropped> {
-        let shared = &self.shared;
-        shared.counters.enqueued.increment();
+        self.shared.counters.enqueued.increment();
         // Serialised here, on the caller's thread: the record's many small allocations are
         // freed where they were made, and only one buffer crosses to the flusher.
-        let mut payload = match shared.stamp.encode(&mut record) {
-            Ok(p) => p,
-            Err(_) => {
-                shared.dropped(1, "a record did not serialise");
-                return Err(Dropped);
-            }
-        };
+        let payload = self.shared.stamp.encode(&mut record);
         drop(record);
-        if !shared.stopping.load(Ordering::Relaxed) {
-            match shared.tx.try_send(payload) {
-                Ok(()) => return Ok(Accepted::Buffered),
-                Err(mpsc::error::TrySendError::Full(p) | mpsc::error::TrySendError::Closed(p)) => {
-                    payload = p
-                }
-            }
-        }
-        shared.spool_one(&payload)
+        self.shared.hand_over(payload)
+    }
+
+    fn enqueue_ref(&self, record: RecordRef<'_>) -> Result<Accepted, Dropped> {
+        self.shared.counters.enqueued.increment();
+        let payload = self.shared.stamp.encode_ref(&record);
+        drop(record);
+        self.shared.hand_over(payload)
     }
 
     fn can_accept(&self) -> bool {
@@ -277,6 +269,23 @@ impl RecordSink for RedisQueue {
 }
 
 impl Shared {
+    /// Puts a serialised record in the buffer, or on the spool when the buffer is full.
+    fn hand_over(&self, payload: serde_json::Result<Vec<u8>>) -> Result<Accepted, Dropped> {
+        let Ok(mut payload) = payload else {
+            self.dropped(1, "a record did not serialise");
+            return Err(Dropped);
+        };
+        if !self.stopping.load(Ordering::Relaxed) {
+            match self.tx.try_send(payload) {
+                Ok(()) => return Ok(Accepted::Buffered),
+                Err(mpsc::error::TrySendError::Full(p) | mpsc::error::TrySendError::Closed(p)) => {
+                    payload = p
+                }
+            }
+        }
+        self.spool_one(&payload)
+    }
+
     /// Writes one record to the spool from the caller's thread (the buffer was full).
     fn spool_one(&self, payload: &[u8]) -> Result<Accepted, Dropped> {
         let Some(spool) = &self.spool else {

@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use auditgate_rules::{AuditRecord, Origin};
+use auditgate_rules::{AuditRecord, Origin, RecordRef};
 
 /// Where a record went when it was accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +29,14 @@ pub trait RecordSink: Send + Sync + 'static {
     /// sink has counted the loss.
     fn enqueue(&self, record: AuditRecord) -> Result<Accepted, Dropped>;
 
+    /// Hands over a record borrowed from its rules and call, as the proxy and the layer make
+    /// them ([`Match::record_ref`](auditgate_rules::Match::record_ref)). A sink that sends
+    /// JSON serialises it as it is; the default copies it into an [`AuditRecord`] for
+    /// [`enqueue`](RecordSink::enqueue).
+    fn enqueue_ref(&self, record: RecordRef<'_>) -> Result<Accepted, Dropped> {
+        self.enqueue(record.into_owned())
+    }
+
     /// Whether a record enqueued now would be kept durably: Redis is reachable and the buffer
     /// has room, or the spool has room. A rule with `on_queue_failure: closed` refuses the
     /// request when this is false.
@@ -38,6 +46,10 @@ pub trait RecordSink: Send + Sync + 'static {
 impl<T: RecordSink> RecordSink for Arc<T> {
     fn enqueue(&self, record: AuditRecord) -> Result<Accepted, Dropped> {
         (**self).enqueue(record)
+    }
+
+    fn enqueue_ref(&self, record: RecordRef<'_>) -> Result<Accepted, Dropped> {
+        (**self).enqueue_ref(record)
     }
 
     fn can_accept(&self) -> bool {
@@ -82,7 +94,18 @@ impl OriginStamp {
         record.origin = None;
         let mut json = Vec::with_capacity(1024);
         serde_json::to_writer(&mut json, record)?;
-        // A serialised struct ends in its closing brace; `origin` goes in before it.
+        self.append_origin(json)
+    }
+
+    /// [`OriginStamp::encode`] for a borrowed record, written by [`RecordRef::write_json`].
+    pub(crate) fn encode_ref(&self, record: &RecordRef<'_>) -> serde_json::Result<Vec<u8>> {
+        let mut json = Vec::with_capacity(1024);
+        record.write_json(&mut json);
+        self.append_origin(json)
+    }
+
+    fn append_origin(&self, mut json: Vec<u8>) -> serde_json::Result<Vec<u8>> {
+        // A serialised record ends in its closing brace; `origin` goes in before it.
         if json.pop() != Some(b'}') {
             return Err(serde::ser::Error::custom("a record is a JSON object"));
         }
@@ -240,6 +263,41 @@ mod tests {
         assert_eq!(second, serde_json::to_vec(&record).unwrap());
         let parsed: AuditRecord = serde_json::from_slice(&first).unwrap();
         assert_eq!(parsed.origin.unwrap().seq, 1);
+    }
+
+    #[test]
+    fn a_borrowed_record_encodes_as_its_owned_copy() {
+        let rules = auditgate_rules::RuleSet::load(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/rules/media-library.yaml"
+        ))
+        .unwrap();
+        let method = http::Method::PATCH;
+        let uri: http::Uri = "/v1/files/abc/details".parse().unwrap();
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-user-id", "u_\"1".parse().unwrap());
+        headers.insert("user-agent", "curl/8.5.0".parse().unwrap());
+        let found = rules.matches(&method, uri.path()).unwrap();
+        let mut call = auditgate_rules::Call::new(&method, &uri, &headers);
+        call.request_body = Some(br#"{"name":"tree.png","filePath":"/forest/tree.png"}"#);
+        call.status = Some(200);
+        let borrowed = found.record_ref(&call).unwrap();
+
+        let stamp = OriginStamp::new("layer".into(), "host/1".into());
+        let from_ref = stamp.encode_ref(&borrowed).unwrap();
+        let mut owned = borrowed.into_owned();
+        let from_owned = stamp.encode(&mut owned).unwrap();
+        // Same text but for the sequence number, which counts up per record.
+        let from_ref = String::from_utf8(from_ref).unwrap();
+        assert_eq!(
+            from_ref.replace(r#""seq":1}"#, r#""seq":2}"#),
+            String::from_utf8(from_owned).unwrap()
+        );
+        let parsed: AuditRecord = serde_json::from_str(&from_ref).unwrap();
+        assert_eq!(
+            parsed.resources[0].path.as_deref(),
+            Some("/forest/tree.png")
+        );
     }
 
     fn sample_record() -> AuditRecord {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use smallvec::SmallVec;
 use uuid::Uuid;
 
@@ -16,7 +16,7 @@ use crate::matcher::Candidates;
 use crate::model::{FileMeta, OnQueueFailure, Rule, When};
 use crate::path::decode_param;
 use crate::record::{
-    Actor, AuditRecord, Outcome, RequestInfo, Resource, ResponseInfo, SCHEMA_VERSION,
+    ActorRef, AuditRecord, Outcome, RecordRef, RequestRef, ResourceRef, ResponseInfo,
 };
 use crate::template::{Lookup, Source, Template, into_text, pointer, to_text};
 
@@ -258,6 +258,12 @@ impl Match {
     /// Makes the call's record: the first candidate (most specific first) whose `when` holds
     /// wins. `None` when no candidate's `when` holds and unmatched calls are not recorded.
     pub fn record(&self, call: &Call<'_>) -> Option<AuditRecord> {
+        self.record_ref(call).map(RecordRef::into_owned)
+    }
+
+    /// [`Match::record`], borrowing what it can from the rules and the call: what the proxy
+    /// and the layer hand to a sink on the request path (see [`RecordRef`]).
+    pub fn record_ref<'a>(&'a self, call: &'a Call<'a>) -> Option<RecordRef<'a>> {
         let lookup = CallLookup::new(self, call);
         let chosen = self.candidates.iter().find(|c| {
             let rule = &self.rules.inner.rules[c.rule as usize];
@@ -279,69 +285,71 @@ impl Match {
         let actor_templates = rule.and_then(|r| r.actor.as_ref()).unwrap_or(&file.actor);
         let actor = actor_templates.iter().find_map(|t| {
             let id = t.eval_text(&lookup).filter(|s| !s.is_empty())?;
-            let mut source = t.source_name().to_owned();
-            if matches!(call.claims, Claims::Unverified)
+            let source = t.source_name();
+            let source = if matches!(call.claims, Claims::Unverified)
                 && t.uses(|e| matches!(e.source, Source::Jwt(_)))
             {
-                source.push_str(" (unverified)");
-            }
-            Some(Actor { id, source })
+                Cow::Owned(format!("{source} (unverified)"))
+            } else {
+                Cow::Borrowed(source)
+            };
+            Some(ActorRef {
+                id: Cow::Owned(id),
+                source,
+            })
         });
 
         let mut resources = Vec::new();
-        let mut details = Map::new();
+        let mut details = Vec::new();
         let mut description = None;
         if let Some(rule) = rule {
             for r in &rule.resources {
                 expand_resource(r, &lookup, &mut resources);
             }
+            // The loader keeps `details` in name order, the order of a JSON object.
             for (name, template) in &rule.details {
                 if let Some(value) = template.eval(&lookup) {
-                    details.insert(name.clone(), value);
+                    details.push((name.as_str(), value));
                 }
             }
             description = rule.description.as_ref().and_then(|t| t.eval_text(&lookup));
         }
 
         let request_id = match call.request_id {
-            Some(id) => id.to_owned(),
-            None => self.request_id(call.headers),
+            Some(id) => Cow::Borrowed(id),
+            None => Cow::Owned(self.request_id(call.headers)),
         };
         let outcome = call.outcome.unwrap_or(match call.status {
             Some(status) => Outcome::from_status(status),
             None => Outcome::Aborted,
         });
-        Some(AuditRecord {
-            schema: SCHEMA_VERSION,
-            id: uuid_at(call.time),
-            time: call.time,
-            duration_ms: (call.duration.as_secs_f64() * 1_000_000.0).round() / 1000.0,
-            service: file.service.clone(),
-            operation: rule
-                .map_or(UNMATCHED_OPERATION, |r| &r.operation)
-                .to_owned(),
-            rule: rule.map(|r| r.id.clone()),
+        Some(RecordRef::new(
+            uuid_at(call.time),
+            call.time,
+            (call.duration.as_secs_f64() * 1_000_000.0).round() / 1000.0,
+            &file.service,
+            rule.map_or(UNMATCHED_OPERATION, |r| &r.operation),
+            rule.map(|r| r.id.as_str()),
             description,
             actor,
-            request: RequestInfo {
+            RequestRef {
                 id: request_id,
-                method: call.method.as_str().to_owned(),
-                path: self.path.clone(),
-                route: rule.map(|r| r.route.clone()),
-                client_ip: call.client_ip.clone(),
+                method: call.method.as_str(),
+                path: &self.path,
+                route: rule.map(|r| r.route.as_str()),
+                client_ip: call.client_ip.as_deref(),
                 user_agent: call
                     .headers
                     .get(http::header::USER_AGENT)
-                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+                    .map(|v| String::from_utf8_lossy(v.as_bytes())),
             },
             resources,
-            response: ResponseInfo {
+            ResponseInfo {
                 status: call.status,
             },
             outcome,
             details,
-            origin: None,
-        })
+        ))
     }
 }
 
@@ -407,12 +415,12 @@ impl Field {
 
 /// Adds one resource, or one per element when `id` or `path` yields an array (arrays in both
 /// are paired up by position). A resource with neither an id nor a path is left out.
-fn expand_resource(
-    template: &crate::model::ResourceTemplate,
+fn expand_resource<'a>(
+    template: &'a crate::model::ResourceTemplate,
     lookup: &CallLookup<'_>,
-    out: &mut Vec<Resource>,
+    out: &mut Vec<ResourceRef<'a>>,
 ) {
-    let Some(kind) = template.kind.eval_text(lookup) else {
+    let Some(kind) = template.kind.eval_cow(lookup) else {
         return;
     };
     let ids = Field::eval(template.id.as_ref(), lookup);
@@ -424,7 +432,7 @@ fn expand_resource(
     for index in 0..count {
         let (id, path) = (ids.get(index), paths.get(index));
         if id.is_some() || path.is_some() {
-            out.push(Resource {
+            out.push(ResourceRef {
                 kind: kind.clone(),
                 id,
                 path,

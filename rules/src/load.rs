@@ -289,6 +289,9 @@ impl<'a> FileReader<'a> {
                 details.push((name, t));
             }
         }
+        // In name order, the order of the record's JSON object: a record then writes them
+        // as they come, without sorting per call.
+        details.sort_by(|a, b| a.0.cmp(&b.0));
         let description = find(entries, "description").and_then(|n| self.template(n, params));
 
         let (pattern, route) = pattern?;

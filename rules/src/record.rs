@@ -1,6 +1,16 @@
 //! The audit record: one per audited call, serialised as the JSON of DESIGN.md.
+//!
+//! Two types carry it. [`AuditRecord`] owns its fields: it is what the writer reads back, the
+//! API serves and tests compare. [`RecordRef`] is the same record borrowed from the rule set
+//! and the call that made it: the proxy and the layer make one per audited request, and the
+//! queue serialises it straight into the bytes it sends, without first copying the rule's
+//! service, operation, route and the request's path into strings of their own. Both serialise
+//! to the same JSON, byte for byte (`a_borrowed_record_serialises_as_its_owned_copy` in
+//! `tests.rs`); a field added to one is added to the other.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use std::borrow::Cow;
+
+use chrono::{DateTime, Datelike, SecondsFormat, Timelike, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -145,8 +155,321 @@ pub struct Origin {
     pub seq: u64,
 }
 
+/// An audit record borrowed from its rule set and its call; see the [module docs](self).
+///
+/// Made by [`Match::record_ref`](crate::Match::record_ref); handed to a sink, which either
+/// serialises it as it is or keeps [`RecordRef::into_owned`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordRef<'a> {
+    schema: u32,
+    /// See [`AuditRecord::id`].
+    pub id: Uuid,
+    /// See [`AuditRecord::time`].
+    pub time: DateTime<Utc>,
+    /// See [`AuditRecord::duration_ms`].
+    pub duration_ms: f64,
+    /// See [`AuditRecord::service`].
+    pub service: &'a str,
+    /// See [`AuditRecord::operation`].
+    pub operation: &'a str,
+    /// See [`AuditRecord::rule`].
+    pub rule: Option<&'a str>,
+    /// See [`AuditRecord::description`].
+    pub description: Option<String>,
+    /// See [`AuditRecord::actor`].
+    pub actor: Option<ActorRef<'a>>,
+    /// See [`AuditRecord::request`].
+    pub request: RequestRef<'a>,
+    /// See [`AuditRecord::resources`].
+    pub resources: Vec<ResourceRef<'a>>,
+    /// See [`AuditRecord::response`].
+    pub response: ResponseInfo,
+    /// See [`AuditRecord::outcome`].
+    pub outcome: Outcome,
+    /// See [`AuditRecord::details`]; in name order, as a JSON object keeps them.
+    pub details: Vec<(&'a str, Value)>,
+}
+
+/// [`Actor`], borrowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActorRef<'a> {
+    /// See [`Actor::id`].
+    pub id: Cow<'a, str>,
+    /// See [`Actor::source`].
+    pub source: Cow<'a, str>,
+}
+
+/// [`RequestInfo`], borrowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestRef<'a> {
+    /// See [`RequestInfo::id`].
+    pub id: Cow<'a, str>,
+    /// See [`RequestInfo::method`].
+    pub method: &'a str,
+    /// See [`RequestInfo::path`].
+    pub path: &'a str,
+    /// See [`RequestInfo::route`].
+    pub route: Option<&'a str>,
+    /// See [`RequestInfo::client_ip`].
+    pub client_ip: Option<&'a str>,
+    /// See [`RequestInfo::user_agent`].
+    pub user_agent: Option<Cow<'a, str>>,
+}
+
+/// [`Resource`], borrowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceRef<'a> {
+    /// See [`Resource::kind`].
+    pub kind: Cow<'a, str>,
+    /// See [`Resource::id`].
+    pub id: Option<String>,
+    /// See [`Resource::path`].
+    pub path: Option<String>,
+}
+
+impl<'a> RecordRef<'a> {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        id: Uuid,
+        time: DateTime<Utc>,
+        duration_ms: f64,
+        service: &'a str,
+        operation: &'a str,
+        rule: Option<&'a str>,
+        description: Option<String>,
+        actor: Option<ActorRef<'a>>,
+        request: RequestRef<'a>,
+        resources: Vec<ResourceRef<'a>>,
+        response: ResponseInfo,
+        outcome: Outcome,
+        details: Vec<(&'a str, Value)>,
+    ) -> Self {
+        RecordRef {
+            schema: SCHEMA_VERSION,
+            id,
+            time,
+            duration_ms,
+            service,
+            operation,
+            rule,
+            description,
+            actor,
+            request,
+            resources,
+            response,
+            outcome,
+            details,
+        }
+    }
+
+    /// Appends the record's JSON to `out`: the bytes `serde_json` writes for
+    /// [`RecordRef::into_owned`] (which has no `origin` yet), written directly. A record is
+    /// serialised per request, and serde's generic path escapes every key and walks every
+    /// string byte by byte through its escape table; here keys are constants and a string
+    /// that needs no escaping is copied whole.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"schema\":");
+        push_display(out, self.schema);
+        out.extend_from_slice(b",\"id\":\"");
+        let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        out.extend_from_slice(self.id.hyphenated().encode_lower(&mut id).as_bytes());
+        out.extend_from_slice(b"\",\"time\":");
+        let mut time = [0u8; 27];
+        match write_micros(&self.time, &mut time) {
+            Some(text) => push_str(out, text),
+            None => push_str(out, &self.time.to_rfc3339_opts(SecondsFormat::Micros, true)),
+        }
+        out.extend_from_slice(b",\"duration_ms\":");
+        push_value(out, &self.duration_ms);
+        out.extend_from_slice(b",\"service\":");
+        push_str(out, self.service);
+        out.extend_from_slice(b",\"operation\":");
+        push_str(out, self.operation);
+        if let Some(rule) = self.rule {
+            out.extend_from_slice(b",\"rule\":");
+            push_str(out, rule);
+        }
+        if let Some(description) = &self.description {
+            out.extend_from_slice(b",\"description\":");
+            push_str(out, description);
+        }
+        out.extend_from_slice(b",\"actor\":");
+        match &self.actor {
+            Some(actor) => {
+                out.extend_from_slice(b"{\"id\":");
+                push_str(out, &actor.id);
+                out.extend_from_slice(b",\"source\":");
+                push_str(out, &actor.source);
+                out.push(b'}');
+            }
+            None => out.extend_from_slice(b"null"),
+        }
+        let request = &self.request;
+        out.extend_from_slice(b",\"request\":{\"id\":");
+        push_str(out, &request.id);
+        out.extend_from_slice(b",\"method\":");
+        push_str(out, request.method);
+        out.extend_from_slice(b",\"path\":");
+        push_str(out, request.path);
+        if let Some(route) = request.route {
+            out.extend_from_slice(b",\"route\":");
+            push_str(out, route);
+        }
+        if let Some(client_ip) = request.client_ip {
+            out.extend_from_slice(b",\"client_ip\":");
+            push_str(out, client_ip);
+        }
+        if let Some(user_agent) = &request.user_agent {
+            out.extend_from_slice(b",\"user_agent\":");
+            push_str(out, user_agent);
+        }
+        out.extend_from_slice(b"},\"resources\":[");
+        for (i, resource) in self.resources.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"type\":");
+            push_str(out, &resource.kind);
+            if let Some(id) = &resource.id {
+                out.extend_from_slice(b",\"id\":");
+                push_str(out, id);
+            }
+            if let Some(path) = &resource.path {
+                out.extend_from_slice(b",\"path\":");
+                push_str(out, path);
+            }
+            out.push(b'}');
+        }
+        out.extend_from_slice(b"],\"response\":{\"status\":");
+        match self.response.status {
+            Some(status) => push_display(out, status),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b"},\"outcome\":\"");
+        out.extend_from_slice(self.outcome.as_str().as_bytes());
+        out.extend_from_slice(b"\",\"details\":{");
+        for (i, (name, value)) in self.details.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            push_str(out, name);
+            out.push(b':');
+            push_value(out, value);
+        }
+        out.extend_from_slice(b"}}");
+    }
+
+    /// The same record with fields of its own (and no `origin` yet).
+    pub fn into_owned(self) -> AuditRecord {
+        AuditRecord {
+            schema: self.schema,
+            id: self.id,
+            time: self.time,
+            duration_ms: self.duration_ms,
+            service: self.service.to_owned(),
+            operation: self.operation.to_owned(),
+            rule: self.rule.map(str::to_owned),
+            description: self.description,
+            actor: self.actor.map(|a| Actor {
+                id: a.id.into_owned(),
+                source: a.source.into_owned(),
+            }),
+            request: RequestInfo {
+                id: self.request.id.into_owned(),
+                method: self.request.method.to_owned(),
+                path: self.request.path.to_owned(),
+                route: self.request.route.map(str::to_owned),
+                client_ip: self.request.client_ip.map(str::to_owned),
+                user_agent: self.request.user_agent.map(Cow::into_owned),
+            },
+            resources: self
+                .resources
+                .into_iter()
+                .map(|r| Resource {
+                    kind: r.kind.into_owned(),
+                    id: r.id,
+                    path: r.path,
+                })
+                .collect(),
+            response: self.response,
+            outcome: self.outcome,
+            details: self
+                .details
+                .into_iter()
+                .map(|(name, value)| (name.to_owned(), value))
+                .collect(),
+            origin: None,
+        }
+    }
+}
+
+/// `2026-11-22T10:00:00.123456Z`: RFC 3339, UTC, microseconds.
 fn micros<S: Serializer>(time: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&time.to_rfc3339_opts(SecondsFormat::Micros, true))
+    let mut text = [0u8; 27];
+    match write_micros(time, &mut text) {
+        Some(text) => s.serialize_str(text),
+        None => s.serialize_str(&time.to_rfc3339_opts(SecondsFormat::Micros, true)),
+    }
+}
+
+/// [`micros`] without chrono's formatting machinery (a record is serialised per request):
+/// `None` for what the fixed layout cannot hold — years outside 0..=9999, a leap second —
+/// which chrono then writes.
+fn write_micros<'b>(time: &DateTime<Utc>, out: &'b mut [u8; 27]) -> Option<&'b str> {
+    let year = u32::try_from(time.year()).ok().filter(|y| *y <= 9999)?;
+    let nanos = time.nanosecond();
+    if nanos >= 1_000_000_000 {
+        return None;
+    }
+    let mut put = |at: usize, value: u32, digits: usize| {
+        let mut value = value;
+        for i in (at..at + digits).rev() {
+            out[i] = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+    };
+    put(0, year, 4);
+    put(5, time.month(), 2);
+    put(8, time.day(), 2);
+    put(11, time.hour(), 2);
+    put(14, time.minute(), 2);
+    put(17, time.second(), 2);
+    put(20, nanos / 1000, 6);
+    for (at, sep) in [
+        (4, b'-'),
+        (7, b'-'),
+        (10, b'T'),
+        (13, b':'),
+        (16, b':'),
+        (19, b'.'),
+    ] {
+        out[at] = sep;
+    }
+    out[26] = b'Z';
+    std::str::from_utf8(out).ok()
+}
+
+/// A JSON string: copied whole when nothing in it needs escaping, else escaped by serde_json.
+fn push_str(out: &mut Vec<u8>, text: &str) {
+    if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.reserve(text.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+    } else {
+        push_value(out, text);
+    }
+}
+
+fn push_value(out: &mut Vec<u8>, value: &(impl Serialize + ?Sized)) {
+    // Writing into a Vec cannot fail, and these values (numbers, strings, JSON values
+    // with string keys) always serialise.
+    let _ = serde_json::to_writer(out, value);
+}
+
+fn push_display(out: &mut Vec<u8>, value: impl std::fmt::Display) {
+    use std::io::Write as _;
+    let _ = write!(out, "{value}");
 }
 
 fn rfc3339<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
@@ -187,6 +510,60 @@ mod tests {
         let again: Value = serde_json::to_value(&record).unwrap();
         let original: Value = serde_json::from_str(text).unwrap();
         assert_eq!(again, original);
+    }
+
+    #[test]
+    fn times_are_written_as_chrono_writes_them() {
+        for text in [
+            "2026-11-22T10:00:00.123456Z",
+            "2026-01-02T03:04:05.000000Z",
+            "0001-12-31T23:59:59.999999Z",
+            "9999-12-31T23:59:59.000001Z",
+        ] {
+            let time: DateTime<Utc> = text.parse().unwrap();
+            let mut buf = [0u8; 27];
+            assert_eq!(write_micros(&time, &mut buf), Some(text));
+            assert_eq!(time.to_rfc3339_opts(SecondsFormat::Micros, true), text);
+        }
+        // Sub-microsecond digits are cut, as chrono cuts them.
+        let time: DateTime<Utc> = "2026-11-22T10:00:00.123456789Z".parse().unwrap();
+        let mut buf = [0u8; 27];
+        assert_eq!(
+            write_micros(&time, &mut buf).map(str::to_owned),
+            Some(time.to_rfc3339_opts(SecondsFormat::Micros, true))
+        );
+        // Beyond the fixed layout: chrono writes it.
+        let far = DateTime::<Utc>::from_timestamp(300_000_000_000, 0).unwrap();
+        assert_eq!(write_micros(&far, &mut buf), None);
+        let mut json = Vec::new();
+        RecordRef::new(
+            Uuid::nil(),
+            far,
+            0.0,
+            "s",
+            "o",
+            None,
+            None,
+            None,
+            RequestRef {
+                id: "r".into(),
+                method: "GET",
+                path: "/",
+                route: None,
+                client_ip: None,
+                user_agent: None,
+            },
+            Vec::new(),
+            ResponseInfo { status: None },
+            Outcome::Aborted,
+            Vec::new(),
+        )
+        .write_json(&mut json);
+        let json: Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(
+            json["time"],
+            far.to_rfc3339_opts(SecondsFormat::Micros, true)
+        );
     }
 
     #[test]

@@ -177,6 +177,14 @@ impl Template {
         }
     }
 
+    /// [`Template::eval_text`], borrowing a template that is all literal text.
+    pub(crate) fn eval_cow(&self, lookup: &dyn Lookup) -> Option<Cow<'_, str>> {
+        match self.parts.as_slice() {
+            [Part::Literal(text)] => Some(Cow::Borrowed(text)),
+            _ => self.eval_text(lookup).map(Cow::Owned),
+        }
+    }
+
     /// Evaluates to text: a string stays itself, a number or boolean is written out, an array
     /// of scalars is joined with ", ".
     ///

@@ -98,7 +98,16 @@ impl<'a> Req<'a> {
             Some(None) => Claims::Absent,
         };
         edit(&mut call);
-        found.record(&call)
+        let borrowed = found.record_ref(&call)?;
+        let mut json = Vec::new();
+        borrowed.write_json(&mut json);
+        let owned = borrowed.into_owned();
+        // Every record these tests make also checks that the two forms write the same JSON.
+        assert_eq!(
+            String::from_utf8(json).unwrap(),
+            serde_json::to_string(&owned).unwrap()
+        );
+        Some(owned)
     }
 
     fn record(&self, set: &RuleSet) -> Option<AuditRecord> {
@@ -633,6 +642,39 @@ fn the_full_record() {
     assert_eq!(id.get_version_num(), 7);
     let (secs, nanos) = id.get_timestamp().unwrap().to_unix();
     assert_eq!((secs, nanos / 1_000_000), (time.timestamp() as u64, 123));
+}
+
+#[test]
+fn a_borrowed_record_serialises_as_its_owned_copy() {
+    let set = load(&format!(
+        "{MEDIA}  - operation: file.delete\n    method: DELETE\n    path: /v1/files/{{id}}\n    \
+         actor: [\"{{header.X-User-Id}}\"]\n    details: {{ z: \"{{path.id}}\", a: \"é\\\"\\n\" }}\n"
+    ));
+    let token = bearer(json!({"sub": "u_\"1"}));
+    let requests = [
+        req("PATCH", "/v1/files/abc/details?dry_run=1")
+            .header("authorization", &token)
+            .header("user-agent", "ag\u{e9}nt")
+            .body(r#"{"name": "t\u00e9\"e", "filePath": "/a/b", "size": 4.5, "tags": ["A"]}"#),
+        req("POST", "/v1/files/addTags").body(r#"{"fileIds": ["a", "b"], "paths": ["/x"]}"#),
+        req("POST", "/v1/files").status(None),
+        req("DELETE", "/v1/files/x%20y").header("x-user-id", "u_9"),
+        // A tab in a header value: the one string here that must be escaped.
+        req("DELETE", "/v1/files/%22q%5C").header("x-user-id", "u\t9"),
+    ];
+    for request in requests {
+        // `record` asserts that both forms write the same bytes.
+        request.record(&set).expect("a record");
+    }
+    let r = req("DELETE", "/v1/files/x%20y")
+        .header("x-user-id", "u_9")
+        .record(&set)
+        .unwrap();
+    let json = serde_json::to_value(&r).unwrap();
+    // Details in name order, whatever order the rule wrote them in.
+    let names: Vec<&String> = json["details"].as_object().unwrap().keys().collect();
+    assert_eq!(names, ["a", "z"]);
+    assert_eq!(json["details"]["a"], "é\"\n");
 }
 
 #[test]
