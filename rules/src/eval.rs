@@ -405,11 +405,13 @@ impl Field {
         }
     }
 
-    fn get(&self, index: usize) -> Option<String> {
-        match self {
-            Field::One(value) => value.clone(),
-            Field::Many(items) => items.get(index).cloned().flatten(),
-        }
+    /// The value for resource `index`; the last one takes it rather than copying it.
+    fn take(&mut self, index: usize, last: bool) -> Option<String> {
+        let value = match self {
+            Field::One(value) => value,
+            Field::Many(items) => items.get_mut(index)?,
+        };
+        if last { value.take() } else { value.clone() }
     }
 }
 
@@ -423,14 +425,15 @@ fn expand_resource<'a>(
     let Some(kind) = template.kind.eval_cow(lookup) else {
         return;
     };
-    let ids = Field::eval(template.id.as_ref(), lookup);
-    let paths = Field::eval(template.path.as_ref(), lookup);
+    let mut ids = Field::eval(template.id.as_ref(), lookup);
+    let mut paths = Field::eval(template.path.as_ref(), lookup);
     let count = match (ids.len(), paths.len()) {
         (None, None) => 1,
         (a, b) => a.unwrap_or(0).max(b.unwrap_or(0)),
     };
     for index in 0..count {
-        let (id, path) = (ids.get(index), paths.get(index));
+        let last = index + 1 == count;
+        let (id, path) = (ids.take(index, last), paths.take(index, last));
         if id.is_some() || path.is_some() {
             out.push(ResourceRef {
                 kind: kind.clone(),
@@ -487,7 +490,7 @@ impl Lookup for CallLookup<'_> {
         })
     }
 
-    fn header(&self, name: &str) -> Option<Cow<'_, str>> {
+    fn header(&self, name: &http::HeaderName) -> Option<Cow<'_, str>> {
         let value = self.call.headers.get(name)?;
         Some(String::from_utf8_lossy(value.as_bytes()))
     }

@@ -283,7 +283,7 @@ fn record_headers(files: &[FileMeta], rules: &[Rule]) -> Vec<http::HeaderName> {
     for expr in templates.flat_map(Template::exprs) {
         let name = match &expr.source {
             Source::Jwt(_) => Some(http::header::AUTHORIZATION),
-            Source::Header(name) => http::HeaderName::from_bytes(name.as_bytes()).ok(),
+            Source::Header(name) => Some(name.clone()),
             _ => None,
         };
         names.extend(name);

@@ -269,7 +269,7 @@ impl<'a> RecordRef<'a> {
     /// that needs no escaping is copied whole.
     pub fn write_json(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"schema\":");
-        push_display(out, self.schema);
+        push_u64(out, self.schema.into());
         out.extend_from_slice(b",\"id\":\"");
         let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
         out.extend_from_slice(self.id.hyphenated().encode_lower(&mut id).as_bytes());
@@ -342,7 +342,7 @@ impl<'a> RecordRef<'a> {
         }
         out.extend_from_slice(b"],\"response\":{\"status\":");
         match self.response.status {
-            Some(status) => push_display(out, status),
+            Some(status) => push_u64(out, status.into()),
             None => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(b"},\"outcome\":\"");
@@ -451,7 +451,11 @@ fn write_micros<'b>(time: &DateTime<Utc>, out: &'b mut [u8; 27]) -> Option<&'b s
 
 /// A JSON string: copied whole when nothing in it needs escaping, else escaped by serde_json.
 fn push_str(out: &mut Vec<u8>, text: &str) {
-    if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    // A fold without early exit: the compiler turns it into a vector loop.
+    let needs_escape = text.bytes().fold(false, |seen, b| {
+        seen | (b < 0x20) | (b == b'"') | (b == b'\\')
+    });
+    if !needs_escape {
         out.reserve(text.len() + 2);
         out.push(b'"');
         out.extend_from_slice(text.as_bytes());
@@ -467,9 +471,19 @@ fn push_value(out: &mut Vec<u8>, value: &(impl Serialize + ?Sized)) {
     let _ = serde_json::to_writer(out, value);
 }
 
-fn push_display(out: &mut Vec<u8>, value: impl std::fmt::Display) {
-    use std::io::Write as _;
-    let _ = write!(out, "{value}");
+/// A whole number in decimal, without `fmt`'s machinery.
+fn push_u64(out: &mut Vec<u8>, mut value: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 fn rfc3339<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {

@@ -19,8 +19,8 @@ pub(crate) enum Source {
     Path(String),
     /// `query.NAME`: the first value of a query parameter.
     Query(String),
-    /// `header.NAME`: the first value of a request header (name stored lower-case).
-    Header(String),
+    /// `header.NAME`: the first value of a request header (parsed once, at load).
+    Header(http::HeaderName),
     /// `body/POINTER`: a JSON pointer into the request body.
     Body(String),
     /// `response/POINTER`: a JSON pointer into the upstream's response body.
@@ -72,7 +72,7 @@ pub(crate) struct TemplateError {
 pub(crate) trait Lookup {
     fn path_param(&self, name: &str) -> Option<Cow<'_, str>>;
     fn query(&self, name: &str) -> Option<Cow<'_, str>>;
-    fn header(&self, name: &str) -> Option<Cow<'_, str>>;
+    fn header(&self, name: &http::HeaderName) -> Option<Cow<'_, str>>;
     fn body(&self) -> Option<&Value>;
     fn response(&self) -> Option<&Value>;
     fn jwt(&self) -> Option<&Value>;
@@ -325,12 +325,12 @@ fn parse_source(text: &str) -> Result<Source, String> {
         });
     }
     if let Some(rest) = text.strip_prefix("header.") {
-        return named(
-            rest,
-            "header",
-            |n| Source::Header(n.to_ascii_lowercase()),
-            |n| http::HeaderName::from_bytes(n.as_bytes()).is_ok(),
-        );
+        if rest.is_empty() {
+            return Err("\"header.\" needs a name, as in header.id".to_owned());
+        }
+        return http::HeaderName::from_bytes(rest.as_bytes())
+            .map(Source::Header)
+            .map_err(|_| format!("bad header name \"{rest}\""));
     }
     for (prefix, make) in [
         ("body", Source::Body as fn(String) -> Source),
@@ -521,7 +521,7 @@ mod tests {
         fn query(&self, name: &str) -> Option<Cow<'_, str>> {
             (name == "dry").then_some(Cow::Borrowed("1"))
         }
-        fn header(&self, name: &str) -> Option<Cow<'_, str>> {
+        fn header(&self, name: &http::HeaderName) -> Option<Cow<'_, str>> {
             (name == "x-user-id").then_some(Cow::Borrowed("U_7"))
         }
         fn body(&self) -> Option<&Value> {
