@@ -18,16 +18,18 @@
 //! ```
 //!
 //! Options: `--listen ADDR` (default 127.0.0.1:3000), `--redis URL` (default
-//! redis://127.0.0.1:6379), `--rules PATH`, `--spool DIR` (default ./spool), and `--no-audit`
-//! to serve the same API without the layer (for comparing throughput).
+//! redis://127.0.0.1:6379), `--rules PATH`, `--spool DIR` (default ./spool), and, for
+//! comparing throughput (`scripts/bench middleware`): `--no-audit` to serve the same API
+//! without the layer, `--discard` to serialise each record as the Redis queue does and then
+//! drop it, which tells the layer's own cost from the cost of delivering to Redis.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use auditgate_middleware::AuditLayer;
-use auditgate_queue::{QueueConfig, RedisQueue};
-use auditgate_rules::RuleSet;
+use auditgate_queue::{Accepted, Dropped, QueueConfig, RecordSink, RedisQueue};
+use auditgate_rules::{AuditRecord, RecordRef, RuleSet};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, patch, post};
@@ -64,6 +66,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     .to_owned();
     let mut spool = "./spool".to_owned();
     let mut audit = true;
+    let mut discard = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or(format!("{arg} needs a value"));
@@ -73,6 +76,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--rules" => rules = value()?,
             "--spool" => spool = value()?,
             "--no-audit" => audit = false,
+            "--discard" => discard = true,
             other => return Err(format!("unknown option {other}").into()),
         }
     }
@@ -80,8 +84,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind(&listen).await?;
     println!("listening on http://{}", listener.local_addr()?);
     let app = api();
-    if !audit {
-        axum::serve(listener, app).await?;
+    if !audit || discard {
+        let app = if audit {
+            app.layer(AuditLayer::new(RuleSet::load(&rules)?, Discard))
+        } else {
+            app
+        };
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await?;
         return Ok(());
     }
 
@@ -98,6 +111,29 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     .await?;
     queue.shutdown().await; // sends what is still buffered
     Ok(())
+}
+
+/// `--discard`: a sink that serialises each record, as `RedisQueue` does on the request's
+/// thread, and drops the bytes.
+#[derive(Clone)]
+struct Discard;
+
+impl RecordSink for Discard {
+    fn enqueue(&self, record: AuditRecord) -> Result<Accepted, Dropped> {
+        std::hint::black_box(serde_json::to_vec(&record).map_err(|_| Dropped)?);
+        Ok(Accepted::Buffered)
+    }
+
+    fn enqueue_ref(&self, record: RecordRef<'_>) -> Result<Accepted, Dropped> {
+        let mut json = Vec::with_capacity(1024);
+        record.write_json(&mut json);
+        std::hint::black_box(json);
+        Ok(Accepted::Buffered)
+    }
+
+    fn can_accept(&self) -> bool {
+        true
+    }
 }
 
 async fn upload(State(lib): State<Shared>, Json(body): Json<Value>) -> (StatusCode, Json<Value>) {
