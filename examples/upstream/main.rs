@@ -20,6 +20,8 @@
 //! - `/upgrade` with a WebSocket handshake (`Connection: Upgrade`, `Upgrade: websocket`,
 //!   `Sec-WebSocket-Key`) switches protocols (101) and then echoes every byte it reads: the
 //!   connection stays open both ways, as a WebSocket's does.
+//! - A JSON answer is gzip-compressed when the request's `Accept-Encoding` allows gzip, as
+//!   many APIs do: `response/` templates must read through it.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -58,7 +60,42 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-async fn any(Query(query): Query<HashMap<String, String>>, mut request: Request) -> Response {
+async fn any(query: Query<HashMap<String, String>>, request: Request) -> Response {
+    let gzip = request
+        .headers()
+        .get_all("accept-encoding")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|coding| coding.split(';').next().is_some_and(|c| c.trim() == "gzip"));
+    let response = answer(query, request).await;
+    let json = response
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v.as_bytes() == b"application/json");
+    if !(gzip && json) {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let compressed = std::io::Write::write_all(&mut encoder, &body).and_then(|()| encoder.finish());
+    let Ok(compressed) = compressed else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    parts.headers.remove("content-length");
+    parts.headers.insert(
+        "content-encoding",
+        axum::http::HeaderValue::from_static("gzip"),
+    );
+    Response::from_parts(parts, Body::from(compressed))
+}
+
+async fn answer(Query(query): Query<HashMap<String, String>>, mut request: Request) -> Response {
     if request.uri().path() == "/upgrade" {
         return upgrade(&mut request);
     }

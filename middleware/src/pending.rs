@@ -42,7 +42,11 @@ pub(crate) struct PendingRecord<K: RecordSink> {
     pub(crate) client_ip: Option<String>,
     pub(crate) verified_claims: Option<serde_json::Value>,
     pub(crate) request_body: Option<SharedCapture>,
+    /// The request's `Content-Encoding`, kept when its body is captured.
+    pub(crate) request_encoding: Option<http::HeaderValue>,
     pub(crate) response_body: Option<BodyCapture>,
+    /// The response's `Content-Encoding`, kept when its body is captured.
+    pub(crate) response_encoding: Option<http::HeaderValue>,
     pub(crate) status: Option<u16>,
     emitted: bool,
 }
@@ -75,8 +79,12 @@ impl<K: RecordSink> PendingRecord<K> {
             started,
             client_ip,
             verified_claims,
+            request_encoding: request_body
+                .as_ref()
+                .and_then(|_| request.headers.get(http::header::CONTENT_ENCODING).cloned()),
             request_body,
             response_body,
+            response_encoding: None,
             status: None,
             emitted: false,
             found,
@@ -105,13 +113,18 @@ impl<K: RecordSink> PendingRecord<K> {
             .request_body
             .as_ref()
             .map(|c| c.lock().unwrap_or_else(PoisonError::into_inner));
+        // Templates read JSON: a compressed body is decoded first (within the capture limit).
+        let request_body =
+            (request_body.as_ref()).and_then(|b| b.decoded(self.request_encoding.as_ref()));
+        let response_body =
+            (self.response_body.as_ref()).and_then(|b| b.decoded(self.response_encoding.as_ref()));
         let call = Call {
             method: &self.method,
             uri: &self.uri,
             headers: &self.headers,
-            request_body: request_body.as_ref().and_then(|b| b.whole()),
+            request_body: request_body.as_deref(),
             status: self.status,
-            response_body: self.response_body.as_ref().and_then(BodyCapture::whole),
+            response_body: response_body.as_deref(),
             outcome,
             client_ip: self.client_ip.take(),
             claims: match &self.verified_claims {

@@ -305,6 +305,62 @@ async fn resources_from_the_response_and_arrays_in_the_body() {
     assert_eq!(r.details["tags"], json!(["forest"]));
 }
 
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(bytes).unwrap();
+    e.finish().unwrap()
+}
+
+#[tokio::test]
+async fn compressed_bodies_are_read_as_the_json_they_carry() {
+    use axum::http::header::{CONTENT_ENCODING, CONTENT_TYPE};
+    let sink = MemorySink::new();
+    let compressed = gzip(br#"{"fileId":"gz-1","size":7}"#);
+    let answer = compressed.clone();
+    let app = Router::new()
+        .route(
+            "/v1/files",
+            post(move || async move {
+                let headers = [
+                    (CONTENT_ENCODING, "gzip"),
+                    (CONTENT_TYPE, "application/json"),
+                ];
+                (headers, answer)
+            }),
+        )
+        .route(
+            "/v1/files/addTags",
+            post(|_: Bytes| async { StatusCode::NO_CONTENT }),
+        )
+        .layer(AuditLayer::new(rules(), sink.clone()));
+
+    let (_, headers, body) = send(
+        app.clone(),
+        Request::post("/v1/files").body(Body::empty()).unwrap(),
+    )
+    .await;
+    // The client gets the bytes the handler sent, still compressed.
+    assert_eq!(headers[CONTENT_ENCODING], "gzip");
+    assert_eq!(body, compressed);
+    let r = only(&sink);
+    assert_eq!(r.resources[0].id.as_deref(), Some("gz-1"));
+    assert_eq!(r.details["size"], 7);
+
+    send(
+        app,
+        Request::post("/v1/files/addTags")
+            .header(CONTENT_ENCODING, "gzip")
+            .body(Body::from(gzip(br#"{"fileIds":["a","b"],"tags":["t"]}"#)))
+            .unwrap(),
+    )
+    .await;
+    let r = only(&sink);
+    let ids: Vec<_> = r.resources.iter().map(|x| x.id.clone().unwrap()).collect();
+    assert_eq!(ids, ["a", "b"]);
+    assert_eq!(r.details["tags"], json!(["t"]));
+}
+
 #[tokio::test]
 async fn unmatched_calls_pass_through_without_a_record() {
     let sink = MemorySink::new();

@@ -325,14 +325,25 @@ impl ProxyHttp for AuditProxy {
             Some(_) => Some(Outcome::Error),
         };
         let req = session.req_header();
+        // Templates read JSON: a compressed body is decoded first (within the capture limit).
+        let encoding = http::header::CONTENT_ENCODING;
+        let request_body =
+            (audit.request_body.as_ref()).and_then(|c| c.decoded(req.headers.get(&encoding)));
+        let response_body = audit.response_body.as_ref().and_then(|c| {
+            c.decoded(
+                session
+                    .response_written()
+                    .and_then(|r| r.headers.get(&encoding)),
+            )
+        });
         let mut call = Call::new(&req.method, &req.uri, &req.headers);
         call.time = audit.time;
         call.duration = audit.started.elapsed();
         call.status = status.filter(|s| *s > 0);
         call.outcome = outcome;
         call.request_id = Some(&audit.request_id);
-        call.request_body = audit.request_body.as_ref().and_then(BodyCapture::whole);
-        call.response_body = audit.response_body.as_ref().and_then(BodyCapture::whole);
+        call.request_body = request_body.as_deref();
+        call.response_body = response_body.as_deref();
         call.client_ip = audit
             .client_ip
             .and_then(|ip| ClientIpMode::render(self.config.client_ip, ip));

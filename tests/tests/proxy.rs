@@ -118,6 +118,38 @@ fn every_outcome_becomes_a_record() {
 }
 
 #[test]
+fn a_compressed_answer_passes_unchanged_and_its_fields_are_recorded() {
+    let redis = RedisServer::start();
+    let upstream = UpstreamProcess::start();
+    let proxy = ProxyProcess::start(&upstream.addr, &redis.url(), RULES, "");
+    let created = http(
+        &proxy.addr,
+        "POST",
+        "/v1/files",
+        &[
+            ("Content-Type", "application/json"),
+            ("Accept-Encoding", "br;q=0.5, gzip"),
+            ("X-User-Id", "u_1"),
+        ],
+        br#"{"fileName":"oak.png","folder":"/forest"}"#,
+    )
+    .unwrap();
+    assert_eq!(created.status, 201);
+    // The client gets the upstream's gzip, as it asked.
+    assert_eq!(created.header("content-encoding"), Some("gzip"));
+    let mut json = Vec::new();
+    flate2::read::GzDecoder::new(&created.body[..])
+        .read_to_end(&mut json)
+        .unwrap();
+    let answer: serde_json::Value = serde_json::from_slice(&json).unwrap();
+
+    let got = records(&redis, 1);
+    assert_eq!(got[0].operation, "asset.upload");
+    assert_eq!(got[0].resources[0].id.as_deref(), answer["fileId"].as_str());
+    assert_eq!(got[0].resources[0].path.as_deref(), Some("/forest/oak.png"));
+}
+
+#[test]
 fn an_unreachable_upstream_is_a_502_and_an_error_record() {
     let redis = RedisServer::start();
     let dead = format!("127.0.0.1:{}", free_port());
