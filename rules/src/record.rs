@@ -155,10 +155,12 @@ pub struct Origin {
     pub seq: u64,
 }
 
-/// An audit record borrowed from its rule set and its call; see the [module docs](self).
+/// An audit record borrowed from its rule set and its call.
 ///
-/// Made by [`Match::record_ref`](crate::Match::record_ref); handed to a sink, which either
-/// serialises it as it is or keeps [`RecordRef::into_owned`].
+/// Made by [`Match::record_ref`](crate::Match::record_ref) on the request path and handed to a
+/// sink, which either writes it as JSON ([`RecordRef::write_json`], the bytes `serde_json`
+/// writes for the [`AuditRecord`]) or keeps [`RecordRef::into_owned`]. The rule's service,
+/// operation and route and the request's path stay borrowed, so nothing is copied to send it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RecordRef<'a> {
     schema: u32,
