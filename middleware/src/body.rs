@@ -6,7 +6,7 @@ use std::task::{Context, Poll, ready};
 
 use auditgate_queue::RecordSink;
 use auditgate_rules::Outcome;
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
@@ -80,7 +80,14 @@ pin_project! {
     #[derive(Debug)]
     enum Kind<B, K: RecordSink> {
         Passthrough { #[pin] inner: B },
-        Audited { #[pin] inner: B, pending: Option<PendingRecord<K>> },
+        Audited {
+            #[pin]
+            inner: B,
+            pending: Option<PendingRecord<K>>,
+            // Bytes still to come when the length is known: a server that has sent them all
+            // may drop the body without polling it to its end.
+            remaining: Option<u64>,
+        },
         /// The 503 of a `closed` rule whose record cannot be queued.
         Refused { body: Option<Bytes> },
     }
@@ -93,16 +100,24 @@ impl<B: Body, K: RecordSink> ResponseBody<B, K> {
         }
     }
 
-    pub(crate) fn audited(inner: B, pending: PendingRecord<K>) -> Self {
-        let pending = if inner.is_end_stream() {
-            // An empty body may never be polled: the call is complete already.
+    /// `length`: what the response says its body holds (`Some(0)` for one that has none:
+    /// an answer to HEAD, a 204 or 304), else the body's exact size hint.
+    pub(crate) fn audited(inner: B, pending: PendingRecord<K>, length: Option<u64>) -> Self {
+        let remaining = length.or_else(|| inner.size_hint().exact());
+        let pending = if inner.is_end_stream() || remaining == Some(0) {
+            // A body that is empty, or not sent at all, may never be polled: the call is
+            // complete already.
             pending.finish(None);
             None
         } else {
             Some(pending)
         };
         ResponseBody {
-            kind: Kind::Audited { inner, pending },
+            kind: Kind::Audited {
+                inner,
+                pending,
+                remaining,
+            },
         }
     }
 
@@ -128,14 +143,21 @@ where
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         match self.project().kind.project() {
             KindProj::Passthrough { inner } => inner.poll_frame(cx),
-            KindProj::Audited { mut inner, pending } => {
+            KindProj::Audited {
+                mut inner,
+                pending,
+                remaining,
+            } => {
                 let frame = ready!(inner.as_mut().poll_frame(cx));
                 match &frame {
                     Some(Ok(frame)) => {
                         if let (Some(p), Some(data)) = (pending.as_mut(), frame.data_ref()) {
                             p.capture_response(data);
+                            if let Some(left) = remaining.as_mut() {
+                                *left = left.saturating_sub(data.remaining() as u64);
+                            }
                         }
-                        if inner.is_end_stream()
+                        if (inner.is_end_stream() || *remaining == Some(0))
                             && let Some(p) = pending.take()
                         {
                             p.finish(None);

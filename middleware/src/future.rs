@@ -103,7 +103,10 @@ where
                         if let Some((name, value)) = request_id.take() {
                             response.headers_mut().insert(name, value);
                         }
-                        Poll::Ready(Ok(response.map(|b| ResponseBody::audited(b, pending))))
+                        let length = body_length(&pending.method, &response);
+                        Poll::Ready(Ok(
+                            response.map(|b| ResponseBody::audited(b, pending, length))
+                        ))
                     }
                     Err(e) => {
                         // The inner service failed without a response; its error passes on.
@@ -132,4 +135,24 @@ where
             }
         }
     }
+}
+
+/// How many body bytes the client is to get, when the response says: none for an answer to
+/// HEAD, a 1xx, 204 or 304, else its `Content-Length`.
+fn body_length<B>(method: &http::Method, response: &Response<B>) -> Option<u64> {
+    let status = response.status();
+    if method == http::Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Some(0);
+    }
+    response
+        .headers()
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }

@@ -361,6 +361,94 @@ async fn compressed_bodies_are_read_as_the_json_they_carry() {
     assert_eq!(r.details["tags"], json!(["t"]));
 }
 
+/// A real hyper server over TCP for `app`; returns its address.
+async fn serve(app: Router) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+/// Sends `request` over a new connection and reads the answer until the server closes it.
+async fn exchange(addr: std::net::SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    client.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    client.read_to_end(&mut answer).await.unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn complete_answers_without_a_final_poll_are_successes() {
+    use axum::http::header::CONTENT_LENGTH;
+    let sink = MemorySink::new();
+    let rules = RuleSet::from_yaml(
+        "rules.yaml",
+        "version: 1\nservice: s\nrules:\n  \
+         - { operation: file.peek, method: HEAD, path: \"/v1/files/{id}\" }\n  \
+         - { operation: file.export, method: POST, path: /v1/export }\n  \
+         - { operation: file.touch, method: POST, path: /v1/touch }\n",
+    )
+    .unwrap();
+    let app = Router::new()
+        .route("/v1/files/{id}", axum::routing::get(|| async { "a file" }))
+        .route(
+            "/v1/export",
+            // A stream whose length is announced: hyper stops reading it at that length.
+            post(|| async {
+                let chunks = futures_util::stream::iter(
+                    ["one,", "two"].map(|c| Ok::<_, Infallible>(Bytes::from(c))),
+                );
+                ([(CONTENT_LENGTH, "7")], Body::from_stream(chunks))
+            }),
+        )
+        .route(
+            "/v1/touch",
+            post(|| async { (StatusCode::NOT_MODIFIED, "ignored") }),
+        )
+        .layer(AuditLayer::new(rules, sink.clone()));
+    let addr = serve(app).await;
+
+    let head = exchange(
+        addr,
+        "HEAD /v1/files/a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    let export = exchange(
+        addr,
+        "POST /v1/export HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(export.ends_with("\r\n\r\none,two"), "{export}");
+    let touch = exchange(
+        addr,
+        "POST /v1/touch HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(touch.starts_with("HTTP/1.1 304"), "{touch}");
+
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while got.len() < 3 && tokio::time::Instant::now() < deadline {
+        got.extend(sink.take());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let outcomes: Vec<(&str, Outcome, Option<u16>)> = got
+        .iter()
+        .map(|r| (r.operation.as_str(), r.outcome, r.response.status))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("file.peek", Outcome::Success, Some(200)),
+            ("file.export", Outcome::Success, Some(200)),
+            ("file.touch", Outcome::Success, Some(304)),
+        ]
+    );
+}
+
 #[tokio::test]
 async fn unmatched_calls_pass_through_without_a_record() {
     let sink = MemorySink::new();

@@ -65,6 +65,8 @@ pub struct Ctx {
 /// What an audited request collects on its way through.
 #[derive(Debug)]
 struct Audited {
+    /// Counts the request in [`AuditProxy::in_flight`] for as long as it lives.
+    _in_flight: InFlight,
     found: Match,
     request_id: String,
     time: DateTime<Utc>,
@@ -73,6 +75,24 @@ struct Audited {
     claims: ClaimState,
     request_body: Option<BodyCapture>,
     response_body: Option<BodyCapture>,
+}
+
+/// One audited request not yet logged. Dropping it, however the request ends (even by a
+/// panic in a filter, which skips `logging`), takes it off the count shutdown waits for.
+#[derive(Debug)]
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn new(count: &Arc<AtomicUsize>) -> InFlight {
+        count.fetch_add(1, Ordering::Relaxed);
+        InFlight(count.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 #[derive(Debug)]
@@ -170,6 +190,7 @@ impl ProxyHttp for AuditProxy {
         };
         let limit = self.config.capture_limit;
         ctx.audit = Some(Box::new(Audited {
+            _in_flight: InFlight::new(&self.in_flight),
             request_body: found.needs_request_body().then(|| BodyCapture::new(limit)),
             response_body: found.needs_response_body().then(|| BodyCapture::new(limit)),
             client_ip: self.client_ip_of(session),
@@ -179,11 +200,21 @@ impl ProxyHttp for AuditProxy {
             started,
             claims,
         }));
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
         Ok(false)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        // Called once per attempt. When pingora retries a request (a pooled connection was
+        // found closed), it passes the request body through `request_body_filter` again:
+        // each attempt captures the bodies afresh.
+        if let Some(audit) = ctx.audit.as_mut() {
+            let limit = self.config.capture_limit;
+            for capture in [&mut audit.request_body, &mut audit.response_body] {
+                if let Some(capture) = capture {
+                    *capture = BodyCapture::new(limit);
+                }
+            }
+        }
         let up = &self.upstream;
         let mut peer = HttpPeer::new(up.addr, up.tls, up.host.clone());
         let t = &self.config.timeouts;
@@ -205,10 +236,13 @@ impl ProxyHttp for AuditProxy {
             upstream_request.insert_header(http::header::HOST, self.upstream.authority.as_str())?;
         }
         if let Some(peer) = session.client_addr().and_then(|a| a.as_inet()) {
-            let forwarded = match upstream_request.headers.get("x-forwarded-for") {
-                Some(v) => format!("{}, {}", String::from_utf8_lossy(v.as_bytes()), peer.ip()),
-                None => peer.ip().to_string(),
-            };
+            // Every line the client (or a proxy in front) sent, in order, then this hop.
+            let mut forwarded = String::new();
+            for line in upstream_request.headers.get_all("x-forwarded-for") {
+                forwarded.push_str(&String::from_utf8_lossy(line.as_bytes()));
+                forwarded.push_str(", ");
+            }
+            forwarded.push_str(&peer.ip().to_string());
             upstream_request.insert_header("x-forwarded-for", forwarded)?;
         }
         Ok(())
@@ -262,7 +296,10 @@ impl ProxyHttp for AuditProxy {
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
-            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+            ErrorType::ConnectTimedout
+            | ErrorType::TLSHandshakeTimedout
+            | ErrorType::ReadTimedout
+            | ErrorType::WriteTimedout
                 if *e.esource() == ErrorSource::Upstream =>
             {
                 504
@@ -276,16 +313,9 @@ impl ProxyHttp for AuditProxy {
                 ErrorSource::Internal | ErrorSource::Unset => 500,
             },
         };
-        if code > 0 {
-            let mut response = match ResponseHeader::build(code, Some(4)) {
-                Ok(r) => r,
-                Err(_) => {
-                    return FailToProxy {
-                        error_code: code,
-                        can_reuse_downstream: false,
-                    };
-                }
-            };
+        if code > 0
+            && let Ok(mut response) = ResponseHeader::build(code, Some(4))
+        {
             let _ = response.insert_header(http::header::CONTENT_LENGTH, "0");
             if let Some(audit) = &ctx.audit {
                 let _ = response.insert_header(
@@ -293,9 +323,9 @@ impl ProxyHttp for AuditProxy {
                     audit.request_id.as_str(),
                 );
             }
-            let _ = session
-                .write_response_header(Box::new(response), true)
-                .await;
+            // As pingora's own error responses: `Connection: close` (the connection is not
+            // reused after an error), and nothing when a response has begun already.
+            let _ = session.write_error_response(response, Bytes::new()).await;
         }
         FailToProxy {
             error_code: code,
@@ -315,8 +345,10 @@ impl ProxyHttp for AuditProxy {
         let Some(audit) = ctx.audit.take() else {
             return;
         };
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
-        let status = session.response_written().map(|r| r.status.as_u16());
+        // A 1xx other than 101 is not the answer: the client left after `100 Continue`.
+        let status = (session.response_written())
+            .map(|r| r.status.as_u16())
+            .filter(|s| *s >= 200 || *s == 101);
         let outcome = match e.map(|e| e.esource()) {
             None => None,
             // The client went away (or broke the protocol) before the response was complete.

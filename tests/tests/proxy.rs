@@ -149,6 +149,68 @@ fn a_compressed_answer_passes_unchanged_and_its_fields_are_recorded() {
     assert_eq!(got[0].resources[0].path.as_deref(), Some("/forest/oak.png"));
 }
 
+/// Reads one HTTP/1.1 request with a `Content-Length` body; `None` at end of stream.
+fn read_request(stream: &mut std::net::TcpStream) -> Option<Vec<u8>> {
+    let mut raw = Vec::new();
+    let mut byte = [0u8; 1];
+    while !raw.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte).ok()? == 0 {
+            return None;
+        }
+        raw.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).ok()?;
+    Some(body)
+}
+
+#[test]
+fn a_request_retried_on_a_fresh_connection_is_recorded_once_with_its_body() {
+    // An upstream that answers the first request on each connection and hangs up on the
+    // second, as a server whose idle timeout is shorter than the proxy's does: pingora sends
+    // the second request on its pooled connection, finds it closed, and retries it (PUT is
+    // idempotent) on a new one, passing the body through the body filter again.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                if read_request(&mut stream).is_some() {
+                    let _ = stream.write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                          Content-Length: 11\r\n\r\n{\"ok\":true}",
+                    );
+                    // The next request on this connection gets no answer.
+                    let _ = read_request(&mut stream);
+                }
+            });
+        }
+    });
+    let rules = "version: 1\nservice: s\nrules:\n  - operation: item.put\n    method: PUT\n    \
+                 path: /items/{id}\n    details: { name: \"{body/name}\" }\n";
+    let redis = RedisServer::start();
+    let proxy = ProxyProcess::start(&upstream, &redis.url(), rules, "");
+    for name in ["first", "second", "third"] {
+        let body = format!(r#"{{"name":"{name}"}}"#);
+        let response = http(&proxy.addr, "PUT", "/items/a", &[], body.as_bytes()).unwrap();
+        assert_eq!(response.status, 200, "{name}");
+    }
+    let got = records(&redis, 3);
+    let names: Vec<Option<&str>> = got
+        .iter()
+        .map(|r| r.details.get("name").and_then(|v| v.as_str()))
+        .collect();
+    assert_eq!(names, [Some("first"), Some("second"), Some("third")]);
+    assert!(got.iter().all(|r| r.outcome == Outcome::Success));
+}
+
 #[test]
 fn an_unreachable_upstream_is_a_502_and_an_error_record() {
     let redis = RedisServer::start();
@@ -164,7 +226,19 @@ fn an_unreachable_upstream_is_a_502_and_an_error_record() {
     .unwrap();
     assert_eq!(r.status, 502);
     assert_eq!(r.header("x-request-id"), Some("req-502"));
-    let got = records(&redis, 1);
+    // The proxy does not reuse a connection after an error, and says so to a client that
+    // asked to keep it.
+    let mut keep = std::net::TcpStream::connect(&proxy.addr).unwrap();
+    keep.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    keep.write_all(b"DELETE /api/orgs/acme/members/bob HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    keep.read_to_end(&mut answer).unwrap();
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 502"), "{answer}");
+    assert!(answer.contains("connection: close\r\n"), "{answer}");
+    let got = records(&redis, 2);
     assert_eq!(got[0].outcome, Outcome::Error);
     assert_eq!(got[0].response.status, Some(502));
     assert_eq!(got[0].request.id, "req-502");
@@ -222,6 +296,22 @@ fn the_request_id_goes_upstream_and_back_and_unmatched_calls_are_untouched() {
         "Host is the upstream's"
     );
     assert_eq!(seen["headers"]["x-forwarded-for"], "127.0.0.1");
+    // Forwarded-for lines from hops in front are kept, in order, before this one.
+    let hops = http(
+        &proxy.addr,
+        "POST",
+        "/echo",
+        &[
+            ("X-Forwarded-For", "203.0.113.9"),
+            ("X-Forwarded-For", "198.51.100.7, 10.0.0.2"),
+        ],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(
+        hops.json()["headers"]["x-forwarded-for"],
+        "203.0.113.9, 198.51.100.7, 10.0.0.2, 127.0.0.1"
+    );
 
     let made = http(&proxy.addr, "POST", "/echo", &[], b"").unwrap();
     let generated = made
@@ -241,10 +331,10 @@ fn the_request_id_goes_upstream_and_back_and_unmatched_calls_are_untouched() {
     assert!(plain.json()["headers"].get("x-request-id").is_none());
     assert_eq!(plain.json()["headers"]["x-custom"], "1");
 
-    let got = records(&redis, 2);
-    assert_eq!(got.len(), 2, "the GET made no record");
+    let got = records(&redis, 3);
+    assert_eq!(got.len(), 3, "the GET made no record");
     assert_eq!(got[0].request.id, "req-7");
-    assert_eq!(got[1].request.id, generated);
+    assert_eq!(got[2].request.id, generated);
 }
 
 /// Peak resident memory of a process, in KiB.
