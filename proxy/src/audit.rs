@@ -209,10 +209,11 @@ impl ProxyHttp for AuditProxy {
         // each attempt captures the bodies afresh.
         if let Some(audit) = ctx.audit.as_mut() {
             let limit = self.config.capture_limit;
-            for capture in [&mut audit.request_body, &mut audit.response_body] {
-                if let Some(capture) = capture {
-                    *capture = BodyCapture::new(limit);
-                }
+            for capture in [&mut audit.request_body, &mut audit.response_body]
+                .into_iter()
+                .flatten()
+            {
+                *capture = BodyCapture::new(limit);
             }
         }
         let up = &self.upstream;
