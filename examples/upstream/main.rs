@@ -16,7 +16,8 @@
 //! - `X-Upstream-Status: N` makes any call answer N.
 //! - `/slow?ms=N` answers after N ms; `/stream?chunks=N&size=S&delay_ms=D` streams N chunks;
 //!   `/upload` reads the whole body as it streams and answers its length and checksum;
-//!   `/echo` answers the request's method, path and headers as JSON.
+//!   `/echo` answers the request's method, path and headers as JSON; `/redirect?to=PATH`
+//!   answers 302 with an absolute `Location` built from the `Host` it was sent.
 //! - `/upgrade` with a WebSocket handshake (`Connection: Upgrade`, `Upgrade: websocket`,
 //!   `Sec-WebSocket-Key`) switches protocols (101) and then echoes every byte it reads: the
 //!   connection stays open both ways, as a WebSocket's does.
@@ -120,6 +121,16 @@ async fn answer(Query(query): Query<HashMap<String, String>>, mut request: Reque
             );
         }
         "/upload" => return upload(body).await,
+        "/redirect" => {
+            let host = parts
+                .headers
+                .get("host")
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("localhost");
+            let to = query.get("to").map_or("/", String::as_str);
+            let location = format!("http://{host}{to}");
+            return (StatusCode::FOUND, [("location", location)]).into_response();
+        }
         "/echo" => {
             let headers: serde_json::Map<String, Value> = parts
                 .headers

@@ -132,6 +132,36 @@ impl AuditProxy {
         client_ip(peer, session.req_header(), &self.config.trusted_proxies)
     }
 
+    /// A redirect to the upstream's own address (made from the `Host` the proxy sent it)
+    /// becomes a path on the proxy, as nginx's `proxy_redirect default` does: clients are
+    /// not sent around the proxy. It is made relative, which keeps whatever scheme and host
+    /// the client used to reach the proxy.
+    fn relative_location(&self, response: &mut ResponseHeader) -> Result<()> {
+        let Some(location) = response.headers.get(http::header::LOCATION) else {
+            return Ok(());
+        };
+        let scheme = if self.upstream.tls {
+            "https://"
+        } else {
+            "http://"
+        };
+        let Some(rest) = location
+            .to_str()
+            .ok()
+            .and_then(|l| strip_prefix_ignore_case(l, scheme))
+            .and_then(|l| strip_prefix_ignore_case(l, &self.upstream.authority))
+            .filter(|rest| rest.is_empty() || rest.starts_with(['/', '?', '#']))
+        else {
+            return Ok(());
+        };
+        let relative = if rest.starts_with('/') {
+            rest.to_owned()
+        } else {
+            format!("/{rest}")
+        };
+        response.insert_header(http::header::LOCATION, relative)
+    }
+
     /// A warning about failing requests, at most every 10 s: the log shows that something is
     /// wrong without one line per request.
     fn warn_rarely(&self, error: &Error) {
@@ -139,6 +169,12 @@ impl AuditProxy {
             tracing::warn!(error = %error, "proxying failed (further failures in the next 10 s are only counted: auditgate_proxy_errors_total)");
         }
     }
+}
+
+fn strip_prefix_ignore_case<'t>(text: &'t str, prefix: &str) -> Option<&'t str> {
+    let head = text.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &text[prefix.len()..])
 }
 
 #[async_trait]
@@ -270,6 +306,9 @@ impl ProxyHttp for AuditProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if !self.config.preserve_host {
+            self.relative_location(upstream_response)?;
+        }
         if let Some(audit) = &ctx.audit {
             upstream_response.insert_header(
                 audit.found.request_id_header().clone(),

@@ -313,6 +313,11 @@ fn the_request_id_goes_upstream_and_back_and_unmatched_calls_are_untouched() {
         "203.0.113.9, 198.51.100.7, 10.0.0.2, 127.0.0.1"
     );
 
+    // A redirect to the upstream's own address stays on the proxy.
+    let moved = http(&proxy.addr, "GET", "/redirect?to=/v1/files/f9", &[], b"").unwrap();
+    assert_eq!(moved.status, 302);
+    assert_eq!(moved.header("location"), Some("/v1/files/f9"));
+
     let made = http(&proxy.addr, "POST", "/echo", &[], b"").unwrap();
     let generated = made
         .header("x-request-id")
