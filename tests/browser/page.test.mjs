@@ -38,6 +38,10 @@ try {
   const hour = new Date(first.time).toLocaleString("en-US", { timeZone: "Europe/Paris", hour: "2-digit", hourCycle: "h23" });
   assert.ok(shownTime.includes(hour.padStart(2, "0") + ":"), `time ${shownTime} in Paris time (${hour})`);
 
+  // The operation list arrives by a request of its own after sign-in: choose from it once
+  // it is there (selecting an option not yet listed leaves the filter empty).
+  await page.waitForSelector('#operation option[value="tag.add"]', { state: "attached" });
+
   // Each filter narrows the table to what the API selects.
   const apply = async (fill) => {
     await page.click("#filters button[type=reset]");
