@@ -95,10 +95,8 @@ where
                     Ok(mut response) => {
                         pending.status = Some(response.status().as_u16());
                         if pending.response_body.is_some() {
-                            pending.response_encoding = response
-                                .headers()
-                                .get(http::header::CONTENT_ENCODING)
-                                .cloned();
+                            pending.response_encoding =
+                                crate::pending::encoding_lines(response.headers());
                         }
                         if let Some((name, value)) = request_id.take() {
                             response.headers_mut().insert(name, value);

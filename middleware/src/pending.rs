@@ -28,6 +28,15 @@ pub(crate) fn capture_buf(capture: &mut BodyCapture, data: &impl Buf) {
     }
 }
 
+/// A message's `Content-Encoding` lines (none, almost always: no allocation then).
+pub(crate) fn encoding_lines(headers: &http::HeaderMap) -> Vec<http::HeaderValue> {
+    headers
+        .get_all(http::header::CONTENT_ENCODING)
+        .iter()
+        .cloned()
+        .collect()
+}
+
 /// Everything a record needs from a call, held from its start to its end.
 #[derive(Debug)]
 pub(crate) struct PendingRecord<K: RecordSink> {
@@ -42,11 +51,11 @@ pub(crate) struct PendingRecord<K: RecordSink> {
     pub(crate) client_ip: Option<String>,
     pub(crate) verified_claims: Option<serde_json::Value>,
     pub(crate) request_body: Option<SharedCapture>,
-    /// The request's `Content-Encoding`, kept when its body is captured.
-    pub(crate) request_encoding: Option<http::HeaderValue>,
+    /// The request's `Content-Encoding` lines, kept when its body is captured.
+    pub(crate) request_encoding: Vec<http::HeaderValue>,
     pub(crate) response_body: Option<BodyCapture>,
-    /// The response's `Content-Encoding`, kept when its body is captured.
-    pub(crate) response_encoding: Option<http::HeaderValue>,
+    /// The response's `Content-Encoding` lines, kept when its body is captured.
+    pub(crate) response_encoding: Vec<http::HeaderValue>,
     pub(crate) status: Option<u16>,
     emitted: bool,
 }
@@ -79,12 +88,13 @@ impl<K: RecordSink> PendingRecord<K> {
             started,
             client_ip,
             verified_claims,
-            request_encoding: request_body
-                .as_ref()
-                .and_then(|_| request.headers.get(http::header::CONTENT_ENCODING).cloned()),
+            request_encoding: match request_body {
+                Some(_) => encoding_lines(&request.headers),
+                None => Vec::new(),
+            },
             request_body,
             response_body,
-            response_encoding: None,
+            response_encoding: Vec::new(),
             status: None,
             emitted: false,
             found,
@@ -114,10 +124,9 @@ impl<K: RecordSink> PendingRecord<K> {
             .as_ref()
             .map(|c| c.lock().unwrap_or_else(PoisonError::into_inner));
         // Templates read JSON: a compressed body is decoded first (within the capture limit).
-        let request_body =
-            (request_body.as_ref()).and_then(|b| b.decoded(self.request_encoding.as_ref()));
+        let request_body = (request_body.as_ref()).and_then(|b| b.decoded(&self.request_encoding));
         let response_body =
-            (self.response_body.as_ref()).and_then(|b| b.decoded(self.response_encoding.as_ref()));
+            (self.response_body.as_ref()).and_then(|b| b.decoded(&self.response_encoding));
         let call = Call {
             method: &self.method,
             uri: &self.uri,

@@ -309,11 +309,16 @@ impl ProxyHttp for AuditProxy {
         if !self.config.preserve_host {
             self.relative_location(upstream_response)?;
         }
-        if let Some(audit) = &ctx.audit {
+        if let Some(audit) = ctx.audit.as_mut() {
             upstream_response.insert_header(
                 audit.found.request_id_header().clone(),
                 audit.request_id.as_str(),
             )?;
+            if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS {
+                // What follows is another protocol's traffic (WebSocket frames), not bodies.
+                audit.request_body = None;
+                audit.response_body = None;
+            }
         }
         Ok(())
     }
@@ -400,12 +405,13 @@ impl ProxyHttp for AuditProxy {
         // Templates read JSON: a compressed body is decoded first (within the capture limit).
         let encoding = http::header::CONTENT_ENCODING;
         let request_body =
-            (audit.request_body.as_ref()).and_then(|c| c.decoded(req.headers.get(&encoding)));
+            (audit.request_body.as_ref()).and_then(|c| c.decoded(req.headers.get_all(&encoding)));
         let response_body = audit.response_body.as_ref().and_then(|c| {
+            let response = session.response_written();
             c.decoded(
-                session
-                    .response_written()
-                    .and_then(|r| r.headers.get(&encoding)),
+                response
+                    .into_iter()
+                    .flat_map(|r| r.headers.get_all(&encoding)),
             )
         });
         let mut call = Call::new(&req.method, &req.uri, &req.headers);

@@ -61,7 +61,7 @@ impl BodyCapture {
     }
 
     /// The whole body as templates read it: decoded when the message's `Content-Encoding`
-    /// is `gzip`, `deflate` or `br` (or a list of them), since upstreams compress JSON for
+    /// lines (give them all, or `None`) name `gzip`, `deflate` or `br` (or a list of them), since upstreams compress JSON for
     /// clients that accept it. `None` when the body was not captured whole, is encoded some
     /// other way, does not decode, or decodes to more than the capture limit — the limit
     /// bounds what a compressed body can expand to.
@@ -79,15 +79,19 @@ impl BodyCapture {
     /// assert_eq!(capture.decoded(None).as_deref(), capture.whole());
     /// # Ok::<(), std::io::Error>(())
     /// ```
-    pub fn decoded(&self, content_encoding: Option<&http::HeaderValue>) -> Option<Cow<'_, [u8]>> {
+    pub fn decoded<'h>(
+        &self,
+        content_encoding: impl IntoIterator<Item = &'h http::HeaderValue>,
+    ) -> Option<Cow<'_, [u8]>> {
         let whole = self.whole()?;
-        let Some(encoding) = content_encoding else {
-            return Some(Cow::Borrowed(whole));
-        };
-        let encoding = encoding.to_str().ok()?;
+        // Every `Content-Encoding` line, in order: a message may list its codings over several.
+        let mut codings = Vec::new();
+        for line in content_encoding {
+            codings.extend(line.to_str().ok()?.split(',').map(str::trim));
+        }
         let mut body = Cow::Borrowed(whole);
         // Encodings are listed in the order they were applied: undo them from the last.
-        for coding in encoding.rsplit(',').map(str::trim) {
+        for coding in codings.into_iter().rev() {
             body = match coding.to_ascii_lowercase().as_str() {
                 "" | "identity" => body,
                 "gzip" | "x-gzip" => Cow::Owned(read_bounded(
@@ -151,6 +155,18 @@ mod tests {
         capture
             .decoded(Some(&http::HeaderValue::from_static(encoding)))
             .map(Cow::into_owned)
+    }
+
+    #[test]
+    fn codings_over_several_lines_are_undone_in_order() {
+        let capture = captured(&brotli(&gzip(JSON)), 1024);
+        let lines = [
+            http::HeaderValue::from_static("gzip"),
+            http::HeaderValue::from_static("br"),
+        ];
+        assert_eq!(capture.decoded(&lines).as_deref(), Some(JSON));
+        // The other order is not what was applied.
+        assert_eq!(capture.decoded(lines.iter().rev()), None);
     }
 
     #[test]
