@@ -9,10 +9,12 @@
 //!   or generated (UUIDv7); the handler finds it in that header and as a [`RequestId`]
 //!   extension, and the client gets it back in the same header.
 //! - **Bodies**: `body/...` and `response/...` templates read the bodies *as they stream*
-//!   to the handler and to the client, up to the capture limit (64 KiB by default). The
-//!   handler and the client see every byte unchanged; nothing waits for a whole body.
-//! - **Exactly one record** per matching call, emitted when the response body ends — or, when
-//!   the client goes away or the body is dropped unfinished, with outcome `aborted`. A
+//!   to the handler and to the client, up to the capture limit (64 KiB by default), decoded
+//!   first when they are sent `gzip`, `deflate` or `br`. The handler and the client see every
+//!   byte unchanged; nothing waits for a whole body.
+//! - **Exactly one record** per matching call, emitted when the response body ends (or has
+//!   yielded its `Content-Length`, or at once when there is none to send: HEAD, 204, 304) —
+//!   or, when the client goes away or the body is dropped unfinished, with outcome `aborted`. A
 //!   response of 400 or more is a `failure`; an error from the inner service passes through
 //!   unchanged and is recorded as `error`.
 //! - **`on_queue_failure: closed`**: when a matching rule says so and the sink cannot accept
