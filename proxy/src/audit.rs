@@ -3,10 +3,10 @@
 //! | phase | what it does |
 //! |---|---|
 //! | `request_filter` | match the rules; set the request ID; refuse (503) a `closed` rule whose record cannot be queued |
-//! | `upstream_peer` | the configured upstream, with its timeouts |
-//! | `upstream_request_filter` | `Host`, `X-Forwarded-For`, the request ID upstream |
+//! | `upstream_peer` | the configured upstream, with its timeouts; bodies captured afresh for each attempt (a retry replays the request body) |
+//! | `upstream_request_filter` | `Host`, `X-Forwarded-For` (every line kept, the peer appended) |
 //! | `request_body_filter` | copy the first bytes of the request body for `body/` templates |
-//! | `response_filter` | echo the request ID to the client |
+//! | `response_filter` | echo the request ID to the client; a `Location` at the upstream's own address made relative; no capture after `101` |
 //! | `response_body_filter` | copy the first bytes of the response body for `response/` templates |
 //! | `fail_to_proxy` | answer 502, or 504 on a timeout, when the upstream gave no answer |
 //! | `logging` | the one phase every request reaches: build the record and hand it to the queue |
