@@ -68,7 +68,11 @@ async fn any(query: Query<HashMap<String, String>>, request: Request) -> Respons
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|coding| coding.split(';').next().is_some_and(|c| c.trim() == "gzip"));
+        .any(|coding| {
+            let mut parts = coding.split(';').map(str::trim);
+            // `gzip;q=0` refuses gzip.
+            parts.next() == Some("gzip") && !parts.any(|p| p.replace(' ', "") == "q=0")
+        });
     let response = answer(query, request).await;
     let json = response
         .headers()
@@ -88,10 +92,15 @@ async fn any(query: Query<HashMap<String, String>>, request: Request) -> Respons
     let Ok(compressed) = compressed else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
-    parts.headers.remove("content-length");
-    parts.headers.insert(
+    let headers = &mut parts.headers;
+    headers.remove("content-length");
+    headers.insert(
         "content-encoding",
         axum::http::HeaderValue::from_static("gzip"),
+    );
+    headers.insert(
+        "vary",
+        axum::http::HeaderValue::from_static("accept-encoding"),
     );
     Response::from_parts(parts, Body::from(compressed))
 }

@@ -117,12 +117,11 @@ impl<K: RecordSink> PendingRecord<K> {
         if std::mem::replace(&mut self.emitted, true) {
             return;
         }
-        // The capture stays locked while the record is made, rather than copied out: the
-        // request body is finished by now, so nothing else waits on the lock.
-        let request_body = self
-            .request_body
-            .as_ref()
-            .map(|c| c.lock().unwrap_or_else(PoisonError::into_inner));
+        // Copied out of the lock (at most the capture limit): the record may be made before
+        // the handler has read the whole request body (a 204 sent early, say), and the body
+        // must not wait on the lock while the record is serialised and queued.
+        let request_body = (self.request_body.as_ref())
+            .map(|c| c.lock().unwrap_or_else(PoisonError::into_inner).clone());
         // Templates read JSON: a compressed body is decoded first (within the capture limit).
         let request_body = (request_body.as_ref()).and_then(|b| b.decoded(&self.request_encoding));
         let response_body =

@@ -151,6 +151,8 @@ impl AuditProxy {
             .and_then(|l| strip_prefix_ignore_case(l, scheme))
             .and_then(|l| strip_prefix_ignore_case(l, &self.upstream.authority))
             .filter(|rest| rest.is_empty() || rest.starts_with(['/', '?', '#']))
+            // `//host` and `/\host` would send the client to another host: left absolute.
+            .filter(|rest| !(rest.starts_with("//") || rest.starts_with("/\\")))
         else {
             return Ok(());
         };
@@ -276,8 +278,11 @@ impl ProxyHttp for AuditProxy {
             // Every line the client (or a proxy in front) sent, in order, then this hop.
             let mut forwarded = String::new();
             for line in upstream_request.headers.get_all("x-forwarded-for") {
-                forwarded.push_str(&String::from_utf8_lossy(line.as_bytes()));
-                forwarded.push_str(", ");
+                let line = String::from_utf8_lossy(line.as_bytes());
+                if !line.trim().is_empty() {
+                    forwarded.push_str(line.trim());
+                    forwarded.push_str(", ");
+                }
             }
             forwarded.push_str(&peer.ip().to_string());
             upstream_request.insert_header("x-forwarded-for", forwarded)?;
@@ -417,7 +422,7 @@ impl ProxyHttp for AuditProxy {
         let mut call = Call::new(&req.method, &req.uri, &req.headers);
         call.time = audit.time;
         call.duration = audit.started.elapsed();
-        call.status = status.filter(|s| *s > 0);
+        call.status = status;
         call.outcome = outcome;
         call.request_id = Some(&audit.request_id);
         call.request_body = request_body.as_deref();

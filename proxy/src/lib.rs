@@ -45,6 +45,8 @@ use crate::services::{QueueService, ReloadService};
 pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
     // The recorder first: the queue takes its metric handles when it is built.
     let handle = metrics::install()?;
+    // Taken before the load: a file changed while the proxy starts is reloaded.
+    let loaded = services::fingerprint(&config.rules, config.jwt.as_ref());
     let rules = ReloadService::load(&config.rules, config.hmac_key_file.as_ref())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let jwt = match &config.jwt {
@@ -92,6 +94,7 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
         paths: config.rules.clone(),
         hmac_key_file: config.hmac_key_file.clone(),
         jwt: config.jwt.clone().zip(jwt.clone()),
+        loaded,
     };
     let mut proxy = AuditProxy::new(
         rules,

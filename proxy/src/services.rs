@@ -57,7 +57,13 @@ pub(crate) struct ReloadService {
     pub(crate) hmac_key_file: Option<PathBuf>,
     /// The `jwt:` config and the keys in use, re-read with the rules.
     pub(crate) jwt: Option<(JwtConfig, Arc<ArcSwap<Verifier>>)>,
+    /// The files as they were just before the rules in use were loaded: a change made
+    /// between that load and this service's start is a change too.
+    pub(crate) loaded: Fingerprint,
 }
+
+/// Name, size and modification time of every rule and key file.
+pub(crate) type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>)>;
 
 impl ReloadService {
     /// Loads the rule set as configured.
@@ -97,39 +103,44 @@ impl ReloadService {
         }
     }
 
-    /// Name, size and modification time of every rule file: a change in any is a change.
-    fn fingerprint(&self) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
-        let mut out = Vec::new();
-        let key_files = self.jwt.iter().flat_map(|(c, _)| {
-            [&c.hs256_secret_file, &c.jwks_file]
-                .into_iter()
-                .flatten()
-                .cloned()
-        });
-        for path in self.paths.iter().cloned().chain(key_files) {
-            let mut files = vec![path.clone()];
-            if path.is_dir() {
-                files = std::fs::read_dir(&path)
-                    .map(|entries| {
-                        entries
-                            .filter_map(|e| e.ok().map(|e| e.path()))
-                            .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                files.sort();
-            }
-            for file in files {
-                let meta = std::fs::metadata(&file).ok();
-                out.push((
-                    file,
-                    meta.as_ref().map_or(0, |m| m.len()),
-                    meta.and_then(|m| m.modified().ok()),
-                ));
-            }
-        }
-        out
+    fn fingerprint(&self) -> Fingerprint {
+        fingerprint(&self.paths, self.jwt.as_ref().map(|(c, _)| c))
     }
+}
+
+/// The [`Fingerprint`] of the rule files (or directories) `paths` and the key files `jwt`
+/// names: a change in any is a change.
+pub(crate) fn fingerprint(paths: &[PathBuf], jwt: Option<&JwtConfig>) -> Fingerprint {
+    let mut out = Vec::new();
+    let key_files = jwt.into_iter().flat_map(|c| {
+        [&c.hs256_secret_file, &c.jwks_file]
+            .into_iter()
+            .flatten()
+            .cloned()
+    });
+    for path in paths.iter().cloned().chain(key_files) {
+        let mut files = vec![path.clone()];
+        if path.is_dir() {
+            files = std::fs::read_dir(&path)
+                .map(|entries| {
+                    entries
+                        .filter_map(|e| e.ok().map(|e| e.path()))
+                        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+                        .collect()
+                })
+                .unwrap_or_default();
+            files.sort();
+        }
+        for file in files {
+            let meta = std::fs::metadata(&file).ok();
+            out.push((
+                file,
+                meta.as_ref().map_or(0, |m| m.len()),
+                meta.and_then(|m| m.modified().ok()),
+            ));
+        }
+    }
+    out
 }
 
 #[async_trait]
@@ -144,7 +155,7 @@ impl BackgroundService for ReloadService {
                 None
             }
         };
-        let mut seen = self.fingerprint();
+        let mut seen = self.loaded.clone();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {

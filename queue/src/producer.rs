@@ -301,7 +301,7 @@ impl Shared {
             }
             Err(e) => {
                 drop(spool);
-                self.dropped(1, &e.to_string());
+                self.dropped(1, e);
                 Err(Dropped)
             }
         }
@@ -309,7 +309,9 @@ impl Shared {
 
     /// Counts lost records and warns, at most once every 10 s, so that loss is never silent
     /// and never floods the log.
-    fn dropped(&self, n: u64, why: &str) {
+    fn dropped(&self, n: u64, why: impl std::fmt::Display) {
+        // `why` is formatted only when the warning is written: a full spool drops on every
+        // request, and the request path does not format strings it throws away.
         self.counters.dropped.add(n);
         if self.drop_warnings.allow() {
             tracing::warn!(

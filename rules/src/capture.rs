@@ -60,8 +60,9 @@ impl BodyCapture {
         (!self.truncated).then_some(self.bytes.as_slice())
     }
 
-    /// The whole body as templates read it: decoded when the message's `Content-Encoding`
-    /// lines (give them all, or `None`) name `gzip`, `deflate` or `br` (or a list of them), since upstreams compress JSON for
+    /// The whole body as templates read it. `content_encoding` is every `Content-Encoding`
+    /// line of the message (`None` when it has none); the body is decoded when they name
+    /// `gzip`, `deflate` or `br` (or a list of them), since upstreams compress JSON for
     /// clients that accept it. `None` when the body was not captured whole, is encoded some
     /// other way, does not decode, or decodes to more than the capture limit — the limit
     /// bounds what a compressed body can expand to.
@@ -92,23 +93,22 @@ impl BodyCapture {
         let mut body = Cow::Borrowed(whole);
         // Encodings are listed in the order they were applied: undo them from the last.
         for coding in codings.into_iter().rev() {
-            body = match coding.to_ascii_lowercase().as_str() {
-                "" | "identity" => body,
-                "gzip" | "x-gzip" => Cow::Owned(read_bounded(
-                    flate2::read::MultiGzDecoder::new(&*body),
-                    self.limit,
-                )?),
+            let is = |name: &str| coding.eq_ignore_ascii_case(name);
+            body = if coding.is_empty() || is("identity") {
+                body
+            } else if is("gzip") || is("x-gzip") {
+                let gzip = flate2::read::MultiGzDecoder::new(&*body);
+                Cow::Owned(read_bounded(gzip, self.limit)?)
+            } else if is("deflate") {
                 // HTTP's deflate is zlib-wrapped; some servers send it raw all the same.
-                "deflate" => Cow::Owned(
-                    read_bounded(flate2::read::ZlibDecoder::new(&*body), self.limit).or_else(
-                        || read_bounded(flate2::read::DeflateDecoder::new(&*body), self.limit),
-                    )?,
-                ),
-                "br" => Cow::Owned(read_bounded(
-                    brotli_decompressor::Decompressor::new(&*body, 4096),
-                    self.limit,
-                )?),
-                _ => return None,
+                let zlib = flate2::read::ZlibDecoder::new(&*body);
+                let raw = || read_bounded(flate2::read::DeflateDecoder::new(&*body), self.limit);
+                Cow::Owned(read_bounded(zlib, self.limit).or_else(raw)?)
+            } else if is("br") {
+                let br = brotli_decompressor::Decompressor::new(&*body, 4096);
+                Cow::Owned(read_bounded(br, self.limit)?)
+            } else {
+                return None;
             };
         }
         Some(body)

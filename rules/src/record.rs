@@ -188,8 +188,9 @@ pub struct RecordRef<'a> {
     pub response: ResponseInfo,
     /// See [`AuditRecord::outcome`].
     pub outcome: Outcome,
-    /// See [`AuditRecord::details`]; in name order, as a JSON object keeps them.
-    pub details: Vec<(&'a str, Value)>,
+    /// In name order, without repeats (the order of the JSON object `write_json` writes):
+    /// private so that it stays so.
+    details: Vec<(&'a str, Value)>,
 }
 
 /// [`Actor`], borrowed.
@@ -262,6 +263,11 @@ impl<'a> RecordRef<'a> {
             outcome,
             details,
         }
+    }
+
+    /// See [`AuditRecord::details`]: the rule's details, in name order.
+    pub fn details(&self) -> &[(&'a str, Value)] {
+        &self.details
     }
 
     /// Appends the record's JSON to `out`: the bytes `serde_json` writes for

@@ -303,6 +303,7 @@ fn the_request_id_goes_upstream_and_back_and_unmatched_calls_are_untouched() {
         "/echo",
         &[
             ("X-Forwarded-For", "203.0.113.9"),
+            ("X-Forwarded-For", ""),
             ("X-Forwarded-For", "198.51.100.7, 10.0.0.2"),
         ],
         b"",
@@ -317,6 +318,10 @@ fn the_request_id_goes_upstream_and_back_and_unmatched_calls_are_untouched() {
     let moved = http(&proxy.addr, "GET", "/redirect?to=/v1/files/f9", &[], b"").unwrap();
     assert_eq!(moved.status, 302);
     assert_eq!(moved.header("location"), Some("/v1/files/f9"));
+    // Never made into `//host`, which would send the client to another host.
+    let away = http(&proxy.addr, "GET", "/redirect?to=//evil.example/", &[], b"").unwrap();
+    let absolute = format!("http://{}//evil.example/", upstream.addr);
+    assert_eq!(away.header("location"), Some(absolute.as_str()));
 
     let made = http(&proxy.addr, "POST", "/echo", &[], b"").unwrap();
     let generated = made
