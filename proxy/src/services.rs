@@ -39,9 +39,19 @@ impl BackgroundService for QueueService {
         }
         let _ = shutdown.changed().await;
         // Listeners have stopped; requests in flight still make records. Wait for them, but
-        // leave a second of the grace period for the flush itself.
+        // leave a second of the grace period for the flush itself. "None in flight" must hold
+        // for a moment: a connection accepted just before the stop may not have reached
+        // `request_filter` yet, and its record would otherwise come after the flush (into the
+        // spool, kept for the next start, but not in Redis).
+        const QUIET: Duration = Duration::from_millis(300);
         let deadline = Instant::now() + self.grace.saturating_sub(Duration::from_secs(1));
-        while self.in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+        let mut quiet_since = Instant::now();
+        while Instant::now() < deadline {
+            if self.in_flight.load(Ordering::Relaxed) > 0 {
+                quiet_since = Instant::now();
+            } else if quiet_since.elapsed() >= QUIET {
+                break;
+            }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         self.queue.shutdown().await;

