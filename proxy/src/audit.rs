@@ -284,7 +284,8 @@ impl ProxyHttp for AuditProxy {
                     forwarded.push_str(", ");
                 }
             }
-            forwarded.push_str(&peer.ip().to_string());
+            // Writing into a String cannot fail.
+            let _ = std::fmt::Write::write_fmt(&mut forwarded, format_args!("{}", peer.ip()));
             upstream_request.insert_header("x-forwarded-for", forwarded)?;
         }
         Ok(())

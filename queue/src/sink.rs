@@ -111,8 +111,8 @@ impl OriginStamp {
         }
         json.extend_from_slice(&self.prefix);
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        json.extend_from_slice(seq.to_string().as_bytes());
-        json.extend_from_slice(b"}}");
+        // Written into the buffer: no string per record. Writing to a Vec cannot fail.
+        let _ = std::io::Write::write_fmt(&mut json, format_args!("{seq}}}}}"));
         Ok(json)
     }
 

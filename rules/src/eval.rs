@@ -17,6 +17,7 @@ use crate::model::{FileMeta, OnQueueFailure, Rule, When};
 use crate::path::decode_param;
 use crate::record::{
     ActorRef, AuditRecord, Outcome, RecordRef, RequestRef, ResourceRef, ResponseInfo,
+    SCHEMA_VERSION,
 };
 use crate::template::{Lookup, Source, Template, into_text, pointer, to_text};
 
@@ -323,16 +324,17 @@ impl Match {
             Some(status) => Outcome::from_status(status),
             None => Outcome::Aborted,
         });
-        Some(RecordRef::new(
-            uuid_at(call.time),
-            call.time,
-            (call.duration.as_secs_f64() * 1_000_000.0).round() / 1000.0,
-            &file.service,
-            rule.map_or(UNMATCHED_OPERATION, |r| &r.operation),
-            rule.map(|r| r.id.as_str()),
+        Some(RecordRef {
+            schema: SCHEMA_VERSION,
+            id: uuid_at(call.time),
+            time: call.time,
+            duration_ms: (call.duration.as_secs_f64() * 1_000_000.0).round() / 1000.0,
+            service: &file.service,
+            operation: rule.map_or(UNMATCHED_OPERATION, |r| &r.operation),
+            rule: rule.map(|r| r.id.as_str()),
             description,
             actor,
-            RequestRef {
+            request: RequestRef {
                 id: request_id,
                 method: call.method.as_str(),
                 path: &self.path,
@@ -344,12 +346,12 @@ impl Match {
                     .map(|v| String::from_utf8_lossy(v.as_bytes())),
             },
             resources,
-            ResponseInfo {
+            response: ResponseInfo {
                 status: call.status,
             },
             outcome,
             details,
-        ))
+        })
     }
 }
 

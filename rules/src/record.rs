@@ -163,7 +163,8 @@ pub struct Origin {
 /// operation and route and the request's path stay borrowed, so nothing is copied to send it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RecordRef<'a> {
-    schema: u32,
+    /// Always [`SCHEMA_VERSION`].
+    pub(crate) schema: u32,
     /// See [`AuditRecord::id`].
     pub id: Uuid,
     /// See [`AuditRecord::time`].
@@ -189,8 +190,8 @@ pub struct RecordRef<'a> {
     /// See [`AuditRecord::outcome`].
     pub outcome: Outcome,
     /// In name order, without repeats (the order of the JSON object `write_json` writes):
-    /// private so that it stays so.
-    details: Vec<(&'a str, Value)>,
+    /// private to the crate so that it stays so.
+    pub(crate) details: Vec<(&'a str, Value)>,
 }
 
 /// [`Actor`], borrowed.
@@ -231,40 +232,6 @@ pub struct ResourceRef<'a> {
 }
 
 impl<'a> RecordRef<'a> {
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new(
-        id: Uuid,
-        time: DateTime<Utc>,
-        duration_ms: f64,
-        service: &'a str,
-        operation: &'a str,
-        rule: Option<&'a str>,
-        description: Option<String>,
-        actor: Option<ActorRef<'a>>,
-        request: RequestRef<'a>,
-        resources: Vec<ResourceRef<'a>>,
-        response: ResponseInfo,
-        outcome: Outcome,
-        details: Vec<(&'a str, Value)>,
-    ) -> Self {
-        RecordRef {
-            schema: SCHEMA_VERSION,
-            id,
-            time,
-            duration_ms,
-            service,
-            operation,
-            rule,
-            description,
-            actor,
-            request,
-            resources,
-            response,
-            outcome,
-            details,
-        }
-    }
-
     /// See [`AuditRecord::details`]: the rule's details, in name order.
     pub fn details(&self) -> &[(&'a str, Value)] {
         &self.details
@@ -278,36 +245,21 @@ impl<'a> RecordRef<'a> {
     pub fn write_json(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"schema\":");
         push_u64(out, self.schema.into());
-        out.extend_from_slice(b",\"id\":\"");
         let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        out.extend_from_slice(self.id.hyphenated().encode_lower(&mut id).as_bytes());
-        out.extend_from_slice(b"\",\"time\":");
-        let mut time = [0u8; 27];
-        match write_micros(&self.time, &mut time) {
-            Some(text) => push_str(out, text),
-            None => push_str(out, &self.time.to_rfc3339_opts(SecondsFormat::Micros, true)),
-        }
-        out.extend_from_slice(b",\"duration_ms\":");
+        field(out, b"id", self.id.hyphenated().encode_lower(&mut id));
+        with_micros(&self.time, |time| field(out, b"time", time));
+        key(out, b"duration_ms");
         push_value(out, &self.duration_ms);
-        out.extend_from_slice(b",\"service\":");
-        push_str(out, self.service);
-        out.extend_from_slice(b",\"operation\":");
-        push_str(out, self.operation);
-        if let Some(rule) = self.rule {
-            out.extend_from_slice(b",\"rule\":");
-            push_str(out, rule);
-        }
-        if let Some(description) = &self.description {
-            out.extend_from_slice(b",\"description\":");
-            push_str(out, description);
-        }
-        out.extend_from_slice(b",\"actor\":");
+        field(out, b"service", self.service);
+        field(out, b"operation", self.operation);
+        optional(out, b"rule", self.rule);
+        optional(out, b"description", self.description.as_deref());
+        key(out, b"actor");
         match &self.actor {
             Some(actor) => {
                 out.extend_from_slice(b"{\"id\":");
                 push_str(out, &actor.id);
-                out.extend_from_slice(b",\"source\":");
-                push_str(out, &actor.source);
+                field(out, b"source", &actor.source);
                 out.push(b'}');
             }
             None => out.extend_from_slice(b"null"),
@@ -315,22 +267,11 @@ impl<'a> RecordRef<'a> {
         let request = &self.request;
         out.extend_from_slice(b",\"request\":{\"id\":");
         push_str(out, &request.id);
-        out.extend_from_slice(b",\"method\":");
-        push_str(out, request.method);
-        out.extend_from_slice(b",\"path\":");
-        push_str(out, request.path);
-        if let Some(route) = request.route {
-            out.extend_from_slice(b",\"route\":");
-            push_str(out, route);
-        }
-        if let Some(client_ip) = request.client_ip {
-            out.extend_from_slice(b",\"client_ip\":");
-            push_str(out, client_ip);
-        }
-        if let Some(user_agent) = &request.user_agent {
-            out.extend_from_slice(b",\"user_agent\":");
-            push_str(out, user_agent);
-        }
+        field(out, b"method", request.method);
+        field(out, b"path", request.path);
+        optional(out, b"route", request.route);
+        optional(out, b"client_ip", request.client_ip);
+        optional(out, b"user_agent", request.user_agent.as_deref());
         out.extend_from_slice(b"},\"resources\":[");
         for (i, resource) in self.resources.iter().enumerate() {
             if i > 0 {
@@ -338,14 +279,8 @@ impl<'a> RecordRef<'a> {
             }
             out.extend_from_slice(b"{\"type\":");
             push_str(out, &resource.kind);
-            if let Some(id) = &resource.id {
-                out.extend_from_slice(b",\"id\":");
-                push_str(out, id);
-            }
-            if let Some(path) = &resource.path {
-                out.extend_from_slice(b",\"path\":");
-                push_str(out, path);
-            }
+            optional(out, b"id", resource.id.as_deref());
+            optional(out, b"path", resource.path.as_deref());
             out.push(b'}');
         }
         out.extend_from_slice(b"],\"response\":{\"status\":");
@@ -353,9 +288,9 @@ impl<'a> RecordRef<'a> {
             Some(status) => push_u64(out, status.into()),
             None => out.extend_from_slice(b"null"),
         }
-        out.extend_from_slice(b"},\"outcome\":\"");
-        out.extend_from_slice(self.outcome.as_str().as_bytes());
-        out.extend_from_slice(b"\",\"details\":{");
+        out.push(b'}');
+        field(out, b"outcome", self.outcome.as_str());
+        out.extend_from_slice(b",\"details\":{");
         for (i, (name, value)) in self.details.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
@@ -413,10 +348,16 @@ impl<'a> RecordRef<'a> {
 
 /// `2026-11-22T10:00:00.123456Z`: RFC 3339, UTC, microseconds.
 fn micros<S: Serializer>(time: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    with_micros(time, |text| s.serialize_str(text))
+}
+
+/// Hands `time` as [`micros`] writes it to `f`: from a stack buffer, or from chrono for what
+/// the fixed layout cannot hold.
+fn with_micros<R>(time: &DateTime<Utc>, f: impl FnOnce(&str) -> R) -> R {
     let mut text = [0u8; 27];
     match write_micros(time, &mut text) {
-        Some(text) => s.serialize_str(text),
-        None => s.serialize_str(&time.to_rfc3339_opts(SecondsFormat::Micros, true)),
+        Some(text) => f(text),
+        None => f(&time.to_rfc3339_opts(SecondsFormat::Micros, true)),
     }
 }
 
@@ -455,6 +396,27 @@ fn write_micros<'b>(time: &DateTime<Utc>, out: &'b mut [u8; 27]) -> Option<&'b s
     }
     out[26] = b'Z';
     std::str::from_utf8(out).ok()
+}
+
+/// `,"name":` (names here need no escaping).
+fn key(out: &mut Vec<u8>, name: &[u8]) {
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(name);
+    out.extend_from_slice(b"\":");
+}
+
+/// `,"name":"value"`.
+fn field(out: &mut Vec<u8>, name: &[u8], value: &str) {
+    key(out, name);
+    push_str(out, value);
+}
+
+/// [`field`] when there is a value; nothing when there is none (serde's
+/// `skip_serializing_if = "Option::is_none"`).
+fn optional(out: &mut Vec<u8>, name: &[u8], value: Option<&str>) {
+    if let Some(value) = value {
+        field(out, name, value);
+    }
 }
 
 /// A JSON string: copied whole when nothing in it needs escaping, else escaped by serde_json.
@@ -558,16 +520,17 @@ mod tests {
         let far = DateTime::<Utc>::from_timestamp(300_000_000_000, 0).unwrap();
         assert_eq!(write_micros(&far, &mut buf), None);
         let mut json = Vec::new();
-        RecordRef::new(
-            Uuid::nil(),
-            far,
-            0.0,
-            "s",
-            "o",
-            None,
-            None,
-            None,
-            RequestRef {
+        RecordRef {
+            schema: SCHEMA_VERSION,
+            id: Uuid::nil(),
+            time: far,
+            duration_ms: 0.0,
+            service: "s",
+            operation: "o",
+            rule: None,
+            description: None,
+            actor: None,
+            request: RequestRef {
                 id: "r".into(),
                 method: "GET",
                 path: "/",
@@ -575,11 +538,11 @@ mod tests {
                 client_ip: None,
                 user_agent: None,
             },
-            Vec::new(),
-            ResponseInfo { status: None },
-            Outcome::Aborted,
-            Vec::new(),
-        )
+            resources: Vec::new(),
+            response: ResponseInfo { status: None },
+            outcome: Outcome::Aborted,
+            details: Vec::new(),
+        }
         .write_json(&mut json);
         let json: Value = serde_json::from_slice(&json).unwrap();
         assert_eq!(
