@@ -79,8 +79,10 @@ try {
   // A time interval, typed in local time.
   const recs = (await api("/api/v1/records?limit=1000")).records;
   const mid = new Date(recs[Math.floor(recs.length / 2)].time);
-  // What a user in Paris types into the browser's date-time fields.
-  const local = (d) => d.toLocaleString("sv-SE", { timeZone: "Europe/Paris" }).replace(" ", "T");
+  // What a user in Paris types into the browser's date-time fields, in the form the field
+  // keeps: HTML normalises a time with zero seconds to "HH:MM", and playwright's fill refuses
+  // a value the field rewrites ("Malformed value"), so ":00" is left off as the field would.
+  const local = (d) => d.toLocaleString("sv-SE", { timeZone: "Europe/Paris" }).replace(" ", "T").replace(/:00$/, "");
   const since = new Date(mid.getTime() - 10000), until = new Date(mid.getTime() + 10000);
   await apply(async () => {
     await page.fill("input[name=since]", local(since));
