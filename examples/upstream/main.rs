@@ -21,8 +21,9 @@
 //! - `/upgrade` with a WebSocket handshake (`Connection: Upgrade`, `Upgrade: websocket`,
 //!   `Sec-WebSocket-Key`) switches protocols (101) and then echoes every byte it reads: the
 //!   connection stays open both ways, as a WebSocket's does.
-//! - A JSON answer is gzip-compressed when the request's `Accept-Encoding` allows gzip, as
-//!   many APIs do: `response/` templates must read through it.
+//! - A JSON answer is compressed when the request's `Accept-Encoding` allows it, as many APIs
+//!   do: `zstd` first (as Caddy's `encode zstd gzip` prefers it), else `gzip`. `response/`
+//!   templates must read through it.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -62,41 +63,61 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 async fn any(query: Query<HashMap<String, String>>, request: Request) -> Response {
-    let gzip = request
-        .headers()
-        .get_all("accept-encoding")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|coding| {
-            let mut parts = coding.split(';').map(str::trim);
-            // `gzip;q=0` refuses gzip.
-            parts.next() == Some("gzip") && !parts.any(|p| p.replace(' ', "") == "q=0")
-        });
+    // Chosen in a block of its own: the closure borrows the request, whose body is not
+    // `Sync`, and must be gone before the await below for the future to be `Send`.
+    let coding = {
+        let accepts = |name: &str| {
+            request
+                .headers()
+                .get_all("accept-encoding")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .any(|coding| {
+                    let mut parts = coding.split(';').map(str::trim);
+                    // `gzip;q=0` refuses gzip.
+                    parts.next() == Some(name) && !parts.any(|p| p.replace(' ', "") == "q=0")
+                })
+        };
+        if accepts("zstd") {
+            Some("zstd")
+        } else if accepts("gzip") {
+            Some("gzip")
+        } else {
+            None
+        }
+    };
     let response = answer(query, request).await;
     let json = response
         .headers()
         .get("content-type")
         .is_some_and(|v| v.as_bytes() == b"application/json");
-    if !(gzip && json) {
+    let Some(coding) = coding.filter(|_| json) else {
         return response;
-    }
+    };
     let (mut parts, body) = response.into_parts();
     let body = body
         .collect()
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    let compressed = std::io::Write::write_all(&mut encoder, &body).and_then(|()| encoder.finish());
-    let Ok(compressed) = compressed else {
-        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    let compressed = if coding == "zstd" {
+        use ruzstd::encoding::{CompressionLevel, compress_to_vec};
+        compress_to_vec(&body[..], CompressionLevel::Fastest)
+    } else {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let written =
+            std::io::Write::write_all(&mut encoder, &body).and_then(|()| encoder.finish());
+        let Ok(compressed) = written else {
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        };
+        compressed
     };
     let headers = &mut parts.headers;
     headers.remove("content-length");
     headers.insert(
         "content-encoding",
-        axum::http::HeaderValue::from_static("gzip"),
+        axum::http::HeaderValue::from_static(coding),
     );
     headers.insert(
         "vary",

@@ -10,7 +10,7 @@
 //!   extension, and the client gets it back in the same header.
 //! - **Bodies**: `body/...` and `response/...` templates read the bodies *as they stream*
 //!   to the handler and to the client, up to the capture limit (64 KiB by default), decoded
-//!   first when they are sent `gzip`, `deflate` or `br`. The handler and the client see every
+//!   first when they are sent `gzip`, `deflate`, `br` or `zstd`. The handler and the client see every
 //!   byte unchanged; nothing waits for a whole body.
 //! - **Exactly one record** per matching call, emitted when the response body ends (or has
 //!   yielded its `Content-Length`, or at once when there is none to send: HEAD, 204, 304) —

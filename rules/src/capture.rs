@@ -62,7 +62,7 @@ impl BodyCapture {
 
     /// The whole body as templates read it. `content_encoding` is every `Content-Encoding`
     /// line of the message (`None` when it has none); the body is decoded when they name
-    /// `gzip`, `deflate` or `br` (or a list of them), since upstreams compress JSON for
+    /// `gzip`, `deflate`, `br` or `zstd` (or a list of them), since upstreams compress JSON for
     /// clients that accept it. `None` when the body was not captured whole, is encoded some
     /// other way, does not decode, or decodes to more than the capture limit — the limit
     /// bounds what a compressed body can expand to.
@@ -107,12 +107,36 @@ impl BodyCapture {
             } else if is("br") {
                 let br = brotli_decompressor::Decompressor::new(&*body, 4096);
                 Cow::Owned(read_bounded(br, self.limit)?)
+            } else if is("zstd") {
+                Cow::Owned(zstd_frames(&body, self.limit)?)
             } else {
                 return None;
             };
         }
         Some(body)
     }
+}
+
+/// The content of the zstd frames in `input`, one after another as the format allows, or
+/// `None` when that is more than `limit` bytes or does not decode.
+fn zstd_frames(mut input: &[u8], limit: usize) -> Option<Vec<u8>> {
+    // RFC 9659: HTTP's zstd coding uses windows of at most 8 MiB, and a decoder may refuse
+    // larger ones. Refusing them keeps a crafted frame from making the decoder reserve more.
+    const MAX_WINDOW: u64 = 8 << 20;
+    let mut out = Vec::new();
+    while !input.is_empty() {
+        // A skippable frame (magic 0x184D2A50..=5F, then a 4-byte length) carries no content.
+        if let [0x50..=0x5F, 0x2A, 0x4D, 0x18, a, b, c, d, rest @ ..] = input {
+            let length = u32::from_le_bytes([*a, *b, *c, *d]) as usize;
+            input = rest.get(length..)?;
+            continue;
+        }
+        let frame =
+            ruzstd::decoding::StreamingDecoder::new_with_max_window_size(&mut input, MAX_WINDOW)
+                .ok()?;
+        out.extend(read_bounded(frame, limit - out.len())?);
+    }
+    Some(out)
 }
 
 /// Everything `reader` yields, or `None` when that is more than `limit` bytes or unreadable.
@@ -151,6 +175,57 @@ mod tests {
         out
     }
 
+    fn zstd(bytes: &[u8]) -> Vec<u8> {
+        ruzstd::encoding::compress_to_vec(bytes, ruzstd::encoding::CompressionLevel::Fastest)
+    }
+
+    /// A zstd frame by hand: one raw block holding `content`, in a window of 2^`window_log`.
+    fn zstd_raw_frame(content: &[u8], window_log: u8) -> Vec<u8> {
+        let mut frame = vec![0x28, 0xB5, 0x2F, 0xFD];
+        // Descriptor: no content size, no checksum, not single-segment; then the window.
+        frame.extend([0x00, (window_log - 10) << 3]);
+        let block_header = 1 | (content.len() as u32) << 3; // last block, raw
+        frame.extend(&block_header.to_le_bytes()[..3]);
+        frame.extend(content);
+        frame
+    }
+
+    #[test]
+    fn zstd_frames_are_read_one_after_another_within_a_bounded_window() {
+        // Two frames (with checksums) and a skippable frame between them.
+        let mut body = zstd(br#"{"fileId":"#);
+        body.extend([0x5E, 0x2A, 0x4D, 0x18, 3, 0, 0, 0, 1, 2, 3]);
+        body.extend(zstd(br#""f1"}"#));
+        assert_eq!(
+            decoded(&captured(&body, 1024), "zstd").as_deref(),
+            Some(&br#"{"fileId":"f1"}"#[..])
+        );
+        // A skippable frame that claims more than there is.
+        let mut cut = zstd(JSON);
+        cut.extend([0x50, 0x2A, 0x4D, 0x18, 9, 0, 0, 0, 1]);
+        assert_eq!(decoded(&captured(&cut, 1024), "zstd"), None);
+        // Frames within the limit together, but not when together they pass it.
+        let twice = [zstd(&[b'7'; 60]), zstd(&[b'7'; 60])].concat();
+        assert_eq!(
+            decoded(&captured(&twice, 120), "zstd").map(|b| b.len()),
+            Some(120)
+        );
+        assert_eq!(decoded(&captured(&twice, 119), "zstd"), None);
+        // RFC 9659's 8 MiB window is read; a frame asking for more is refused, not reserved.
+        let small = zstd_raw_frame(JSON, 10);
+        assert_eq!(
+            decoded(&captured(&small, 1024), "zstd").as_deref(),
+            Some(JSON)
+        );
+        let at_most = zstd_raw_frame(JSON, 23);
+        assert_eq!(
+            decoded(&captured(&at_most, 1024), "zstd").as_deref(),
+            Some(JSON)
+        );
+        let huge = zstd_raw_frame(JSON, 24);
+        assert_eq!(decoded(&captured(&huge, 1024), "zstd"), None);
+    }
+
     fn decoded(capture: &BodyCapture, encoding: &'static str) -> Option<Vec<u8>> {
         capture
             .decoded(Some(&http::HeaderValue::from_static(encoding)))
@@ -182,6 +257,7 @@ mod tests {
             ("deflate", zlib.finish().unwrap()),
             ("deflate", raw.finish().unwrap()),
             ("br", brotli(JSON)),
+            ("zstd", zstd(JSON)),
             ("identity", JSON.to_vec()),
             // Applied gzip first, then br: undone br first.
             ("gzip, br", brotli(&gzip(JSON))),
@@ -198,6 +274,7 @@ mod tests {
     #[test]
     fn what_cannot_be_decoded_within_the_limit_is_not_read() {
         // Unknown encodings, and bytes that are not what the header says.
+        assert_eq!(decoded(&captured(JSON, 1024), "compress"), None);
         assert_eq!(decoded(&captured(JSON, 1024), "zstd"), None);
         assert_eq!(decoded(&captured(JSON, 1024), "gzip"), None);
         assert_eq!(decoded(&captured(JSON, 1024), "br"), None);
@@ -207,6 +284,9 @@ mod tests {
         let bomb = gzip(&vec![b' '; 1 << 20]);
         assert!(bomb.len() < 4096, "{}", bomb.len());
         assert_eq!(decoded(&captured(&bomb, 64 * 1024), "gzip"), None);
+        let bomb = zstd(&vec![b' '; 1 << 20]);
+        assert!(bomb.len() < 4096, "{}", bomb.len());
+        assert_eq!(decoded(&captured(&bomb, 64 * 1024), "zstd"), None);
         // Exactly at the limit still reads.
         let at_limit = vec![b'7'; 100];
         assert_eq!(

@@ -143,10 +143,37 @@ fn a_compressed_answer_passes_unchanged_and_its_fields_are_recorded() {
         .unwrap();
     let answer: serde_json::Value = serde_json::from_slice(&json).unwrap();
 
-    let got = records(&redis, 1);
+    // A client that takes zstd (as browsers do) gets zstd, which is read as well.
+    let created = http(
+        &proxy.addr,
+        "POST",
+        "/v1/files",
+        &[
+            ("Content-Type", "application/json"),
+            ("Accept-Encoding", "gzip, deflate, br, zstd"),
+            ("X-User-Id", "u_1"),
+        ],
+        br#"{"fileName":"elm.png","folder":"/forest"}"#,
+    )
+    .unwrap();
+    assert_eq!(created.status, 201);
+    assert_eq!(created.header("content-encoding"), Some("zstd"));
+    let mut json = Vec::new();
+    ruzstd::decoding::StreamingDecoder::new(&created.body[..])
+        .unwrap()
+        .read_to_end(&mut json)
+        .unwrap();
+    let zstd_answer: serde_json::Value = serde_json::from_slice(&json).unwrap();
+
+    let got = records(&redis, 2);
     assert_eq!(got[0].operation, "asset.upload");
     assert_eq!(got[0].resources[0].id.as_deref(), answer["fileId"].as_str());
     assert_eq!(got[0].resources[0].path.as_deref(), Some("/forest/oak.png"));
+    assert_eq!(
+        got[1].resources[0].id.as_deref(),
+        zstd_answer["fileId"].as_str()
+    );
+    assert_eq!(got[1].resources[0].path.as_deref(), Some("/forest/elm.png"));
 }
 
 /// Reads one HTTP/1.1 request with a `Content-Length` body; `None` at end of stream.
