@@ -44,7 +44,8 @@ pub(crate) enum RulesCommand {
         /// The upstream's response body (JSON), or @FILE.
         #[arg(long, value_name = "JSON")]
         response: Option<String>,
-        /// The key for `| hmac` filters; required when a rule uses one.
+        /// The key for `| hmac` filters. Without it, values a rule hashes are left out (with a
+        /// warning), never shown raw.
         #[arg(long, value_name = "F")]
         hmac_key_file: Option<PathBuf>,
         /// The client address, recorded in full.
@@ -148,6 +149,9 @@ fn test(
             return Ok(ExitCode::from(1));
         }
     };
+    for warning in set.warnings() {
+        eprintln!("warning: {warning}");
+    }
     let method = http::Method::from_bytes(req.method.to_ascii_uppercase().as_bytes())
         .with_context(|| format!("--method {:?} is not an HTTP method", req.method))?;
     let uri: http::Uri = req
@@ -191,8 +195,10 @@ fn test(
             Ok(ExitCode::SUCCESS)
         }
         None => {
-            println!(
-                "no rule matches ({} {} matched the path, but its `when` does not hold)",
+            // Exactly "no rule matches" on stdout, as for a path no rule names; why, on stderr.
+            println!("no rule matches");
+            eprintln!(
+                "{} {} matched the path, but its `when` does not hold",
                 found.operation(),
                 found.route().unwrap_or_default()
             );

@@ -31,8 +31,13 @@ pub(crate) struct Settings {
 
 impl<K: RecordSink + Clone> AuditLayer<K> {
     /// Audits calls matching `rules` into `sink`: a [`RedisQueue`](auditgate_queue::RedisQueue)
-    /// in production, a [`MemorySink`](auditgate_queue::MemorySink) in tests.
+    /// in production, a [`MemorySink`](auditgate_queue::MemorySink) in tests. What the rules
+    /// warn about ([`RuleSet::warnings`]: a rule that can never match, `| hmac` without a
+    /// key) is logged here, once, through `tracing`.
     pub fn new(rules: RuleSet, sink: K) -> Self {
+        for warning in rules.warnings() {
+            tracing::warn!("audit rules: {warning}");
+        }
         AuditLayer {
             settings: Arc::new(Settings {
                 rules,

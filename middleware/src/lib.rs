@@ -20,9 +20,8 @@
 //! - **`on_queue_failure: closed`**: when a matching rule says so and the sink cannot accept
 //!   a record durably, the call is answered `503` with a short JSON body and the handler is
 //!   not called.
-//! - **JWT claims** are read unverified (the record's `actor.source` says
-//!   `jwt/sub (unverified)`) unless an authentication layer in front inserted
-//!   [`VerifiedClaims`].
+//! - **JWT claims** are read unverified unless an authentication layer in front inserted
+//!   [`VerifiedClaims`], which `jwt/` templates then read instead.
 //!
 //! # Default setup
 //!
@@ -118,6 +117,6 @@ pub use service::Audit;
 pub struct RequestId(pub String);
 
 /// Claims of the caller's token that an authentication layer in front has verified. When
-/// present, `jwt/` templates read these and the actor is not marked `(unverified)`.
+/// present, `jwt/` templates read these instead of decoding the bearer token unverified.
 #[derive(Debug, Clone)]
 pub struct VerifiedClaims(pub serde_json::Value);

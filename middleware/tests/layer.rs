@@ -172,7 +172,7 @@ async fn a_rename_records_every_field() {
     );
     let actor = r.actor.unwrap();
     assert_eq!(actor.id, "u_jwt", "jwt/sub comes first");
-    assert_eq!(actor.source, "jwt/sub (unverified)");
+    assert_eq!(actor.source, "jwt/sub");
     assert_eq!(r.request.id, "req-42");
     assert_eq!(r.request.method, "PATCH");
     assert_eq!(r.request.path, "/v1/files/abc/details");
@@ -239,13 +239,17 @@ async fn actor_from_a_header_and_a_refused_call_is_a_failure() {
 }
 
 #[tokio::test]
-async fn verified_claims_from_an_auth_layer_are_not_marked_unverified() {
+async fn verified_claims_from_an_auth_layer_are_read_instead_of_the_token() {
     let sink = MemorySink::new();
     let app = app(&sink, Arc::default())
         .layer(axum::Extension(VerifiedClaims(json!({"sub": "u_checked"}))));
     send(
         app,
         Request::delete("/v1/files/abc")
+            .header(
+                "authorization",
+                format!("Bearer {}", jwt(json!({"sub": "u_forged"}))),
+            )
             .body(Body::empty())
             .unwrap(),
     )

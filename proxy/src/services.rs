@@ -76,7 +76,8 @@ pub(crate) struct ReloadService {
 pub(crate) type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>)>;
 
 impl ReloadService {
-    /// Loads the rule set as configured.
+    /// Loads the rule set as configured, and logs what it warns about (once per load, never
+    /// per request).
     pub(crate) fn load(
         paths: &[PathBuf],
         hmac_key_file: Option<&PathBuf>,
@@ -85,7 +86,11 @@ impl ReloadService {
         if let Some(key) = hmac_key_file {
             loader = loader.hmac_key_file(key)?;
         }
-        loader.load_all(paths)
+        let rules = loader.load_all(paths)?;
+        for warning in rules.warnings() {
+            tracing::warn!("rules: {warning}");
+        }
+        Ok(rules)
     }
 
     fn reload(&self, why: &str) {

@@ -19,7 +19,7 @@ use crate::record::{
     ActorRef, AuditRecord, Outcome, RecordRef, RequestRef, ResourceRef, ResponseInfo,
     SCHEMA_VERSION,
 };
-use crate::template::{Lookup, Source, Template, into_text, pointer, to_text};
+use crate::template::{Lookup, Template, into_text, pointer, to_text};
 
 /// The operation of a record for a mutating call that no rule matched (`unmatched: record`).
 pub const UNMATCHED_OPERATION: &str = "unmatched";
@@ -27,8 +27,8 @@ pub const UNMATCHED_OPERATION: &str = "unmatched";
 /// How far a bearer token's claims can be trusted.
 #[derive(Debug, Clone, Copy, Default)]
 pub enum Claims<'a> {
-    /// Decode the claims from `Authorization: Bearer` without checking the signature; an
-    /// actor read from them is marked `(unverified)` in `actor.source`.
+    /// Decode the claims from `Authorization: Bearer` without checking the signature (the
+    /// rules crate never verifies: whoever can, says so with `Verified` or `Absent`).
     #[default]
     Unverified,
     /// Claims whose signature the caller has checked.
@@ -286,17 +286,9 @@ impl Match {
         let actor_templates = rule.and_then(|r| r.actor.as_ref()).unwrap_or(&file.actor);
         let actor = actor_templates.iter().find_map(|t| {
             let id = t.eval_text(&lookup).filter(|s| !s.is_empty())?;
-            let source = t.source_name();
-            let source = if matches!(call.claims, Claims::Unverified)
-                && t.uses(|e| matches!(e.source, Source::Jwt(_)))
-            {
-                Cow::Owned(format!("{source} (unverified)"))
-            } else {
-                Cow::Borrowed(source)
-            };
             Some(ActorRef {
                 id: Cow::Owned(id),
-                source,
+                source: Cow::Borrowed(t.source_name()),
             })
         });
 

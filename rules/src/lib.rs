@@ -96,6 +96,8 @@ pub(crate) struct Inner {
     pub(crate) rules: Vec<Rule>,
     matcher: Matcher,
     pub(crate) hmac_key: Option<Box<[u8]>>,
+    /// What loaded but may not do what was meant: see [`RuleSet::warnings`].
+    warnings: Vec<Diagnostic>,
     /// The first file that says `unmatched: record`.
     unmatched: Option<usize>,
     /// The methods `unmatched: record` applies to (that file's default methods).
@@ -144,7 +146,8 @@ pub struct Summary {
 }
 
 impl Loader {
-    /// The key `| hmac` uses. Without one, a rule set that uses `hmac` does not load.
+    /// The key `| hmac` uses. Without one, a set that uses `hmac` loads with a warning and
+    /// leaves those values out of its records (never the raw value in their place).
     pub fn hmac_key(mut self, key: impl Into<Vec<u8>>) -> Self {
         self.hmac_key = Some(key.into());
         self
@@ -165,8 +168,9 @@ impl Loader {
         Ok(self.hmac_key(key))
     }
 
-    /// Checks the rules without needing the HMAC key (what `auditgate rules check` does). A
-    /// set loaded this way evaluates `| hmac` to nothing, never to the raw value.
+    /// Checks the rules as `auditgate rules check` does: no HMAC key is needed (`| hmac`
+    /// evaluates to nothing, never to the raw value), and what other loads only warn about
+    /// (a rule that can never match) is a problem.
     pub fn check_only(mut self) -> Self {
         self.check_only = true;
         self
@@ -208,7 +212,10 @@ impl Loader {
             }
         }
         load::check_ids(&files, &mut rules, &mut diags);
-        load::check_shadowing(&files, &rules, &mut diags);
+        // What still loads but may not do what the author meant: a warning for loaders, a
+        // problem for `rules check`.
+        let mut warnings = Vec::new();
+        load::check_shadowing(&files, &rules, &mut warnings);
         if self.hmac_key.is_none() && !self.check_only {
             for rule in &rules {
                 let file = &files[rule.file];
@@ -222,18 +229,22 @@ impl Loader {
                         .find("hmac")
                         .map_or(0, |i| t.text[..i].chars().count());
                     let at = t.pos.shifted(offset);
-                    diags.push(Diagnostic {
+                    warnings.push(Diagnostic {
                         file: file.path.clone(),
                         line: at.line,
                         col: at.col,
                         message: format!(
-                            "rule \"{}\" uses `| hmac` but no HMAC key was given: pass --hmac-key-file, set hmac_key_file in the proxy config, or call Loader::hmac_key",
+                            "rule \"{}\" uses `| hmac` but no HMAC key was given, so its records leave that value out: pass --hmac-key-file, set hmac_key_file in the proxy config, or call Loader::hmac_key",
                             rule.id
                         ),
                     });
                 }
             }
         }
+        if self.check_only {
+            diags.append(&mut warnings);
+        }
+        warnings.sort();
         if !diags.is_empty() {
             diags.sort();
             diags.dedup();
@@ -253,6 +264,7 @@ impl Loader {
                 rules,
                 matcher,
                 hmac_key: self.hmac_key.clone().map(Vec::into_boxed_slice),
+                warnings,
                 unmatched,
                 unmatched_methods,
                 record_headers,
@@ -308,6 +320,27 @@ impl RuleSet {
     /// Loads a set from text, naming it `name` in messages, without an HMAC key.
     pub fn from_yaml(name: impl AsRef<Path>, text: &str) -> Result<RuleSet, RulesError> {
         Loader::default().from_yaml(name, text)
+    }
+
+    /// What loaded but may not do what its author meant, each with its `FILE:LINE:COL`: a
+    /// rule that can never match (an earlier rule with the same methods and path shape and
+    /// no `when` takes its calls: ties go to file order), and `| hmac` without a key. Callers
+    /// that load rules (the proxy, a service with the layer) log these; `rules check`
+    /// reports them as problems.
+    ///
+    /// ```
+    /// use auditgate_rules::RuleSet;
+    ///
+    /// let set = RuleSet::from_yaml("rules.yaml", "version: 1\nservice: s\nrules:
+    ///   - { operation: a.first, method: POST, path: \"/x/{id}\" }
+    ///   - { operation: a.second, method: POST, path: \"/x/{other}\" }\n")?;
+    /// assert_eq!(set.warnings().len(), 1);
+    /// let warning = set.warnings()[0].to_string();
+    /// assert!(warning.starts_with("rules.yaml:5:7: rule \"a.second\" can never match"), "{warning}");
+    /// # Ok::<(), auditgate_rules::RulesError>(())
+    /// ```
+    pub fn warnings(&self) -> &[Diagnostic] {
+        &self.inner.warnings
     }
 
     /// Counts for a summary line.

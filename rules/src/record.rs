@@ -63,8 +63,7 @@ pub struct AuditRecord {
 pub struct Actor {
     /// The value, e.g. `u_123`.
     pub id: String,
-    /// The template that produced it, e.g. `jwt/sub`; `jwt/sub (unverified)` when the token's
-    /// signature was not checked.
+    /// The template that produced it, e.g. `jwt/sub` or `header.X-User-Id`.
     pub source: String,
 }
 

@@ -298,21 +298,32 @@ fn every_problem_is_reported_in_one_run() {
 }
 
 #[test]
-fn hmac_needs_a_key_to_load_but_not_to_check() {
+fn hmac_without_a_key_warns_and_leaves_the_value_out() {
     let text = with_rules(
-        "  - operation: secret.update\n    method: PUT\n    path: /s/{key}\n    details: { value: \"{body/value | hmac}\" }\n",
+        "  - operation: secret.update\n    method: PUT\n    path: /s/{key}\n    details: { value: \"{body/value | hmac}\", key: \"{path.key}\" }\n",
     );
-    let err = RuleSet::from_yaml("rules.yaml", &text).unwrap_err();
+    let set = RuleSet::from_yaml("rules.yaml", &text).unwrap();
+    let warnings: Vec<String> = set.warnings().iter().map(ToString::to_string).collect();
     assert_eq!(
-        err.to_string(),
-        "rules.yaml:7:38: rule \"secret.update\" uses `| hmac` but no HMAC key was given: pass --hmac-key-file, set hmac_key_file in the proxy config, or call Loader::hmac_key"
+        warnings,
+        [
+            "rules.yaml:7:38: rule \"secret.update\" uses `| hmac` but no HMAC key was given, so its records leave that value out: pass --hmac-key-file, set hmac_key_file in the proxy config, or call Loader::hmac_key"
+        ]
     );
-    assert!(
-        RuleSet::loader()
-            .check_only()
-            .from_yaml("rules.yaml", &text)
-            .is_ok()
+    let record = req("PUT", "/s/TOKEN")
+        .body(r#"{"value":"hunter2"}"#)
+        .record(&set)
+        .unwrap();
+    assert_eq!(
+        record.details,
+        json!({"key": "TOKEN"}).as_object().cloned().unwrap()
     );
+    // `rules check` needs no key and says nothing of it.
+    let checked = RuleSet::loader()
+        .check_only()
+        .from_yaml("rules.yaml", &text)
+        .unwrap();
+    assert!(checked.warnings().is_empty());
     let set = load(&text);
     let record = req("PUT", "/s/K")
         .body(r#"{"value":"s3cr3t"}"#)
@@ -379,15 +390,20 @@ fn a_directory_is_one_set() {
         "version: 1\nservice: three\nrules:\n  - { operation: c.x, method: POST, path: /x }\n",
     )
     .unwrap();
-    let err = RuleSet::load(dir.path()).unwrap_err().to_string();
     let a = dir.path().join("a.yaml");
-    assert!(
-        err.contains(&format!(
-            "c.x\" can never match: rule \"a.x\" at {}:4:7",
-            a.display()
-        )),
-        "{err}"
-    );
+    let expected = format!("c.x\" can never match: rule \"a.x\" at {}:4:7", a.display());
+    let err = RuleSet::loader()
+        .check_only()
+        .load(dir.path())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&expected), "{err}");
+    // Loading for use warns and lets file order decide, as DESIGN.md's ties do.
+    let set = RuleSet::load(dir.path()).unwrap();
+    assert_eq!(set.warnings().len(), 1);
+    assert!(set.warnings()[0].to_string().contains(&expected));
+    let r = req("POST", "/x").record(&set).unwrap();
+    assert_eq!((r.service.as_str(), r.operation.as_str()), ("one", "a.x"));
 
     let empty = tempfile::tempdir().unwrap();
     let err = RuleSet::load(empty.path()).unwrap_err().to_string();
@@ -627,7 +643,7 @@ fn the_full_record() {
             "operation": "asset.rename",
             "rule": "file-rename",
             "description": "Renamed file abc to tree.png",
-            "actor": { "id": "u_123", "source": "jwt/sub (unverified)" },
+            "actor": { "id": "u_123", "source": "jwt/sub" },
             "request": { "id": "req-1", "method": "PATCH", "path": "/v1/files/abc/details",
                          "route": "/v1/files/{fileId}/details", "client_ip": "203.0.113.0",
                          "user_agent": "curl/8.5.0" },
@@ -698,7 +714,7 @@ fn actor_sources_in_order() {
         ),
         Some(Actor {
             id: "u_j".into(),
-            source: "jwt/sub (unverified)".into()
+            source: "jwt/sub".into()
         })
     );
     // A token without `sub`, or not a JWT at all, falls through to the next source.
