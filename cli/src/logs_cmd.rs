@@ -36,11 +36,11 @@ pub(crate) struct LogsArgs {
     /// At or after this time (RFC 3339)
     #[arg(long)]
     since: Option<String>,
-    /// Before this time (RFC 3339)
+    /// At or before this time (RFC 3339)
     #[arg(long)]
     until: Option<String>,
     /// How many records at most (newest first); pages are followed up to this many.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 100)]
     limit: usize,
     /// One resource's history, oldest first, instead of the filtered log
     #[arg(long, value_name = "RESOURCE")]

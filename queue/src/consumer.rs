@@ -102,6 +102,15 @@ impl Consumer {
     /// Connects and creates the group (reading from the stream's beginning) when it is
     /// missing.
     pub async fn connect(config: ConsumerConfig) -> Result<Consumer, QueueError> {
+        let mut consumer = Consumer::new(config)?;
+        consumer.ensure_connected().await?;
+        Ok(consumer)
+    }
+
+    /// A consumer that connects (and creates the group) on its first read, and again after
+    /// any failure: a writer can start, and serve what it has stored, while Redis is away.
+    /// Only a URL that cannot be a Redis URL is an error here.
+    pub fn new(config: ConsumerConfig) -> Result<Consumer, QueueError> {
         let client = redis::Client::open(config.redis.url.as_str()).map_err(|source| {
             QueueError::InvalidUrl {
                 url: config.redis.url.clone(),
@@ -109,7 +118,7 @@ impl Consumer {
             }
         })?;
         let keys = config.redis.keys();
-        let mut consumer = Consumer {
+        Ok(Consumer {
             client,
             conn: None,
             claim_cursors: vec!["0-0".to_owned(); keys.len()],
@@ -119,9 +128,13 @@ impl Consumer {
             reread_own: true,
             next_claim: Instant::now(),
             dead_lettered: 0,
-        };
-        consumer.connection().await?;
-        Ok(consumer)
+        })
+    }
+
+    /// Connects now, if not connected: for a caller that wants to know at start whether Redis
+    /// answers. Reads connect by themselves.
+    pub async fn ensure_connected(&mut self) -> Result<(), QueueError> {
+        self.connection().await.map(|_| ())
     }
 
     /// Entries moved to the dead-letter stream by this consumer.

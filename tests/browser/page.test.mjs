@@ -88,7 +88,7 @@ try {
     await page.fill("input[name=since]", local(since));
     await page.fill("input[name=until]", local(until));
   });
-  const within = recs.filter((r) => new Date(r.time) >= new Date(Math.floor(since / 1000) * 1000) && new Date(r.time) < new Date(Math.floor(until / 1000) * 1000));
+  const within = recs.filter((r) => new Date(r.time) >= new Date(Math.floor(since / 1000) * 1000) && new Date(r.time) <= new Date(Math.floor(until / 1000) * 1000));
   await shows(page, ids(within), "time interval");
 
   // Paging: the second page is the API's second page.

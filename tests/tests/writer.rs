@@ -149,7 +149,8 @@ async fn filters_pages_history_export_auth(store: &str) {
         ),
         (
             "since=2026-11-20T00:01:40Z&until=2026-11-20T00:03:20Z",
-            Box::new(move |r| r.time >= since && r.time < until),
+            // Both ends inclusive: the records at 00:01:40 and at 00:03:20 are in.
+            Box::new(move |r| r.time >= since && r.time <= until),
         ),
         (
             "operation=asset.*&actor=u_2&outcome=success&since=2026-11-20T00:01:40Z",
@@ -193,6 +194,19 @@ async fn filters_pages_history_export_auth(store: &str) {
         )
         .json();
     assert_eq!(ids_of(&page), history);
+    // The other filters narrow a history too.
+    let page = writer
+        .get_as(
+            VIEWER_TOKEN,
+            "/api/v1/history?resource=/forest/f3.png&outcome=failure&limit=1000",
+        )
+        .json();
+    let mut failed = expect(&all, |r| {
+        r.resources[0].path.as_deref() == Some("/forest/f3.png") && r.outcome == Outcome::Failure
+    });
+    failed.reverse();
+    assert!(!failed.is_empty());
+    assert_eq!(ids_of(&page), failed);
 
     // Auth: no token, a wrong one, a viewer outside history.
     let anon = auditgate_tests::http(&writer.addr, "GET", "/api/v1/records", &[], b"").unwrap();
@@ -200,6 +214,26 @@ async fn filters_pages_history_export_auth(store: &str) {
     assert_eq!(writer.get_as("wrong", "/api/v1/records").status, 401);
     assert_eq!(writer.get_as(VIEWER_TOKEN, "/api/v1/records").status, 403);
     assert_eq!(writer.get_as(VIEWER_TOKEN, "/api/v1/export").status, 403);
+    // The scheme is case-insensitive; a token under another scheme is no token.
+    let as_header = |value: &str| {
+        auditgate_tests::http(
+            &writer.addr,
+            "GET",
+            "/api/v1/records?limit=1",
+            &[("Authorization", value)],
+            b"",
+        )
+        .unwrap()
+        .status
+    };
+    assert_eq!(
+        as_header(&format!("bearer {}", auditgate_tests::ADMIN_TOKEN)),
+        200
+    );
+    assert_eq!(
+        as_header(&format!("Basic {}", auditgate_tests::ADMIN_TOKEN)),
+        401
+    );
 
     // Bad filters: 400 and what to write instead.
     for (query, says) in [
@@ -232,11 +266,19 @@ async fn filters_pages_history_export_auth(store: &str) {
         .iter()
         .map(|r| r["id"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(
-        exported,
-        expect(&all, |r| r.operation.starts_with("asset.")
-            && r.outcome == Outcome::Failure)
-    );
+    let failed_assets = expect(&all, |r| {
+        r.operation.starts_with("asset.") && r.outcome == Outcome::Failure
+    });
+    assert_eq!(exported, failed_assets);
+    // A `/records` query string with its paging works as it is, and exports everything.
+    let first = writer.get("/api/v1/records?operation=asset.*&outcome=failure&limit=2");
+    let cursor = first.json()["next_cursor"].as_str().unwrap().to_owned();
+    let export = writer.get(&format!(
+        "/api/v1/export?operation=asset.*&outcome=failure&limit=2&cursor={cursor}"
+    ));
+    assert_eq!(export.status, 200);
+    let exported: Vec<Value> = serde_json::from_slice(&export.body).unwrap();
+    assert_eq!(exported.len(), failed_assets.len());
 
     // The operations the page's filter offers, and the page itself (no token needed for it).
     assert_eq!(
@@ -371,4 +413,30 @@ async fn a_writer_killed_mid_batch_and_restarted_stores_each_record_once() {
         "committed entries are deleted from the stream: {} left",
         redis.len("auditgate:records")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_started_before_redis_serves_its_store_and_drains_once_redis_is_up() {
+    let mut redis = RedisServer::stopped_on(auditgate_tests::free_port());
+    let writer = WriterProcess::start(&redis.url(), "sqlite://audit.db", "");
+    // Up without Redis: the API answers from the (empty) store.
+    let page = writer.get("/api/v1/records");
+    assert_eq!(page.status, 200, "{}", String::from_utf8_lossy(&page.body));
+    assert_eq!(page.json()["records"], serde_json::json!([]));
+    assert_eq!(
+        auditgate_tests::http(&writer.addr, "GET", "/healthz", &[], b"")
+            .unwrap()
+            .status,
+        200
+    );
+
+    redis.restart();
+    let all = load_fixture(&redis, 40).await;
+    assert!(
+        wait_until(Duration::from_secs(20), || writer.count() == 40),
+        "the writer stored {} of 40 once Redis was up",
+        writer.count()
+    );
+    let page = writer.get("/api/v1/records?limit=100");
+    assert_eq!(ids_of(&page.json()), expect(&all, |_| true));
 }

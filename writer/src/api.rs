@@ -70,7 +70,10 @@ impl AppState {
         let token = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            // The scheme is case-insensitive (RFC 9110 §11.1): `bearer T` is the same token.
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token)
             .ok_or_else(|| {
                 ApiError(
                     StatusCode::UNAUTHORIZED,
@@ -217,7 +220,7 @@ async fn history(
     QueryParams(params): QueryParams<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     state.authorize(&headers, Role::Viewer)?;
-    let mut query = parse_query(&params, &["resource", "limit", "cursor", "since", "until"])?;
+    let mut query = parse_query(&params, FILTERS)?;
     if query.resource.is_none() {
         return Err(bad("history needs resource=ID_OR_PATH"));
     }
@@ -231,12 +234,10 @@ async fn export(
     QueryParams(params): QueryParams<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     state.authorize(&headers, Role::Admin)?;
-    let allowed: Vec<&str> = FILTERS
-        .iter()
-        .copied()
-        .filter(|f| !matches!(*f, "limit" | "cursor"))
-        .collect();
-    let query = parse_query(&params, &allowed)?;
+    // Everything the filters select: paging parameters are read (a query string from
+    // `/records` can be reused as it is) but do not narrow an export.
+    let mut query = parse_query(&params, FILTERS)?;
+    query.cursor = None;
     let chunks = state.store.export(query);
     let stream = futures_util::stream::unfold(chunks, |mut rx| async move {
         let chunk = rx.recv().await?;

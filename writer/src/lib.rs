@@ -47,7 +47,12 @@ pub async fn run(config: WriterConfig, shutdown: impl Future<Output = ()>) -> an
     let mut consumer_config = ConsumerConfig::new(config.redis.clone(), name);
     consumer_config.batch = config.batch;
     consumer_config.claim_idle = Duration::from_secs(config.claim_idle_seconds);
-    let consumer = Consumer::connect(consumer_config).await?;
+    // Redis may be away at start (or start after the writer): the API serves what the store
+    // holds meanwhile, and the stream is read once Redis answers.
+    let mut consumer = Consumer::new(consumer_config)?;
+    if let Err(e) = consumer.ensure_connected().await {
+        tracing::warn!(error = %e, "Redis does not answer yet; serving the store and retrying");
+    }
 
     let tokens = config
         .tokens

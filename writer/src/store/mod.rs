@@ -62,7 +62,8 @@ pub struct Query {
     pub outcome: Option<Outcome>,
     /// `since=`: at or after.
     pub since: Option<DateTime<Utc>>,
-    /// `until=`: before.
+    /// `until=`: at or before (both ends of an interval are inclusive, as a person reading
+    /// "from 10:00 to 10:05" means them).
     pub until: Option<DateTime<Utc>>,
     /// Records per page.
     pub limit: usize,
@@ -322,7 +323,7 @@ pub(crate) fn page_sql(query: &Query, dialect: &Dialect) -> (String, Vec<Param>)
     }
     if let Some(until) = query.until {
         clauses.push(format!(
-            "r.time_us < {}",
+            "r.time_us <= {}",
             bind(Param::Int(until.timestamp_micros()))
         ));
     }
