@@ -1,7 +1,8 @@
 //! The proxy's YAML config (`auditgate proxy --config proxy.yaml`).
 //!
 //! Relative paths (rules, spool, key files) are read relative to the config file's folder, so
-//! a config and its files can move together.
+//! a config and its files can move together; a rule or key file that is not there but is in
+//! the working directory is read from there (a config kept apart from a checkout it names).
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -21,6 +22,8 @@ pub struct ProxyConfig {
     /// The API behind the proxy: `http://host:port` or `https://host:port`. Required.
     pub upstream: String,
     /// Rule files and directories, read as one set; reloaded on change and on SIGHUP. Required.
+    /// A single path may be written without the list.
+    #[serde(deserialize_with = "one_or_many")]
     pub rules: Vec<PathBuf>,
     /// The Redis stream records go to. Required.
     pub redis: RedisConfig,
@@ -30,10 +33,12 @@ pub struct ProxyConfig {
     /// How much of the client address records keep: `full`, `anonymized` (default) or `none`.
     #[serde(default, with = "client_ip_mode")]
     pub client_ip: ClientIpMode,
-    /// Peers whose `X-Forwarded-For` is believed (CIDR ranges). Default: none.
-    #[serde(default)]
+    /// Peers whose `X-Forwarded-For` is believed: CIDR ranges, or single addresses (a /32 or
+    /// /128). Default: none.
+    #[serde(default, deserialize_with = "ranges")]
     pub trusted_proxies: Vec<IpNet>,
-    /// The key `| hmac` templates use; required when a rule uses `hmac`. Default: none.
+    /// The key `| hmac` templates use. Without it, values a rule hashes are left out of
+    /// records (a warning at load). Default: none.
     #[serde(default)]
     pub hmac_key_file: Option<PathBuf>,
     /// Where Prometheus metrics (`/metrics`) and `/healthz` are served. Default: not served.
@@ -42,7 +47,7 @@ pub struct ProxyConfig {
     /// Worker threads of the proxy. Default 2.
     #[serde(default = "default_threads")]
     pub threads: usize,
-    /// Bearer-token verification. Default: claims are read unverified and records say so.
+    /// Bearer-token verification. Default: claims are read unverified.
     #[serde(default)]
     pub jwt: Option<JwtConfig>,
     /// Upstream timeouts.
@@ -157,22 +162,27 @@ impl ProxyConfig {
         })?;
         let mut config = ProxyConfig::from_yaml(path, &text)?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for rules in &mut config.rules {
-            *rules = base.join(&*rules);
-        }
+        // Files that must exist: next to the config, else in the working directory.
+        let existing = |file: &mut PathBuf| {
+            let beside = base.join(&*file);
+            if beside.exists() || !file.exists() {
+                *file = beside;
+            }
+        };
+        config.rules.iter_mut().for_each(existing);
         config.spool.dir = base.join(&config.spool.dir);
         for file in [&mut config.hmac_key_file, &mut config.upstream_ca_file]
             .into_iter()
             .flatten()
         {
-            *file = base.join(&*file);
+            existing(file);
         }
         if let Some(jwt) = &mut config.jwt {
             for file in [&mut jwt.hs256_secret_file, &mut jwt.jwks_file]
                 .into_iter()
                 .flatten()
             {
-                *file = base.join(&*file);
+                existing(file);
             }
         }
         Ok(config)
@@ -206,11 +216,24 @@ impl ProxyConfig {
         if config.threads == 0 {
             return Err(invalid("`threads` must be at least 1".into()));
         }
-        if config.listen.parse::<SocketAddr>().is_err() {
-            return Err(invalid(format!(
-                "`listen: {}` is not an address: write HOST:PORT, e.g. 127.0.0.1:8080",
-                config.listen
-            )));
+        // A host name (`localhost:8080`) is resolved once, here: what is bound is an address.
+        let mut config = config;
+        for (key, listen) in std::iter::once(("listen", &mut config.listen)).chain(
+            config
+                .metrics_listen
+                .as_mut()
+                .map(|l| ("metrics_listen", l)),
+        ) {
+            let resolved = listen.parse::<SocketAddr>().ok().or_else(|| {
+                let mut addrs = listen.to_socket_addrs().ok()?;
+                addrs.next()
+            });
+            let Some(addr) = resolved else {
+                return Err(invalid(format!(
+                    "`{key}: {listen}` is not an address: write HOST:PORT, e.g. 127.0.0.1:8080"
+                )));
+            };
+            *listen = addr.to_string();
         }
         if let Some(jwt) = &config.jwt
             && jwt.hs256_secret_file.is_none()
@@ -326,6 +349,39 @@ fn default_read_ms() -> u64 {
     60_000
 }
 
+/// A list, or one item written without the list (`rules: rules.yaml`).
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(PathBuf),
+        Many(Vec<PathBuf>),
+    }
+    match OneOrMany::deserialize(d) {
+        Ok(OneOrMany::One(path)) => Ok(vec![path]),
+        Ok(OneOrMany::Many(paths)) => Ok(paths),
+        Err(_) => Err(serde::de::Error::custom(
+            "`rules` is a rule file or directory, or a list of them: rules: [rules.yaml]",
+        )),
+    }
+}
+
+/// CIDR ranges; a bare address is the range of itself alone.
+fn ranges<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|text| {
+            text.parse::<IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "trusted_proxies: {text:?} is not an address or a CIDR range: write e.g. 10.0.0.0/8 or 127.0.0.1"
+                    ))
+                })
+        })
+        .collect()
+}
+
 mod client_ip_mode {
     use auditgate_rules::ClientIpMode;
     use serde::{Deserialize, Deserializer};
@@ -360,6 +416,84 @@ mod tests {
         assert_eq!(up.addr, "127.0.0.1:3000".parse().unwrap());
         assert!(!up.tls);
         assert_eq!(up.authority, "127.0.0.1:3000");
+    }
+
+    #[test]
+    fn plausible_spellings_are_read() {
+        let text = "listen: localhost:8080\nmetrics_listen: localhost:9100\nupstream: http://127.0.0.1:3000\nrules: rules.yaml\nredis: { url: \"redis://127.0.0.1:6379\" }\ntrusted_proxies: [127.0.0.1, 10.0.0.0/8, \"::1\"]\n";
+        let c = ProxyConfig::from_yaml(Path::new("proxy.yaml"), text).unwrap();
+        assert_eq!(c.rules, [PathBuf::from("rules.yaml")]);
+        let listen: SocketAddr = c.listen.parse().unwrap();
+        assert!(
+            listen.ip().is_loopback() && listen.port() == 8080,
+            "{listen}"
+        );
+        assert!(c.metrics_listen.unwrap().ends_with(":9100"));
+        let expected: Vec<IpNet> = ["127.0.0.1/32", "10.0.0.0/8", "::1/128"]
+            .iter()
+            .map(|n| n.parse().unwrap())
+            .collect();
+        assert_eq!(c.trusted_proxies, expected);
+
+        let err = ProxyConfig::from_yaml(
+            Path::new("p.yaml"),
+            &format!("{GOOD}trusted_proxies: [office]\n"),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("\"office\" is not an address or a CIDR range"),
+            "{err}"
+        );
+        let err = ProxyConfig::from_yaml(
+            Path::new("p.yaml"),
+            &GOOD.replace("listen: 127.0.0.1:8080", "listen: 8080"),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("`listen: 8080` is not an address"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn files_are_read_beside_the_config_else_from_the_working_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("beside.yaml"), "").unwrap();
+        // Cargo runs unit tests in the crate's folder, which holds Cargo.toml.
+        let config = dir.path().join("proxy.yaml");
+        std::fs::write(
+            &config,
+            GOOD.replace(
+                "rules: [rules.yaml]",
+                "rules: [beside.yaml, Cargo.toml, nowhere.yaml]",
+            ),
+        )
+        .unwrap();
+        let c = ProxyConfig::load(&config).unwrap();
+        assert_eq!(
+            c.rules,
+            [
+                dir.path().join("beside.yaml"),
+                PathBuf::from("Cargo.toml"),
+                dir.path().join("nowhere.yaml")
+            ]
+        );
+        assert_eq!(c.spool.dir, dir.path().join("spool"));
+    }
+
+    #[test]
+    fn the_example_config_loads_with_its_rules_and_key() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/proxy.yaml");
+        let c = ProxyConfig::load(path).unwrap();
+        let rules =
+            crate::services::ReloadService::load(&c.rules, c.hmac_key_file.as_ref()).unwrap();
+        assert!(rules.warnings().is_empty(), "{:?}", rules.warnings());
+        assert_eq!(rules.summary().files, 2);
+        assert_eq!(
+            c.trusted_proxies,
+            ["127.0.0.1/32".parse::<IpNet>().unwrap()]
+        );
     }
 
     #[test]

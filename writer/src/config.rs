@@ -108,3 +108,39 @@ fn default_commit_max() -> usize {
 fn default_batch() -> usize {
     512
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_loads_with_the_tokens_it_names() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+        let config = WriterConfig::load(format!("{dir}/writer.yaml")).unwrap();
+        let hex = |token: &str| {
+            use sha2::Digest;
+            sha2::Sha256::digest(token)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        };
+        let roles: Vec<(String, Role)> = config
+            .tokens
+            .iter()
+            .map(|t| (t.sha256.clone(), t.role))
+            .collect();
+        assert_eq!(
+            roles,
+            [
+                (hex("admin-token"), Role::Admin),
+                (hex("viewer-token"), Role::Viewer)
+            ]
+        );
+        assert!(
+            config.store.ends_with("examples/./audit.db"),
+            "{}",
+            config.store
+        );
+        assert_eq!(config.redis.group, "auditgate-writers");
+    }
+}
