@@ -238,7 +238,7 @@ impl PathPattern {
                     return err(
                         here,
                         format!(
-                            "bad parameter name \"{name}\": use letters, digits and '_', starting with a letter"
+                            "bad parameter name \"{name}\": use letters, digits, '_' and '-', starting with a letter"
                         ),
                     );
                 }
@@ -303,10 +303,12 @@ impl PathPattern {
     }
 }
 
+/// A parameter name: a letter or `_`, then letters, digits, `_` and `-` (OpenAPI specs name
+/// parameters `{file-id}` too).
 pub(crate) fn is_identifier(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 #[cfg(test)]

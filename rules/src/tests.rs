@@ -952,3 +952,13 @@ fn record_headers_keep_what_templates_read_and_nothing_else() {
     );
     assert_eq!(kept.get_all("x-tenant").iter().count(), 2);
 }
+
+#[test]
+fn parameter_names_may_hold_hyphens_as_openapi_specs_write_them() {
+    let set = load(&with_rules(
+        "  - operation: a.delete\n    method: DELETE\n    path: /v1/files/{file-id}\n    resources: [{ type: file, id: \"{path.file-id}\" }]\n",
+    ));
+    let r = req("DELETE", "/v1/files/f-7").record(&set).unwrap();
+    assert_eq!(r.resources[0].id.as_deref(), Some("f-7"));
+    assert_eq!(r.request.route.as_deref(), Some("/v1/files/{file-id}"));
+}
