@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod coverage_cmd;
 mod logs_cmd;
 mod rules_cmd;
 

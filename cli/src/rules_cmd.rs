@@ -52,11 +52,41 @@ pub(crate) enum RulesCommand {
         #[arg(long, value_name = "IP")]
         client_ip: Option<std::net::IpAddr>,
     },
+    /// List the mutating operations (POST, PUT, PATCH, DELETE) of an OpenAPI 3 or Swagger 2
+    /// description that no rule records, those recorded only when a rule's `when` holds, and
+    /// the rules no operation reaches. Exits 0 when every mutating operation has a rule, 1
+    /// otherwise.
+    #[command(
+        after_help = "Example:\n  auditgate rules coverage examples/rules/ --openapi openapi.yaml"
+    )]
+    Coverage {
+        /// A rule file or a directory of rule files.
+        #[arg(value_name = "RULES")]
+        rules: PathBuf,
+        /// The API description, YAML or JSON.
+        #[arg(long, value_name = "SPEC")]
+        openapi: PathBuf,
+        /// The path the operations live under on the server, when it is not the description's
+        /// `servers[0].url` path (3.x) or `basePath` (2.0); "" for none.
+        #[arg(long, value_name = "PATH")]
+        base_path: Option<String>,
+    },
 }
 
 pub(crate) fn run(command: RulesCommand) -> ExitCode {
     match command {
         RulesCommand::Check { paths } => check(&paths),
+        RulesCommand::Coverage {
+            rules,
+            openapi,
+            base_path,
+        } => match crate::coverage_cmd::run(&rules, &openapi, base_path.as_deref()) {
+            Ok(code) => code,
+            Err(err) => {
+                eprintln!("error: {err:#}");
+                ExitCode::from(1)
+            }
+        },
         RulesCommand::Test {
             rules,
             method,
@@ -110,7 +140,7 @@ fn check(paths: &[PathBuf]) -> ExitCode {
     }
 }
 
-fn report(err: &RulesError) {
+pub(crate) fn report(err: &RulesError) {
     eprintln!("{err}");
     let n = err.diagnostics().len();
     if n > 0 {

@@ -262,3 +262,79 @@ fn help_is_everywhere() {
         assert!(text(&out.stdout).contains("Usage: auditgate"), "{args:?}");
     }
 }
+
+#[test]
+fn coverage_lists_the_mutating_operations_no_rule_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write(
+        dir.path(),
+        "rules.yaml",
+        "version: 1\nservice: media\nrules:\n  - { operation: asset.delete, method: DELETE, path: \"/v1/files/{fileId}\" }\n  - { operation: asset.rename, method: PATCH, path: \"/v1/files/{fileId}\", when: { body: /name } }\n  - { operation: legacy.copy, method: POST, path: /v0/copy }\n",
+    );
+    let spec = write(
+        dir.path(),
+        "openapi.yaml",
+        "openapi: 3.0.3\nservers: [{ url: \"https://media.example.com/v1\" }]\npaths:\n  /files/{id}:\n    get: { operationId: getFile }\n    delete: { operationId: deleteFile }\n    patch: { operationId: updateFile }\n  /files/{id}/copy:\n    post: { operationId: copyFile }\n",
+    );
+    let args = |spec: &Path| {
+        auditgate(&[
+            "rules",
+            "coverage",
+            rules.to_str().unwrap(),
+            "--openapi",
+            spec.to_str().unwrap(),
+        ])
+    };
+    let out = args(&spec);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("3 mutating operations; 1 recorded by a rule, 1 only when a rule's `when` holds, 0 as `unmatched`, 1 not recorded"),
+        "{stdout}"
+    );
+    let section = |title: &str| {
+        stdout
+            .split("\n\n")
+            .find(|s| s.starts_with(title))
+            .unwrap_or_else(|| panic!("no {title:?} in {stdout}"))
+            .to_owned()
+    };
+    assert!(
+        section("not recorded").contains("POST   /v1/files/{id}/copy  copyFile"),
+        "{stdout}"
+    );
+    assert!(
+        section("recorded only when").contains("PATCH  /v1/files/{id}"),
+        "{stdout}"
+    );
+    assert!(
+        section("recorded only when").contains("asset.rename ("),
+        "{stdout}"
+    );
+    assert!(
+        section("rules no operation").contains("legacy.copy POST /v0/copy"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("getFile"),
+        "GET is not a mutation: {stdout}"
+    );
+
+    // Every mutating operation with a rule: exit 0.
+    let covered = write(
+        dir.path(),
+        "covered.json",
+        r#"{"swagger": "2.0", "basePath": "/v1", "paths": {"/files/{f}": {"delete": {}}}}"#,
+    );
+    let out = args(&covered);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+
+    // Not a description: exit 1 and why.
+    let out = args(&rules);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("not an OpenAPI description"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -57,6 +57,7 @@ use std::sync::Arc;
 use smallvec::SmallVec;
 
 mod capture;
+mod coverage;
 mod error;
 mod eval;
 mod load;
@@ -68,6 +69,7 @@ mod template;
 mod yaml;
 
 pub use capture::BodyCapture;
+pub use coverage::{Coverage, Recorded, RuleInfo};
 pub use error::{Diagnostic, RulesError};
 pub use eval::{
     Call, Claims, ClientIpMode, Match, UNMATCHED_OPERATION, bearer_token, decode_bearer_claims,
