@@ -1,11 +1,224 @@
 //! The stores against real databases, below the API: a large batch into PostgreSQL (split
 //! over two connections) stores each record once, duplicates included, and is found again
-//! by resource and in full.
+//! by resource and in full; records live in monthly partitions that retention drops whole;
+//! a store made before partitioning is moved into partitions at start.
 
 #![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed: the panic says where
 
+use auditgate_rules::Origin;
 use auditgate_tests::{PostgresServer, record};
 use auditgate_writer::store::{Incoming, PostgresStore, Query, Store};
+use chrono::{TimeZone, Utc};
+
+/// A plain connection to look at the tables the store made.
+async fn client(pg: &PostgresServer) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+async fn partitions(client: &tokio_postgres::Client, parent: &str) -> Vec<String> {
+    let rows = client
+        .query(
+            "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+             WHERE i.inhparent = $1::text::regclass ORDER BY 1",
+            &[&parent],
+        )
+        .await
+        .unwrap();
+    rows.iter().map(|r| r.get(0)).collect()
+}
+
+/// Record `n`, on the 10th of `month` 2026 at noon plus `n` seconds, from producer `p1`.
+fn in_month(month: u32, n: u64) -> Incoming {
+    let mut r = record(n);
+    r.time = Utc.with_ymd_and_hms(2026, month, 10, 12, 0, 0).unwrap()
+        + chrono::Duration::seconds(n as i64);
+    r.origin = Some(Origin {
+        kind: "proxy".into(),
+        instance: "p1".into(),
+        seq: n,
+    });
+    Incoming::from_record(r).unwrap()
+}
+
+async fn found(store: &PostgresStore, resource: &str) -> usize {
+    store
+        .query(&Query {
+            resource: Some(resource.into()),
+            limit: 100,
+            ..Query::default()
+        })
+        .await
+        .unwrap()
+        .records
+        .len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_records_live_in_monthly_partitions_that_retention_drops_whole() {
+    let pg = PostgresServer::start();
+    let store = PostgresStore::connect(&pg.url()).await.unwrap();
+    let db = client(&pg).await;
+    // Ten records each in September, October and November; origin.seq 1..=30.
+    let batch: Vec<Incoming> = (1..=30u64)
+        .map(|n| in_month(9 + ((n - 1) / 10) as u32, n))
+        .collect();
+    assert_eq!(store.insert(&batch).await.unwrap(), 30);
+    assert_eq!(
+        store.insert(&batch).await.unwrap(),
+        0,
+        "duplicates are ignored"
+    );
+    assert_eq!(
+        partitions(&db, "records").await,
+        ["records_p2026_09", "records_p2026_10", "records_p2026_11"]
+    );
+    assert_eq!(
+        partitions(&db, "resources").await,
+        [
+            "resources_p2026_09",
+            "resources_p2026_10",
+            "resources_p2026_11"
+        ]
+    );
+
+    // Up to October 10th 12:00:15: September goes as a partition, October's 11..=14 as rows.
+    let before = Utc.with_ymd_and_hms(2026, 10, 10, 12, 0, 15).unwrap();
+    assert_eq!(store.delete_before(before).await.unwrap(), 14);
+    assert_eq!(
+        partitions(&db, "records").await,
+        ["records_p2026_10", "records_p2026_11"]
+    );
+    assert_eq!(store.count().await.unwrap(), 16);
+    assert_eq!(found(&store, "f3").await, 0);
+    assert_eq!(found(&store, "f14").await, 0);
+    assert_eq!(found(&store, "f15").await, 1);
+    assert_eq!(found(&store, "/forest/file-25.png").await, 1);
+    // What retention deleted is not reported as lost.
+    assert!(store.gaps().await.unwrap().is_empty());
+
+    // A late September record makes its month again.
+    assert_eq!(store.insert(&[in_month(9, 31)]).await.unwrap(), 1);
+    assert_eq!(found(&store, "f31").await, 1);
+    assert_eq!(partitions(&db, "records").await.len(), 3);
+
+    // Another writer's retention drops that month behind this store's back: the next late
+    // record still lands.
+    db.batch_execute("DROP TABLE resources_p2026_09; DROP TABLE records_p2026_09;")
+        .await
+        .unwrap();
+    assert_eq!(store.insert(&[in_month(9, 32)]).await.unwrap(), 1);
+    assert_eq!(found(&store, "f32").await, 1);
+}
+
+/// The schema of stores made before partitioning.
+const UNPARTITIONED: &str = r#"
+CREATE TABLE records (
+    seq BIGSERIAL PRIMARY KEY, id TEXT NOT NULL UNIQUE, time_us BIGINT NOT NULL,
+    operation TEXT NOT NULL, actor TEXT, request_id TEXT NOT NULL, outcome TEXT NOT NULL,
+    status INTEGER, origin_instance TEXT, origin_seq BIGINT, record TEXT NOT NULL
+);
+CREATE INDEX records_time      ON records (time_us, seq);
+CREATE INDEX records_operation ON records (operation text_pattern_ops, time_us, seq);
+CREATE INDEX records_actor     ON records (actor, time_us, seq);
+CREATE INDEX records_request   ON records (request_id);
+CREATE INDEX records_outcome   ON records (outcome, time_us, seq);
+CREATE INDEX records_origin    ON records (origin_instance, origin_seq);
+CREATE TABLE resources (
+    key TEXT NOT NULL, time_us BIGINT NOT NULL,
+    record_seq BIGINT NOT NULL REFERENCES records (seq) ON DELETE CASCADE,
+    PRIMARY KEY (key, time_us, record_seq)
+);
+CREATE INDEX resources_record ON resources (record_seq);
+CREATE TABLE origin_floor (instance TEXT PRIMARY KEY, seq BIGINT NOT NULL);
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_store_made_before_partitioning_is_moved_into_partitions() {
+    let pg = PostgresServer::start();
+    let db = client(&pg).await;
+    db.batch_execute(UNPARTITIONED).await.unwrap();
+    let old: Vec<Incoming> = [(10, 1u64), (10, 2), (11, 3)]
+        .into_iter()
+        .map(|(month, n)| in_month(month, n))
+        .collect();
+    for r in &old {
+        let rec = &r.record;
+        let seq: i64 = db
+            .query_one(
+                "INSERT INTO records (id, time_us, operation, actor, request_id, outcome, status, origin_instance, origin_seq, record)
+                 VALUES ($1, $2, $3, NULL, $4, 'success', 200, 'p1', $5, $6) RETURNING seq",
+                &[
+                    &rec.id.to_string(),
+                    &rec.time.timestamp_micros(),
+                    &rec.operation,
+                    &rec.request.id,
+                    &(rec.origin.as_ref().unwrap().seq as i64),
+                    &r.json,
+                ],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        for key in [
+            rec.resources[0].id.clone().unwrap(),
+            rec.resources[0].path.clone().unwrap(),
+        ] {
+            db.execute(
+                "INSERT INTO resources (key, time_us, record_seq) VALUES ($1, $2, $3)",
+                &[&key, &rec.time.timestamp_micros(), &seq],
+            )
+            .await
+            .unwrap();
+        }
+    }
+
+    let store = PostgresStore::connect(&pg.url()).await.unwrap();
+    let kind: String = db
+        .query_one(
+            "SELECT relkind::text FROM pg_class WHERE oid = 'records'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(kind, "p", "records is partitioned now");
+    assert_eq!(
+        partitions(&db, "records").await,
+        ["records_p2026_10", "records_p2026_11"]
+    );
+    assert_eq!(store.count().await.unwrap(), 3);
+    assert_eq!(found(&store, "f2").await, 1);
+    assert_eq!(found(&store, "/forest/file-3.png").await, 1);
+    let id = old[0].record.id.to_string();
+    assert_eq!(
+        store.get(&id).await.unwrap().as_deref(),
+        Some(old[0].json.as_str())
+    );
+    // Stored records stay duplicates; a new one comes after them, newest first.
+    assert_eq!(store.insert(&old).await.unwrap(), 0);
+    assert_eq!(store.insert(&[in_month(11, 4)]).await.unwrap(), 1);
+    let newest = store
+        .query(&Query {
+            limit: 1,
+            ..Query::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        newest.records[0].contains("file-4.png"),
+        "{:?}",
+        newest.records
+    );
+
+    // A second start finds the partitioned tables and leaves them.
+    drop(store);
+    let again = PostgresStore::connect(&pg.url()).await.unwrap();
+    assert_eq!(again.count().await.unwrap(), 4);
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_postgres_batch_is_stored_once_across_both_halves() {

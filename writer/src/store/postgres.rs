@@ -1,4 +1,5 @@
-//! The store at scale: PostgreSQL, same tables and behaviour as the SQLite store.
+//! The store at scale: PostgreSQL, the same tables and behaviour as the SQLite store, with
+//! records and their resource keys partitioned by month.
 
 use std::sync::Arc;
 
@@ -13,10 +14,18 @@ use super::{
     StoreError, array_chunk, page_sql,
 };
 
-const SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS records (
-    seq             BIGSERIAL PRIMARY KEY,
-    id              TEXT   NOT NULL UNIQUE,
+/// The tables, partitioned by month of `time_us` (DESIGN.md: a time-partitioned table):
+/// retention drops whole months, and a query for a time interval reads only its months.
+/// PostgreSQL's unique keys on a partitioned table must hold the partition key, so a record is
+/// unique by `(time_us, id)`: a redelivered record carries its time with it. `{records}` and
+/// `{resources}` are the table names (a migration builds new tables beside the old ones).
+fn tables_sql(records: &str, resources: &str) -> String {
+    format!(
+        r#"
+CREATE SEQUENCE IF NOT EXISTS record_seqs;
+CREATE TABLE IF NOT EXISTS {records} (
+    seq             BIGINT NOT NULL DEFAULT nextval('record_seqs'),
+    id              TEXT   NOT NULL,
     time_us         BIGINT NOT NULL,
     operation       TEXT   NOT NULL,
     actor           TEXT,
@@ -25,31 +34,183 @@ CREATE TABLE IF NOT EXISTS records (
     status          INTEGER,
     origin_instance TEXT,
     origin_seq      BIGINT,
-    record          TEXT   NOT NULL
+    record          TEXT   NOT NULL,
+    PRIMARY KEY (time_us, seq),
+    UNIQUE (time_us, id)
+) PARTITION BY RANGE (time_us);
+CREATE TABLE IF NOT EXISTS {resources} (
+    key        TEXT   NOT NULL,
+    time_us    BIGINT NOT NULL,
+    record_seq BIGINT NOT NULL,
+    PRIMARY KEY (key, time_us, record_seq)
+) PARTITION BY RANGE (time_us);
+CREATE TABLE IF NOT EXISTS origin_floor (
+    instance TEXT PRIMARY KEY,
+    seq      BIGINT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS records_time      ON records (time_us, seq);
+"#
+    )
+}
+
+/// Indexes of the partitioned tables: each partition gets its own.
+const INDEXES: &str = r#"
+CREATE INDEX IF NOT EXISTS records_id        ON records (id);
+CREATE INDEX IF NOT EXISTS records_by_seq    ON records (seq);
 CREATE INDEX IF NOT EXISTS records_operation ON records (operation text_pattern_ops, time_us, seq);
 CREATE INDEX IF NOT EXISTS records_actor     ON records (actor, time_us, seq);
 CREATE INDEX IF NOT EXISTS records_request   ON records (request_id);
 CREATE INDEX IF NOT EXISTS records_outcome   ON records (outcome, time_us, seq);
 CREATE INDEX IF NOT EXISTS records_origin    ON records (origin_instance, origin_seq);
-CREATE TABLE IF NOT EXISTS resources (
-    key        TEXT   NOT NULL,
-    time_us    BIGINT NOT NULL,
-    record_seq BIGINT NOT NULL REFERENCES records (seq) ON DELETE CASCADE,
-    PRIMARY KEY (key, time_us, record_seq)
-);
-CREATE INDEX IF NOT EXISTS resources_record ON resources (record_seq);
-CREATE TABLE IF NOT EXISTS origin_floor (
-    instance TEXT PRIMARY KEY,
-    seq      BIGINT NOT NULL
-);
 "#;
 
-/// Records in a PostgreSQL database.
+/// Serialises partition creation between writers (`pg_advisory_xact_lock`).
+const PARTITION_LOCK: i64 = 0x6175_6469_7467_7465; // "auditgte"
+
+/// One month of records: the partitions `records_pYYYY_MM` and `resources_pYYYY_MM`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Month {
+    year: i32,
+    month: u32,
+}
+
+impl Month {
+    fn of(time_us: i64) -> Month {
+        use chrono::Datelike;
+        let t = DateTime::<Utc>::from_timestamp_micros(time_us).unwrap_or_default();
+        Month {
+            year: t.year(),
+            month: t.month(),
+        }
+    }
+
+    fn next(self) -> Month {
+        if self.month == 12 {
+            Month {
+                year: self.year + 1,
+                month: 1,
+            }
+        } else {
+            Month {
+                month: self.month + 1,
+                ..self
+            }
+        }
+    }
+
+    /// The first microsecond of the month.
+    fn start_us(self) -> i64 {
+        chrono::NaiveDate::from_ymd_opt(self.year, self.month, 1)
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+            .map_or(i64::MIN, |t| t.and_utc().timestamp_micros())
+    }
+
+    fn suffix(self) -> String {
+        format!("p{:04}_{:02}", self.year, self.month)
+    }
+
+    /// Reads `records_pYYYY_MM` back.
+    fn from_partition(name: &str) -> Option<Month> {
+        let rest = name.strip_prefix("records_p")?;
+        let (year, month) = rest.split_once('_')?;
+        Some(Month {
+            year: year.parse().ok()?,
+            month: month.parse().ok().filter(|m| (1..=12).contains(m))?,
+        })
+    }
+}
+
+/// Creates the partitions of `months` that do not exist yet, in one transaction.
+async fn create_partitions(
+    client: &mut Client,
+    records: &str,
+    resources: &str,
+    months: impl IntoIterator<Item = Month>,
+) -> Result<(), StoreError> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PARTITION_LOCK])
+        .await?;
+    for month in months {
+        let (from, to) = (month.start_us(), month.next().start_us());
+        let suffix = month.suffix();
+        tx.batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS \"records_{suffix}\" PARTITION OF {records} FOR VALUES FROM ({from}) TO ({to});
+             CREATE TABLE IF NOT EXISTS \"resources_{suffix}\" PARTITION OF {resources} FOR VALUES FROM ({from}) TO ({to});"
+        ))
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The months that have partitions now.
+async fn partition_months(client: &Client) -> Result<Vec<Month>, StoreError> {
+    let rows = client
+        .query(
+            "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+             WHERE i.inhparent = 'records'::regclass",
+            &[],
+        )
+        .await?;
+    let mut months: Vec<Month> = rows
+        .iter()
+        .filter_map(|r| Month::from_partition(&r.get::<_, String>(0)))
+        .collect();
+    months.sort();
+    Ok(months)
+}
+
+/// Moves the records of a store made before the tables were partitioned into partitioned
+/// tables, in one transaction: nothing is lost if it stops half-way.
+async fn migrate_unpartitioned(client: &mut Client) -> Result<(), StoreError> {
+    tracing::info!("PostgreSQL store: moving records into monthly partitions (once)");
+    let months: Vec<Month> = {
+        let rows = client
+            .query(
+                "SELECT DISTINCT (time_us / 86400000000) * 86400000000 FROM records",
+                &[],
+            )
+            .await?;
+        let mut months: Vec<Month> = rows.iter().map(|r| Month::of(r.get(0))).collect();
+        months.sort();
+        months.dedup();
+        months
+    };
+    let tx = client.transaction().await?;
+    tx.batch_execute("LOCK TABLE records, resources IN ACCESS EXCLUSIVE MODE;")
+        .await?;
+    tx.batch_execute(&tables_sql("records_partitioned", "resources_partitioned"))
+        .await?;
+    for month in &months {
+        let (from, to) = (month.start_us(), month.next().start_us());
+        let suffix = month.suffix();
+        tx.batch_execute(&format!(
+            "CREATE TABLE \"records_{suffix}\" PARTITION OF records_partitioned FOR VALUES FROM ({from}) TO ({to});
+             CREATE TABLE \"resources_{suffix}\" PARTITION OF resources_partitioned FOR VALUES FROM ({from}) TO ({to});"
+        ))
+        .await?;
+    }
+    tx.batch_execute(
+        "INSERT INTO records_partitioned (seq, id, time_us, operation, actor, request_id, outcome, status, origin_instance, origin_seq, record)
+           SELECT seq, id, time_us, operation, actor, request_id, outcome, status, origin_instance, origin_seq, record FROM records;
+         INSERT INTO resources_partitioned (key, time_us, record_seq) SELECT key, time_us, record_seq FROM resources;
+         SELECT setval('record_seqs', GREATEST((SELECT MAX(seq) FROM records), 1));
+         DROP TABLE resources;
+         DROP TABLE records;
+         ALTER TABLE records_partitioned RENAME TO records;
+         ALTER TABLE resources_partitioned RENAME TO resources;",
+    )
+    .await?;
+    tx.batch_execute(INDEXES).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Records in a PostgreSQL database, in monthly partitions.
 #[derive(Clone)]
 pub struct PostgresStore {
     url: String,
+    /// The months known to have partitions: a batch creates the ones it needs first.
+    months: Arc<std::sync::Mutex<std::collections::BTreeSet<Month>>>,
     writer: Arc<Mutex<Client>>,
     /// A second connection for the other half of a large batch: one backend inserts at
     /// about one core's speed, so two halves commit side by side.
@@ -77,14 +238,72 @@ async fn connect(url: &str) -> Result<Client, StoreError> {
 }
 
 impl PostgresStore {
-    /// Connects and creates the schema.
+    /// Creates the partitions of the months `records` fall in that are not known to exist.
+    async fn ensure_partitions(&self, records: &[Incoming]) -> Result<(), StoreError> {
+        let missing: Vec<Month> = {
+            let known = self.months.lock().unwrap_or_else(|e| e.into_inner());
+            let mut missing: Vec<Month> = records
+                .iter()
+                .map(|r| Month::of(r.record.time.timestamp_micros()))
+                .filter(|m| !known.contains(m))
+                .collect();
+            missing.sort();
+            missing.dedup();
+            missing
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut client = self.writer.lock().await;
+        create_partitions(&mut client, "records", "resources", missing.iter().copied()).await?;
+        drop(client);
+        self.months
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(missing);
+        Ok(())
+    }
+
+    /// Large batches are split in two halves, each committed in its own transaction on its
+    /// own connection, side by side. The batch counts as stored once both have committed. If
+    /// one half fails, the caller does not acknowledge the batch, and the half that did commit
+    /// is skipped as duplicates when the batch comes back.
+    async fn insert_halves(&self, records: &[Incoming]) -> Result<usize, StoreError> {
+        if records.len() < SPLIT_AT {
+            return insert_part(&self.writer, records).await;
+        }
+        let (first, second) = records.split_at(records.len() / 2);
+        let (a, b) = tokio::join!(
+            insert_part(&self.writer, first),
+            insert_part(&self.second_writer, second)
+        );
+        Ok(a? + b?)
+    }
+
+    /// Connects and creates the schema; a store made before the tables were partitioned is
+    /// moved into partitions first.
     pub async fn connect(url: &str) -> Result<PostgresStore, StoreError> {
-        let writer = connect(url).await?;
-        writer.batch_execute(SCHEMA).await?;
+        let mut writer = connect(url).await?;
+        let kind = writer
+            .query_opt(
+                "SELECT c.relkind::text FROM pg_class c WHERE c.oid = to_regclass('records')",
+                &[],
+            )
+            .await?
+            .map(|row| row.get::<_, String>(0));
+        if kind.as_deref() == Some("r") {
+            migrate_unpartitioned(&mut writer).await?;
+        }
+        writer
+            .batch_execute(&tables_sql("records", "resources"))
+            .await?;
+        writer.batch_execute(INDEXES).await?;
+        let months = partition_months(&writer).await?;
         let second_writer = connect(url).await?;
         let reader = connect(url).await?;
         Ok(PostgresStore {
             url: url.to_owned(),
+            months: Arc::new(std::sync::Mutex::new(months.into_iter().collect())),
             writer: Arc::new(Mutex::new(writer)),
             second_writer: Arc::new(Mutex::new(second_writer)),
             reader: Arc::new(reader),
@@ -163,7 +382,7 @@ async fn insert_part(client: &Mutex<Client>, records: &[Incoming]) -> Result<usi
         .query(
             "INSERT INTO records (id, time_us, record, operation, actor, request_id, outcome, status, origin_instance, origin_seq)
              SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int[], $9::text[], $10::bigint[])
-             ON CONFLICT (id) DO NOTHING
+             ON CONFLICT (time_us, id) DO NOTHING
              RETURNING seq, id",
             &[&ids, &times, &jsons, &operations, &actors, &request_ids, &outcomes, &statuses, &instances, &seqs],
         )
@@ -196,20 +415,23 @@ async fn insert_part(client: &Mutex<Client>, records: &[Incoming]) -> Result<usi
 
 #[async_trait::async_trait]
 impl Store for PostgresStore {
-    /// Large batches are split in two halves, each committed in its own transaction on its
-    /// own connection, side by side. The batch counts as stored once both have committed. If
-    /// one half fails, the caller does not acknowledge the batch, and the half that did commit
-    /// is skipped as duplicates when the batch comes back.
+    /// The months the batch falls in get their partitions first; see `insert_halves`.
     async fn insert(&self, records: &[Incoming]) -> Result<usize, StoreError> {
-        if records.len() < SPLIT_AT {
-            return insert_part(&self.writer, records).await;
+        self.ensure_partitions(records).await?;
+        match self.insert_halves(records).await {
+            // Another writer's retention dropped a month this one thought was there (a late
+            // record): learn the partitions again and retry once.
+            Err(StoreError::Postgres(e))
+                if e.code() == Some(&tokio_postgres::error::SqlState::CHECK_VIOLATION) =>
+            {
+                let known = partition_months(&*self.writer.lock().await).await?;
+                *self.months.lock().unwrap_or_else(|e| e.into_inner()) =
+                    known.into_iter().collect();
+                self.ensure_partitions(records).await?;
+                self.insert_halves(records).await
+            }
+            result => result,
         }
-        let (first, second) = records.split_at(records.len() / 2);
-        let (a, b) = tokio::join!(
-            insert_part(&self.writer, first),
-            insert_part(&self.second_writer, second)
-        );
-        Ok(a? + b?)
     }
 
     async fn query(&self, query: &Query) -> Result<Page, StoreError> {
@@ -279,10 +501,19 @@ impl Store for PostgresStore {
             .collect())
     }
 
+    /// Months wholly before `before` are dropped as partitions; the rest of the month
+    /// `before` falls in is deleted row by row.
     async fn delete_before(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
         let before = before.timestamp_micros();
         let mut client = self.writer.lock().await;
+        let whole: Vec<Month> = partition_months(&client)
+            .await?
+            .into_iter()
+            .filter(|m| m.next().start_us() <= before)
+            .collect();
         let tx = client.transaction().await?;
+        // What the deleted records said of their producers' sequences stays known, so that
+        // `/gaps` does not report the deleted range as lost.
         tx.execute(
             "INSERT INTO origin_floor (instance, seq)
              SELECT origin_instance, MAX(origin_seq) FROM records
@@ -291,10 +522,28 @@ impl Store for PostgresStore {
             &[&before],
         )
         .await?;
-        let deleted = tx
+        let mut deleted = 0u64;
+        for month in &whole {
+            let suffix = month.suffix();
+            let rows = tx
+                .query_one(&format!("SELECT COUNT(*) FROM \"records_{suffix}\""), &[])
+                .await?;
+            deleted += rows.get::<_, i64>(0) as u64;
+            tx.batch_execute(&format!(
+                "DROP TABLE \"resources_{suffix}\"; DROP TABLE \"records_{suffix}\";"
+            ))
+            .await?;
+        }
+        tx.execute("DELETE FROM resources WHERE time_us < $1", &[&before])
+            .await?;
+        deleted += tx
             .execute("DELETE FROM records WHERE time_us < $1", &[&before])
             .await?;
         tx.commit().await?;
+        let mut known = self.months.lock().unwrap_or_else(|e| e.into_inner());
+        for month in &whole {
+            known.remove(month);
+        }
         Ok(deleted)
     }
 
