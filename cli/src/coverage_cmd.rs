@@ -1,5 +1,7 @@
 //! `auditgate rules coverage RULES --openapi spec.yaml`: the mutating operations of an OpenAPI
 //! (3.x) or Swagger (2.0) description that no rule records, and the rules no operation reaches.
+//! Exit 0: every mutating operation has a rule; 1: some have none; 2: the rules or the
+//! description cannot be read.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -22,13 +24,18 @@ struct ApiOperation {
 }
 
 pub(crate) fn run(rules: &Path, spec: &Path, base_path: Option<&str>) -> anyhow::Result<ExitCode> {
-    let set = match RuleSet::loader().check_only().load(rules) {
+    // Loaded as the proxy loads it: a shadowed rule is a warning here (and shows as reached
+    // by nothing), not a reason to refuse.
+    let set = match RuleSet::loader().load(rules) {
         Ok(set) => set,
         Err(err) => {
             crate::rules_cmd::report(&err);
-            return Ok(ExitCode::from(1));
+            return Ok(ExitCode::from(2));
         }
     };
+    for warning in set.warnings() {
+        eprintln!("warning: {warning}");
+    }
     let text = std::fs::read_to_string(spec).with_context(|| format!("{}", spec.display()))?;
     let operations = operations(&text, base_path).with_context(|| format!("{}", spec.display()))?;
     let asked: Vec<(http::Method, &str)> = operations
@@ -75,9 +82,19 @@ pub(crate) fn run(rules: &Path, spec: &Path, base_path: Option<&str>) -> anyhow:
             }
         }
     }
-    if !report.unreached.is_empty() {
+    // Only mutating operations were asked about: a rule for GET alone is not stale for that.
+    let unreached: Vec<_> = report
+        .unreached
+        .iter()
+        .filter(|rule| {
+            rule.methods
+                .split(", ")
+                .any(|m| MUTATING.contains(&m.to_ascii_lowercase().as_str()))
+        })
+        .collect();
+    if !unreached.is_empty() {
         println!("\nrules no operation of the description reaches:");
-        for rule in &report.unreached {
+        for rule in &unreached {
             println!(
                 "  {} {} {}  ({})",
                 rule.operation, rule.methods, rule.route, rule.place

@@ -55,7 +55,7 @@ pub(crate) enum RulesCommand {
     /// List the mutating operations (POST, PUT, PATCH, DELETE) of an OpenAPI 3 or Swagger 2
     /// description that no rule records, those recorded only when a rule's `when` holds, and
     /// the rules no operation reaches. Exits 0 when every mutating operation has a rule, 1
-    /// otherwise.
+    /// when some have none, 2 when the rules or the description cannot be read.
     #[command(
         after_help = "Example:\n  auditgate rules coverage examples/rules/ --openapi openapi.yaml"
     )]
@@ -84,7 +84,7 @@ pub(crate) fn run(command: RulesCommand) -> ExitCode {
             Ok(code) => code,
             Err(err) => {
                 eprintln!("error: {err:#}");
-                ExitCode::from(1)
+                ExitCode::from(2)
             }
         },
         RulesCommand::Test {

@@ -269,7 +269,7 @@ fn coverage_lists_the_mutating_operations_no_rule_records() {
     let rules = write(
         dir.path(),
         "rules.yaml",
-        "version: 1\nservice: media\nrules:\n  - { operation: asset.delete, method: DELETE, path: \"/v1/files/{fileId}\" }\n  - { operation: asset.rename, method: PATCH, path: \"/v1/files/{fileId}\", when: { body: /name } }\n  - { operation: legacy.copy, method: POST, path: /v0/copy }\n",
+        "version: 1\nservice: media\nrules:\n  - { operation: asset.delete, method: DELETE, path: \"/v1/files/{fileId}\" }\n  - { operation: asset.rename, method: PATCH, path: \"/v1/files/{fileId}\", when: { body: /name } }\n  - { operation: legacy.copy, method: POST, path: /v0/copy }\n  - { operation: file.read, method: GET, path: \"/v1/files/{fileId}\" }\n  - { operation: asset.remove, method: DELETE, path: \"/v1/files/{other}\" }\n",
     );
     let spec = write(
         dir.path(),
@@ -319,6 +319,20 @@ fn coverage_lists_the_mutating_operations_no_rule_records() {
         !stdout.contains("getFile"),
         "GET is not a mutation: {stdout}"
     );
+    assert!(
+        !stdout.contains("file.read"),
+        "a GET rule is not stale: {stdout}"
+    );
+    // A rule another one shadows loads (with a warning), and nothing reaches it.
+    assert!(
+        section("rules no operation").contains("asset.remove DELETE"),
+        "{stdout}"
+    );
+    assert!(
+        text(&out.stderr).contains("\"asset.remove\" can never match"),
+        "{}",
+        text(&out.stderr)
+    );
 
     // Every mutating operation with a rule: exit 0.
     let covered = write(
@@ -329,9 +343,9 @@ fn coverage_lists_the_mutating_operations_no_rule_records() {
     let out = args(&covered);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
 
-    // Not a description: exit 1 and why.
+    // Not a description: exit 2 (not a gap) and why.
     let out = args(&rules);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(
         text(&out.stderr).contains("not an OpenAPI description"),
         "{}",

@@ -1,8 +1,9 @@
 //! The proxy's YAML config (`auditgate proxy --config proxy.yaml`).
 //!
 //! Relative paths (rules, spool, key files) are read relative to the config file's folder, so
-//! a config and its files can move together; a rule or key file that is not there but is in
-//! the working directory is read from there (a config kept apart from a checkout it names).
+//! a config and its files can move together. A rule file or directory that is not there but is
+//! in the working directory is read from there (a config kept apart from the checkout whose
+//! rules it names); key files are never looked for anywhere else.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -162,27 +163,28 @@ impl ProxyConfig {
         })?;
         let mut config = ProxyConfig::from_yaml(path, &text)?;
         let base = path.parent().unwrap_or(Path::new("."));
-        // Files that must exist: next to the config, else in the working directory.
-        let existing = |file: &mut PathBuf| {
-            let beside = base.join(&*file);
-            if beside.exists() || !file.exists() {
-                *file = beside;
-            }
-        };
-        config.rules.iter_mut().for_each(existing);
+        for rules in &mut config.rules {
+            let beside = base.join(&*rules);
+            *rules = if !beside.exists() && rules.exists() {
+                // Absolute, so that a reload reads the same files whatever the directory.
+                std::path::absolute(&*rules).unwrap_or_else(|_| rules.clone())
+            } else {
+                beside
+            };
+        }
         config.spool.dir = base.join(&config.spool.dir);
         for file in [&mut config.hmac_key_file, &mut config.upstream_ca_file]
             .into_iter()
             .flatten()
         {
-            existing(file);
+            *file = base.join(&*file);
         }
         if let Some(jwt) = &mut config.jwt {
             for file in [&mut jwt.hs256_secret_file, &mut jwt.jwks_file]
                 .into_iter()
                 .flatten()
             {
-                existing(file);
+                *file = base.join(&*file);
             }
         }
         Ok(config)
@@ -224,9 +226,14 @@ impl ProxyConfig {
                 .as_mut()
                 .map(|l| ("metrics_listen", l)),
         ) {
+            // A name may resolve to both families: IPv4 first, as `localhost` usually means.
             let resolved = listen.parse::<SocketAddr>().ok().or_else(|| {
-                let mut addrs = listen.to_socket_addrs().ok()?;
-                addrs.next()
+                let addrs: Vec<SocketAddr> = listen.to_socket_addrs().ok()?.collect();
+                addrs
+                    .iter()
+                    .find(|a| a.is_ipv4())
+                    .or(addrs.first())
+                    .copied()
             });
             let Some(addr) = resolved else {
                 return Err(invalid(format!(
@@ -423,12 +430,8 @@ mod tests {
         let text = "listen: localhost:8080\nmetrics_listen: localhost:9100\nupstream: http://127.0.0.1:3000\nrules: rules.yaml\nredis: { url: \"redis://127.0.0.1:6379\" }\ntrusted_proxies: [127.0.0.1, 10.0.0.0/8, \"::1\"]\n";
         let c = ProxyConfig::from_yaml(Path::new("proxy.yaml"), text).unwrap();
         assert_eq!(c.rules, [PathBuf::from("rules.yaml")]);
-        let listen: SocketAddr = c.listen.parse().unwrap();
-        assert!(
-            listen.ip().is_loopback() && listen.port() == 8080,
-            "{listen}"
-        );
-        assert!(c.metrics_listen.unwrap().ends_with(":9100"));
+        assert_eq!(c.listen, "127.0.0.1:8080");
+        assert_eq!(c.metrics_listen.as_deref(), Some("127.0.0.1:9100"));
         let expected: Vec<IpNet> = ["127.0.0.1/32", "10.0.0.0/8", "::1/128"]
             .iter()
             .map(|n| n.parse().unwrap())
@@ -457,7 +460,7 @@ mod tests {
     }
 
     #[test]
-    fn files_are_read_beside_the_config_else_from_the_working_directory() {
+    fn rule_files_are_read_beside_the_config_else_from_the_working_directory() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("beside.yaml"), "").unwrap();
         // Cargo runs unit tests in the crate's folder, which holds Cargo.toml.
@@ -466,7 +469,7 @@ mod tests {
             &config,
             GOOD.replace(
                 "rules: [rules.yaml]",
-                "rules: [beside.yaml, Cargo.toml, nowhere.yaml]",
+                "rules: [beside.yaml, Cargo.toml, nowhere.yaml]\nhmac_key_file: Cargo.toml",
             ),
         )
         .unwrap();
@@ -475,11 +478,13 @@ mod tests {
             c.rules,
             [
                 dir.path().join("beside.yaml"),
-                PathBuf::from("Cargo.toml"),
+                std::env::current_dir().unwrap().join("Cargo.toml"),
                 dir.path().join("nowhere.yaml")
             ]
         );
         assert_eq!(c.spool.dir, dir.path().join("spool"));
+        // A key is only ever read beside the config: never a same-named file elsewhere.
+        assert_eq!(c.hmac_key_file, Some(dir.path().join("Cargo.toml")));
     }
 
     #[test]

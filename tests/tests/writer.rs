@@ -440,3 +440,41 @@ async fn a_writer_started_before_redis_serves_its_store_and_drains_once_redis_is
     let page = writer.get("/api/v1/records?limit=100");
     assert_eq!(ids_of(&page.json()), expect(&all, |_| true));
 }
+
+#[test]
+fn a_writer_that_redis_refuses_stops_with_the_reason() {
+    // A Redis that answers, but wants a password the config does not give.
+    let port = auditgate_tests::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = auditgate_tests::ChildGuard(
+        std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--requirepass", "s3cret"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(wait_until(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    }));
+    let config = dir.path().join("writer.yaml");
+    std::fs::write(
+        &config,
+        format!("redis: {{ url: \"redis://127.0.0.1:{port}\" }}\nstore: sqlite://audit.db\nlisten: 127.0.0.1:0\n"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(auditgate_tests::workspace_bin("auditgate"))
+        .args(["writer", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("NOAUTH") || stderr.contains("uthentication"),
+        "{stderr}"
+    );
+    redis.terminate();
+}

@@ -49,9 +49,17 @@ pub async fn run(config: WriterConfig, shutdown: impl Future<Output = ()>) -> an
     consumer_config.claim_idle = Duration::from_secs(config.claim_idle_seconds);
     // Redis may be away at start (or start after the writer): the API serves what the store
     // holds meanwhile, and the stream is read once Redis answers.
+    // Redis answering with an error (a wrong password, a stream key of another type) is a
+    // misconfiguration and stops the writer; only Redis not answering is waited for.
     let mut consumer = Consumer::new(consumer_config)?;
-    if let Err(e) = consumer.ensure_connected().await {
-        tracing::warn!(error = %e, "Redis does not answer yet; serving the store and retrying");
+    match consumer.ensure_connected().await {
+        Ok(()) => {}
+        Err(auditgate_queue::QueueError::Redis(e))
+            if e.is_io_error() || e.is_connection_refusal() || e.is_timeout() =>
+        {
+            tracing::warn!(error = %e, "Redis does not answer yet; serving the store and retrying");
+        }
+        Err(e) => return Err(e.into()),
     }
 
     let tokens = config

@@ -267,7 +267,11 @@ pub(crate) struct Dialect {
     pub(crate) placeholder: fn(usize) -> String,
     /// The column expression a prefix range compares.
     pub(crate) prefix_column: &'static str,
-    /// The record seqs of one resource key: this text, then the key's placeholder.
+    /// What identifies a record to `resource_rows`: `r.seq`, or `(r.time_us, r.seq)` where
+    /// that is the key (PostgreSQL's partitions).
+    pub(crate) resource_columns: &'static str,
+    /// The records of one resource key, as `resource_columns`: this text, then the key's
+    /// placeholder.
     pub(crate) resource_rows: &'static str,
 }
 
@@ -298,7 +302,8 @@ pub(crate) fn page_sql(query: &Query, dialect: &Dialect) -> (String, Vec<Param>)
     }
     if let Some(resource) = &query.resource {
         clauses.push(format!(
-            "r.seq IN ({}{})",
+            "{} IN ({}{})",
+            dialect.resource_columns,
             dialect.resource_rows,
             bind(Param::Text(resource.clone()))
         ));

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use tokio::sync::{Mutex, mpsc};
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, GenericClient, NoTls, Transaction};
 
 use super::{
     Cursor, Dialect, GAPS_SQL, Gap, Incoming, OPERATIONS_SQL, Page, Param, Query, Row, Store,
@@ -55,7 +55,6 @@ CREATE TABLE IF NOT EXISTS origin_floor (
 /// Indexes of the partitioned tables: each partition gets its own.
 const INDEXES: &str = r#"
 CREATE INDEX IF NOT EXISTS records_id        ON records (id);
-CREATE INDEX IF NOT EXISTS records_by_seq    ON records (seq);
 CREATE INDEX IF NOT EXISTS records_operation ON records (operation text_pattern_ops, time_us, seq);
 CREATE INDEX IF NOT EXISTS records_actor     ON records (actor, time_us, seq);
 CREATE INDEX IF NOT EXISTS records_request   ON records (request_id);
@@ -119,16 +118,14 @@ impl Month {
     }
 }
 
-/// Creates the partitions of `months` that do not exist yet, in one transaction.
-async fn create_partitions(
-    client: &mut Client,
+/// Creates the partitions of `months` that do not exist yet, inside `tx` (which holds
+/// `PARTITION_LOCK`).
+async fn partition_ddl(
+    tx: &Transaction<'_>,
     records: &str,
     resources: &str,
     months: impl IntoIterator<Item = Month>,
 ) -> Result<(), StoreError> {
-    let tx = client.transaction().await?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PARTITION_LOCK])
-        .await?;
     for month in months {
         let (from, to) = (month.start_us(), month.next().start_us());
         let suffix = month.suffix();
@@ -138,12 +135,24 @@ async fn create_partitions(
         ))
         .await?;
     }
+    Ok(())
+}
+
+/// Creates the partitions of `months` that do not exist yet, in a transaction of its own.
+async fn create_partitions(
+    client: &mut Client,
+    months: impl IntoIterator<Item = Month>,
+) -> Result<(), StoreError> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PARTITION_LOCK])
+        .await?;
+    partition_ddl(&tx, "records", "resources", months).await?;
     tx.commit().await?;
     Ok(())
 }
 
 /// The months that have partitions now.
-async fn partition_months(client: &Client) -> Result<Vec<Month>, StoreError> {
+async fn partition_months(client: &impl GenericClient) -> Result<Vec<Month>, StoreError> {
     let rows = client
         .query(
             "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
@@ -159,36 +168,61 @@ async fn partition_months(client: &Client) -> Result<Vec<Month>, StoreError> {
     Ok(months)
 }
 
-/// Moves the records of a store made before the tables were partitioned into partitioned
-/// tables, in one transaction: nothing is lost if it stops half-way.
-async fn migrate_unpartitioned(client: &mut Client) -> Result<(), StoreError> {
-    tracing::info!("PostgreSQL store: moving records into monthly partitions (once)");
-    let months: Vec<Month> = {
-        let rows = client
-            .query(
-                "SELECT DISTINCT (time_us / 86400000000) * 86400000000 FROM records",
-                &[],
-            )
-            .await?;
-        let mut months: Vec<Month> = rows.iter().map(|r| Month::of(r.get(0))).collect();
-        months.sort();
-        months.dedup();
-        months
-    };
+/// This month and the next: made ahead (at start and hourly), so that an insert rarely has to
+/// wait for the exclusive lock creating a partition takes.
+fn months_ahead() -> [Month; 2] {
+    let now = Month::of(Utc::now().timestamp_micros());
+    [now, now.next()]
+}
+
+/// Creates or upgrades the schema. Writers starting together take turns (`PARTITION_LOCK`),
+/// so exactly one of them migrates a store made before partitioning.
+async fn set_up(client: &mut Client) -> Result<(), StoreError> {
     let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PARTITION_LOCK])
+        .await?;
+    let kind = tx
+        .query_opt(
+            "SELECT c.relkind::text FROM pg_class c WHERE c.oid = to_regclass('records')",
+            &[],
+        )
+        .await?
+        .map(|row| row.get::<_, String>(0));
+    if kind.as_deref() == Some("r") {
+        migrate_unpartitioned(&tx).await?;
+    }
+    tx.batch_execute(&tables_sql("records", "resources"))
+        .await?;
+    tx.batch_execute(INDEXES).await?;
+    partition_ddl(&tx, "records", "resources", months_ahead()).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Moves the records of a store made before the tables were partitioned into partitioned
+/// tables, inside the set-up transaction: nothing is lost if it stops half-way. The old tables
+/// are locked first, so a writer of the earlier version waits rather than writes into a month
+/// that has no partition; the copy needs about as much free disk again as the tables hold.
+async fn migrate_unpartitioned(tx: &Transaction<'_>) -> Result<(), StoreError> {
+    tracing::info!("PostgreSQL store: moving records into monthly partitions (once)");
     tx.batch_execute("LOCK TABLE records, resources IN ACCESS EXCLUSIVE MODE;")
         .await?;
+    let months: Vec<Month> = tx
+        .query(
+            "SELECT DISTINCT EXTRACT(YEAR FROM t)::int, EXTRACT(MONTH FROM t)::int
+             FROM (SELECT to_timestamp(time_us / 1000000.0) AT TIME ZONE 'UTC' AS t FROM records) s",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| Month {
+            year: r.get(0),
+            month: r.get::<_, i32>(1) as u32,
+        })
+        .collect();
     tx.batch_execute(&tables_sql("records_partitioned", "resources_partitioned"))
         .await?;
-    for month in &months {
-        let (from, to) = (month.start_us(), month.next().start_us());
-        let suffix = month.suffix();
-        tx.batch_execute(&format!(
-            "CREATE TABLE \"records_{suffix}\" PARTITION OF records_partitioned FOR VALUES FROM ({from}) TO ({to});
-             CREATE TABLE \"resources_{suffix}\" PARTITION OF resources_partitioned FOR VALUES FROM ({from}) TO ({to});"
-        ))
-        .await?;
-    }
+    partition_ddl(tx, "records_partitioned", "resources_partitioned", months).await?;
     tx.batch_execute(
         "INSERT INTO records_partitioned (seq, id, time_us, operation, actor, request_id, outcome, status, origin_instance, origin_seq, record)
            SELECT seq, id, time_us, operation, actor, request_id, outcome, status, origin_instance, origin_seq, record FROM records;
@@ -200,8 +234,6 @@ async fn migrate_unpartitioned(client: &mut Client) -> Result<(), StoreError> {
          ALTER TABLE resources_partitioned RENAME TO resources;",
     )
     .await?;
-    tx.batch_execute(INDEXES).await?;
-    tx.commit().await?;
     Ok(())
 }
 
@@ -240,13 +272,19 @@ async fn connect(url: &str) -> Result<Client, StoreError> {
 impl PostgresStore {
     /// Creates the partitions of the months `records` fall in that are not known to exist.
     async fn ensure_partitions(&self, records: &[Incoming]) -> Result<(), StoreError> {
+        self.ensure_months(
+            records
+                .iter()
+                .map(|r| Month::of(r.record.time.timestamp_micros())),
+        )
+        .await
+    }
+
+    /// Creates the partitions of `months` that are not known to exist.
+    async fn ensure_months(&self, months: impl Iterator<Item = Month>) -> Result<(), StoreError> {
         let missing: Vec<Month> = {
             let known = self.months.lock().unwrap_or_else(|e| e.into_inner());
-            let mut missing: Vec<Month> = records
-                .iter()
-                .map(|r| Month::of(r.record.time.timestamp_micros()))
-                .filter(|m| !known.contains(m))
-                .collect();
+            let mut missing: Vec<Month> = months.filter(|m| !known.contains(m)).collect();
             missing.sort();
             missing.dedup();
             missing
@@ -255,7 +293,7 @@ impl PostgresStore {
             return Ok(());
         }
         let mut client = self.writer.lock().await;
-        create_partitions(&mut client, "records", "resources", missing.iter().copied()).await?;
+        create_partitions(&mut client, missing.iter().copied()).await?;
         drop(client);
         self.months
             .lock()
@@ -284,20 +322,7 @@ impl PostgresStore {
     /// moved into partitions first.
     pub async fn connect(url: &str) -> Result<PostgresStore, StoreError> {
         let mut writer = connect(url).await?;
-        let kind = writer
-            .query_opt(
-                "SELECT c.relkind::text FROM pg_class c WHERE c.oid = to_regclass('records')",
-                &[],
-            )
-            .await?
-            .map(|row| row.get::<_, String>(0));
-        if kind.as_deref() == Some("r") {
-            migrate_unpartitioned(&mut writer).await?;
-        }
-        writer
-            .batch_execute(&tables_sql("records", "resources"))
-            .await?;
-        writer.batch_execute(INDEXES).await?;
+        set_up(&mut writer).await?;
         let months = partition_months(&writer).await?;
         let second_writer = connect(url).await?;
         let reader = connect(url).await?;
@@ -315,7 +340,9 @@ impl PostgresStore {
 const POSTGRES: Dialect = Dialect {
     placeholder: |n| format!("${n}"),
     prefix_column: "r.operation",
-    resource_rows: "SELECT record_seq FROM resources WHERE key = ",
+    // By the primary key, so each partition is probed by (time, seq), not by seq alone.
+    resource_columns: "(r.time_us, r.seq)",
+    resource_rows: "SELECT time_us, record_seq FROM resources WHERE key = ",
 };
 
 async fn page(client: &Client, query: &Query) -> Result<Page, StoreError> {
@@ -501,16 +528,12 @@ impl Store for PostgresStore {
             .collect())
     }
 
-    /// Months wholly before `before` are dropped as partitions; the rest of the month
-    /// `before` falls in is deleted row by row.
+    /// Months wholly before `before` are dropped as partitions, in a short transaction of
+    /// their own; the records of the month `before` falls in are deleted row by row first.
     async fn delete_before(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
-        let before = before.timestamp_micros();
+        let cut = Month::of(before.timestamp_micros());
+        let (before, cut_start) = (before.timestamp_micros(), cut.start_us());
         let mut client = self.writer.lock().await;
-        let whole: Vec<Month> = partition_months(&client)
-            .await?
-            .into_iter()
-            .filter(|m| m.next().start_us() <= before)
-            .collect();
         let tx = client.transaction().await?;
         // What the deleted records said of their producers' sequences stays known, so that
         // `/gaps` does not report the deleted range as lost.
@@ -522,29 +545,48 @@ impl Store for PostgresStore {
             &[&before],
         )
         .await?;
-        let mut deleted = 0u64;
-        for month in &whole {
-            let suffix = month.suffix();
-            let rows = tx
-                .query_one(&format!("SELECT COUNT(*) FROM \"records_{suffix}\""), &[])
-                .await?;
-            deleted += rows.get::<_, i64>(0) as u64;
-            tx.batch_execute(&format!(
-                "DROP TABLE \"resources_{suffix}\"; DROP TABLE \"records_{suffix}\";"
-            ))
-            .await?;
-        }
-        tx.execute("DELETE FROM resources WHERE time_us < $1", &[&before])
-            .await?;
-        deleted += tx
-            .execute("DELETE FROM records WHERE time_us < $1", &[&before])
+        let in_whole_months: i64 = tx
+            .query_one(
+                "SELECT COUNT(*) FROM records WHERE time_us < $1",
+                &[&cut_start],
+            )
+            .await?
+            .get(0);
+        // The resource keys of these rows stay until their month is dropped: they point at no
+        // record, so no query shows them, and finding them would scan the month (no index of
+        // `resources` leads with the time).
+        let deleted = tx
+            .execute(
+                "DELETE FROM records WHERE time_us >= $1 AND time_us < $2",
+                &[&cut_start, &before],
+            )
             .await?;
         tx.commit().await?;
-        let mut known = self.months.lock().unwrap_or_else(|e| e.into_inner());
-        for month in &whole {
-            known.remove(month);
+
+        if partition_months(&*client).await?.iter().any(|m| *m < cut) {
+            let tx = client.transaction().await?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PARTITION_LOCK])
+                .await?;
+            let whole: Vec<Month> = partition_months(&tx)
+                .await?
+                .into_iter()
+                .filter(|m| *m < cut)
+                .collect();
+            // In the order inserts take them, so that neither waits on the other in a circle.
+            tx.batch_execute("LOCK TABLE records, resources IN ACCESS EXCLUSIVE MODE;")
+                .await?;
+            for month in &whole {
+                let suffix = month.suffix();
+                tx.batch_execute(&format!(
+                    "DROP TABLE IF EXISTS \"records_{suffix}\"; DROP TABLE IF EXISTS \"resources_{suffix}\";"
+                ))
+                .await?;
+            }
+            tx.commit().await?;
+            let mut known = self.months.lock().unwrap_or_else(|e| e.into_inner());
+            known.retain(|m| *m >= cut);
         }
-        Ok(deleted)
+        Ok(in_whole_months as u64 + deleted)
     }
 
     async fn count(&self) -> Result<u64, StoreError> {
@@ -556,6 +598,7 @@ impl Store for PostgresStore {
     }
 
     async fn optimize(&self) -> Result<(), StoreError> {
+        self.ensure_months(months_ahead().into_iter()).await?;
         self.writer
             .lock()
             .await
@@ -567,5 +610,46 @@ impl Store for PostgresStore {
     async fn operations(&self) -> Result<Vec<String>, StoreError> {
         let rows = self.reader.query(OPERATIONS_SQL, &[]).await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn us(y: i32, m: u32, d: u32) -> i64 {
+        Utc.with_ymd_and_hms(y, m, d, 0, 0, 0)
+            .unwrap()
+            .timestamp_micros()
+    }
+
+    #[test]
+    fn months_have_exact_bounds_and_names_that_read_back() {
+        let nov = Month::of(us(2026, 11, 1));
+        assert_eq!((nov.year, nov.month), (2026, 11));
+        assert_eq!(nov.start_us(), us(2026, 11, 1));
+        // The last microsecond of October is October's.
+        assert_eq!(Month::of(us(2026, 11, 1) - 1).month, 10);
+        let dec = Month::of(us(2026, 12, 31));
+        assert_eq!(
+            dec.next(),
+            Month {
+                year: 2027,
+                month: 1
+            }
+        );
+        assert_eq!(dec.next().start_us(), us(2027, 1, 1));
+        // Before 1970 too: division rounds towards the past, not towards zero.
+        let old = Month::of(us(1969, 12, 31) + 5);
+        assert_eq!((old.year, old.month), (1969, 12));
+        for month in [nov, dec, old] {
+            assert_eq!(
+                Month::from_partition(&format!("records_{}", month.suffix())),
+                Some(month)
+            );
+        }
+        assert_eq!(Month::from_partition("records_p2026_13"), None);
+        assert_eq!(Month::from_partition("records"), None);
     }
 }

@@ -220,6 +220,7 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
 const SQLITE: Dialect = Dialect {
     placeholder: |_| "?".to_owned(),
     prefix_column: "+r.operation",
+    resource_columns: "r.seq",
     resource_rows: "SELECT record_seq FROM resources \
                     WHERE bucket IN (SELECT bucket FROM resource_buckets) AND key = ",
 };
