@@ -60,7 +60,7 @@ pub(crate) fn run(rules: &Path, spec: &Path, base_path: Option<&str>) -> anyhow:
         "{}: {} mutating operation{}; {always} recorded by a rule, {} only when a rule's `when` holds, {} as `unmatched`, {} not recorded",
         spec.display(),
         operations.len(),
-        if operations.len() == 1 { "" } else { "s" },
+        crate::rules_cmd::plural(operations.len()),
         when.len(),
         unmatched.len(),
         not.len(),

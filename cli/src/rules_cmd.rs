@@ -148,7 +148,7 @@ pub(crate) fn report(err: &RulesError) {
     }
 }
 
-fn plural(n: usize) -> &'static str {
+pub(crate) fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
 
