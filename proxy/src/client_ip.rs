@@ -12,7 +12,8 @@ pub(crate) fn client_ip(
     request: &RequestHeader,
     trusted: &[IpNet],
 ) -> Option<IpAddr> {
-    let peer = peer?;
+    // An IPv4 peer on a dual-stack socket (`::ffff:a.b.c.d`) is matched as IPv4.
+    let peer = peer?.to_canonical();
     if !is_trusted(peer, trusted) {
         return Some(peer);
     }
@@ -25,9 +26,9 @@ pub(crate) fn client_ip(
             return Some(client);
         };
         for hop in text.split(',') {
-            match hop.trim().parse() {
-                Ok(ip) => hops.push(ip),
-                Err(_) => return Some(client),
+            match parse_hop(hop.trim()) {
+                Some(ip) => hops.push(ip),
+                None => return Some(client),
             }
         }
     }
@@ -38,6 +39,17 @@ pub(crate) fn client_ip(
         }
     }
     Some(client)
+}
+
+/// One `X-Forwarded-For` hop: an address, or an address with a port as some proxies write it
+/// (`203.0.113.7:5555`, `[2001:db8::1]:443`, `[2001:db8::1]`).
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    let ip = hop
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| hop.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()))
+        .or_else(|| hop.strip_prefix('[')?.strip_suffix(']')?.parse().ok())?;
+    Some(ip.to_canonical())
 }
 
 fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
@@ -91,5 +103,15 @@ mod tests {
             client_ip(Some(ip("127.0.0.1")), &request(&["not-an-ip"]), &trusted),
             Some(ip("127.0.0.1"))
         );
+    }
+
+    #[test]
+    fn hops_with_ports_and_mapped_addresses_are_read() {
+        let trusted = ["127.0.0.1/32".parse().unwrap()];
+        let from = |xff: &str| client_ip(Some(ip("::ffff:127.0.0.1")), &request(&[xff]), &trusted);
+        assert_eq!(from("203.0.113.7:5555"), Some(ip("203.0.113.7")));
+        assert_eq!(from("[2001:db8::1]:443"), Some(ip("2001:db8::1")));
+        assert_eq!(from("[2001:db8::1]"), Some(ip("2001:db8::1")));
+        assert_eq!(from("::ffff:198.51.100.77"), Some(ip("198.51.100.77")));
     }
 }

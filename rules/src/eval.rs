@@ -120,6 +120,9 @@ impl ClientIpMode {
     /// assert_eq!(ClientIpMode::None.render(ip), None);
     /// ```
     pub fn render(self, ip: IpAddr) -> Option<String> {
+        // A dual-stack listener sees IPv4 clients as `::ffff:a.b.c.d`: they are IPv4 clients,
+        // and anonymised as such (their /48 would be `::` for all of them).
+        let ip = ip.to_canonical();
         match self {
             ClientIpMode::Full => Some(ip.to_string()),
             ClientIpMode::None => None,

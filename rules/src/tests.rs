@@ -866,6 +866,16 @@ fn client_ip_modes() {
         Some("2001:db8:aaaa::")
     );
     assert_eq!(ClientIpMode::None.render(v6), None);
+    // An IPv4 client seen through a dual-stack socket is an IPv4 client.
+    let mapped = "::ffff:198.51.100.77".parse().unwrap();
+    assert_eq!(
+        ClientIpMode::Anonymized.render(mapped).as_deref(),
+        Some("198.51.100.0")
+    );
+    assert_eq!(
+        ClientIpMode::Full.render(mapped).as_deref(),
+        Some("198.51.100.77")
+    );
 }
 
 #[test]
