@@ -140,6 +140,15 @@ impl ClientIpMode {
     }
 }
 
+/// The longest path, query or header value a template reads. A client controls these, and
+/// a record is not the place for a megabyte of header (bodies have the capture limit, request
+/// IDs 128 characters): a longer value yields nothing, as a missing one does.
+pub const MAX_VALUE_BYTES: usize = 4096;
+
+fn bounded(value: Cow<'_, str>) -> Option<Cow<'_, str>> {
+    (value.len() <= MAX_VALUE_BYTES).then_some(value)
+}
+
 /// The rules a request's method and path matched, found when the request starts.
 ///
 /// It tells the capturing side what to collect (bodies or not, which request-ID header, whether
@@ -476,20 +485,22 @@ impl Lookup for CallLookup<'_> {
         let from = self.m.bounds.get(start as usize)?.0 as usize;
         let to = self.m.bounds.get(end.checked_sub(1)? as usize)?.1 as usize;
         let raw = self.m.path.get(from..to)?;
-        Some(decode_param(raw))
+        bounded(decode_param(raw))
     }
 
     fn query(&self, name: &str) -> Option<Cow<'_, str>> {
         let query = self.call.uri.query()?;
         query.split('&').find_map(|pair| {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            (form_decode(key) == name).then(|| Cow::Owned(form_decode(value).into_owned()))
+            (form_decode(key) == name)
+                .then(|| bounded(Cow::Owned(form_decode(value).into_owned())))
+                .flatten()
         })
     }
 
     fn header(&self, name: &http::HeaderName) -> Option<Cow<'_, str>> {
         let value = self.call.headers.get(name)?;
-        Some(String::from_utf8_lossy(value.as_bytes()))
+        bounded(String::from_utf8_lossy(value.as_bytes()))
     }
 
     fn body(&self) -> Option<&Value> {

@@ -72,7 +72,8 @@ pub use capture::BodyCapture;
 pub use coverage::{Coverage, Recorded, RuleInfo};
 pub use error::{Diagnostic, RulesError};
 pub use eval::{
-    Call, Claims, ClientIpMode, Match, UNMATCHED_OPERATION, bearer_token, decode_bearer_claims,
+    Call, Claims, ClientIpMode, MAX_VALUE_BYTES, Match, UNMATCHED_OPERATION, bearer_token,
+    decode_bearer_claims,
 };
 pub use model::{OnQueueFailure, Unmatched};
 pub use path::normalize_path;

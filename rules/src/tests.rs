@@ -972,3 +972,30 @@ fn parameter_names_may_hold_hyphens_as_openapi_specs_write_them() {
     assert_eq!(r.resources[0].id.as_deref(), Some("f-7"));
     assert_eq!(r.request.route.as_deref(), Some("/v1/files/{file-id}"));
 }
+
+#[test]
+fn values_over_4_kib_from_the_client_are_left_out() {
+    let set = load(&with_rules(
+        "  - operation: a.delete\n    method: DELETE\n    path: /x/{id}\n    details: { ticket: \"{header.X-Ticket}\", why: \"{query.why}\" }\n",
+    ));
+    let at_limit: &'static str = Box::leak("t".repeat(MAX_VALUE_BYTES).into_boxed_str());
+    let over: &'static str = Box::leak("t".repeat(MAX_VALUE_BYTES + 1).into_boxed_str());
+    let uri = |why: &str| -> &'static str { Box::leak(format!("/x/1?why={why}").into_boxed_str()) };
+    let r = req("DELETE", uri(at_limit))
+        .header("X-Ticket", at_limit)
+        .record(&set)
+        .unwrap();
+    assert_eq!(
+        r.details["ticket"].as_str().map(str::len),
+        Some(MAX_VALUE_BYTES)
+    );
+    assert_eq!(
+        r.details["why"].as_str().map(str::len),
+        Some(MAX_VALUE_BYTES)
+    );
+    let r = req("DELETE", uri(over))
+        .header("X-Ticket", over)
+        .record(&set)
+        .unwrap();
+    assert!(r.details.is_empty(), "{:?}", r.details);
+}
