@@ -348,18 +348,29 @@ impl<'a> FileReader<'a> {
         if let Some(n) = find(entries, "body")
             && let Some(ptr) = self.string(n, "`when.body`")
         {
-            match Template::parse(&format!("{{body{ptr}}}")) {
-                    Ok(_) if ptr.is_empty() || ptr.starts_with('/') => when.body = Some(ptr),
-                    Ok(_) | Err(_) => self.error(
-                        n.pos,
-                        format!(
-                            "`when.body` is a JSON pointer such as /name, not \"{ptr}\" ('~' must be followed by 0 or 1)"
-                        ),
-                    ),
-                }
+            if !(ptr.is_empty() || ptr.starts_with('/')) {
+                let fixed = ptr.replace('.', "/");
+                self.error(
+                    n.pos,
+                    format!("`when.body` is a JSON pointer, starting with '/': write \"/{fixed}\", not \"{ptr}\""),
+                );
+            } else if let Err(e) = Template::parse(&format!("{{body{ptr}}}")) {
+                self.error(n.pos, format!("`when.body`: {}", e.message));
+            } else {
+                when.body = Some(ptr);
+            }
         }
-        if let Some(n) = find(entries, "query") {
-            when.query = self.string(n, "`when.query`");
+        if let Some(n) = find(entries, "query")
+            && let Some(name) = self.string(n, "`when.query`")
+        {
+            if name.is_empty() {
+                self.error(
+                    n.pos,
+                    "`when.query` names no parameter: write e.g. `query: force`",
+                );
+            } else {
+                when.query = Some(name);
+            }
         }
         if let Some(n) = find(entries, "header")
             && let Some(name) = self.string(n, "`when.header`")
@@ -396,11 +407,12 @@ impl<'a> FileReader<'a> {
             }
         };
         let params = pattern.map(|(p, _)| p);
-        let mut out = Vec::new();
-        for item in items {
-            out.push(self.template(item, params)?);
-        }
-        Some(out)
+        // Every template is read, so that every bad one is reported at once.
+        let out: Vec<Option<Template>> = items
+            .into_iter()
+            .map(|item| self.template(item, params))
+            .collect();
+        out.into_iter().collect()
     }
 
     fn methods(&mut self, node: &Node) -> Option<MethodSet> {
@@ -585,6 +597,10 @@ pub(crate) fn expand(paths: &[PathBuf]) -> Result<Vec<PathBuf>, crate::RulesErro
             files.push(path.clone());
         }
     }
+    // A file named twice (`rules/ rules/*.yaml`) is read once, where it first appears: read
+    // twice, each of its rules would shadow itself.
+    let mut seen = std::collections::HashSet::new();
+    files.retain(|f| seen.insert(std::fs::canonicalize(f).unwrap_or_else(|_| f.clone())));
     Ok(files)
 }
 

@@ -271,6 +271,25 @@ impl PathPattern {
                     ),
                 );
             }
+            if let Some(bad) = part.chars().find(|c| !is_path_char(*c)) {
+                let mut encoded = String::new();
+                for c in part.chars() {
+                    if is_path_char(c) {
+                        encoded.push(c);
+                    } else {
+                        let mut buf = [0u8; 4];
+                        for b in c.encode_utf8(&mut buf).bytes() {
+                            encoded.push_str(&format!("%{b:02X}"));
+                        }
+                    }
+                }
+                return err(
+                    here,
+                    format!(
+                        "{bad:?} never appears in a request path as it is (clients send it percent-encoded): write \"{encoded}\""
+                    ),
+                );
+            }
             segments.push(Segment::Static(decode_unreserved(part).into_owned()));
         }
         Ok(PathPattern { segments })
@@ -301,6 +320,11 @@ impl PathPattern {
         }
         out
     }
+}
+
+/// What a path segment may hold as it is (RFC 3986 `pchar`, with `%` for escapes).
+fn is_path_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "-._~!$&'()*+,;=:@%".contains(c)
 }
 
 /// A parameter name: a letter or `_`, then letters, digits, `_` and `-` (OpenAPI specs name
@@ -411,6 +435,17 @@ mod tests {
         assert_eq!(e.message, "parameter \"x\" appears twice in this path");
         let e = PathPattern::parse("/a/{*x}/{*y}").unwrap_err();
         assert_eq!(e.offset, 8);
+        let e = PathPattern::parse("/v2/e x").unwrap_err();
+        assert_eq!(
+            (e.offset, e.message.as_str()),
+            (
+                4,
+                "' ' never appears in a request path as it is (clients send it percent-encoded): write \"e%20x\""
+            )
+        );
+        let e = PathPattern::parse("/café").unwrap_err();
+        assert!(e.message.ends_with("write \"caf%C3%A9\""), "{}", e.message);
+        assert!(PathPattern::parse("/v2/e%20x/a:b@c").is_ok());
         let e = PathPattern::parse("/a/{1x}").unwrap_err();
         assert!(e.message.starts_with("bad parameter name \"1x\""));
         let e = PathPattern::parse("/a?b=1").unwrap_err();

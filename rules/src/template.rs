@@ -361,6 +361,9 @@ fn parse_source(text: &str) -> Result<Source, String> {
             ));
         }
     }
+    if let Some(kind) = ["path", "query", "header"].into_iter().find(|k| *k == text) {
+        return Err(format!("\"{kind}\" needs a name, as in {kind}.id"));
+    }
     let word = text.split(['.', '/']).next().unwrap_or_default().to_owned();
     let hint = crate::error::did_you_mean(
         &word,

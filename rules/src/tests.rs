@@ -999,3 +999,43 @@ fn values_over_4_kib_from_the_client_are_left_out() {
         .unwrap();
     assert!(r.details.is_empty(), "{:?}", r.details);
 }
+
+#[test]
+fn check_messages_say_what_to_write() {
+    let e = error(&with_rules(
+        "  - operation: a.b\n    method: POST\n    path: /x\n    details: { d: \"{path}\" }\n",
+    ));
+    assert!(e.ends_with("\"path\" needs a name, as in path.id"), "{e}");
+    let e = error(&with_rules(
+        "  - operation: a.b\n    method: POST\n    path: /x\n    when: { body: name.first }\n",
+    ));
+    assert!(
+        e.ends_with("`when.body` is a JSON pointer, starting with '/': write \"/name/first\", not \"name.first\""),
+        "{e}"
+    );
+    let e = error(&with_rules(
+        "  - operation: a.b\n    method: POST\n    path: /x\n    when: { query: \"\" }\n",
+    ));
+    assert!(e.contains("`when.query` names no parameter"), "{e}");
+    // Every bad template of an actor list, at once.
+    let all = errors(&with_rules(
+        "  - operation: a.b\n    method: POST\n    path: /x\n    actor: [\"{jwt/sub\", \"{header.X | upper}\"]\n",
+    ));
+    assert_eq!(all.len(), 2, "{all:#?}");
+}
+
+#[test]
+fn a_file_named_twice_is_read_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a.yaml");
+    std::fs::write(
+        &file,
+        "version: 1\nservice: one\nrules:\n  - { operation: a.x, method: POST, path: /x }\n",
+    )
+    .unwrap();
+    let set = RuleSet::loader()
+        .check_only()
+        .load_all(&[dir.path().to_path_buf(), file])
+        .unwrap();
+    assert_eq!(set.summary().files, 1);
+}
