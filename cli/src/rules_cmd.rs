@@ -221,6 +221,15 @@ fn test(
     call.duration = Duration::ZERO;
     match found.record(&call) {
         Some(record) => {
+            if record.operation == auditgate_rules::UNMATCHED_OPERATION
+                && let Some(route) = found.route()
+            {
+                // The rule's `when` failed and `unmatched: record` caught the call.
+                eprintln!(
+                    "{} {route} matched the path, but its `when` does not hold: recorded as `unmatched`",
+                    found.operation()
+                );
+            }
             println!("{}", serde_json::to_string_pretty(&record)?);
             Ok(ExitCode::SUCCESS)
         }

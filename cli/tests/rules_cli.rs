@@ -247,6 +247,32 @@ fn test_exits_2_when_no_rule_matches() {
         "{}",
         text(&out.stderr)
     );
+
+    // With `unmatched: record`, the call is recorded as `unmatched`, and stderr says why.
+    let caught = write(
+        dir.path(),
+        "caught.yaml",
+        "version: 1\nservice: s\ndefaults: { unmatched: record }\nrules:\n  - { operation: a.rename, method: PATCH, path: \"/v1/files/{id}\", when: { body: /name } }\n",
+    );
+    let out = auditgate(&[
+        "rules",
+        "test",
+        caught.to_str().unwrap(),
+        "--method",
+        "PATCH",
+        "--path",
+        "/v1/files/abc",
+        "--body",
+        "{}",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let record: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(record["operation"], "unmatched");
+    assert!(
+        text(&out.stderr).contains("its `when` does not hold: recorded as `unmatched`"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
