@@ -83,6 +83,9 @@ struct RawEntry {
     key: String,
     id: String,
     record: Option<Vec<u8>>,
+    /// The entry's other fields: kept for the dead letters, where someone will want to see
+    /// what was written instead of a record.
+    others: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 impl ConsumerConfig {
@@ -296,6 +299,7 @@ impl Consumer {
                         key,
                         id,
                         record: bytes,
+                        ..
                     } = entry;
                     // parse_record accepted the bytes, so they are valid UTF-8 JSON: the
                     // check below never copies.
@@ -329,8 +333,12 @@ impl Consumer {
                 .arg("reason")
                 .arg(reason)
                 .arg("source")
-                .arg(format!("{} {}", entry.key, entry.id))
-                .ignore();
+                .arg(format!("{} {}", entry.key, entry.id));
+            for (name, value) in &entry.others {
+                pipe.arg([b"original.".as_slice(), name].concat())
+                    .arg(value);
+            }
+            pipe.ignore();
             pipe.cmd("XACK")
                 .arg(&entry.key)
                 .arg(&self.config.redis.group)
@@ -450,33 +458,41 @@ fn parse_entries(key: &str, entries: Value, out: &mut Vec<RawEntry>) {
         };
         // A deleted entry that is still pending comes back with nil fields; it has nothing to
         // commit, so it goes to the dead letters as "no record field" and is acknowledged.
-        let record = match parts.next() {
-            Some(Value::Array(fields)) => field(fields.into_iter().map(Some), "record"),
-            Some(Value::Map(pairs)) => field(
-                pairs.into_iter().flat_map(|(k, v)| [Some(k), Some(v)]),
-                "record",
-            ),
-            _ => None,
+        let (record, others) = match parts.next() {
+            Some(Value::Array(fields)) => split_fields(fields.into_iter()),
+            Some(Value::Map(pairs)) => split_fields(pairs.into_iter().flat_map(|(k, v)| [k, v])),
+            _ => (None, Vec::new()),
         };
         out.push(RawEntry {
             key: key.to_owned(),
             id,
             record,
+            others,
         });
     }
 }
 
-fn field(mut flat: impl Iterator<Item = Option<Value>>, name: &str) -> Option<Vec<u8>> {
-    while let (Some(Some(k)), Some(Some(v))) = (flat.next(), flat.next()) {
-        if text(&k).as_deref() == Some(name) {
-            return match v {
-                Value::BulkString(bytes) => Some(bytes),
-                Value::SimpleString(s) => Some(s.into_bytes()),
-                _ => None,
-            };
+/// The `record` field of an entry's flat field list, and the other fields.
+fn split_fields(
+    mut flat: impl Iterator<Item = Value>,
+) -> (Option<Vec<u8>>, Vec<(Vec<u8>, Vec<u8>)>) {
+    let bytes = |v: Value| match v {
+        Value::BulkString(bytes) => Some(bytes),
+        Value::SimpleString(s) => Some(s.into_bytes()),
+        _ => None,
+    };
+    let (mut record, mut others) = (None, Vec::new());
+    while let (Some(k), Some(v)) = (flat.next(), flat.next()) {
+        let (Some(k), Some(v)) = (bytes(k), bytes(v)) else {
+            continue;
+        };
+        if k == b"record" && record.is_none() {
+            record = Some(v);
+        } else {
+            others.push((k, v));
         }
     }
-    None
+    (record, others)
 }
 
 fn text(value: &Value) -> Option<String> {

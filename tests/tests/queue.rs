@@ -256,6 +256,14 @@ async fn a_dead_consumers_entries_are_claimed_and_garbage_is_dead_lettered() {
         .arg("{not json")
         .query(&mut conn)
         .unwrap();
+    // And an entry someone wrote by hand, without a record field.
+    let _: String = redis::cmd("XADD")
+        .arg(STREAM)
+        .arg("*")
+        .arg("other")
+        .arg("x")
+        .query(&mut conn)
+        .unwrap();
 
     let config = |name: &str| {
         let mut c = ConsumerConfig::new(RedisConfig::new(redis.url()), name);
@@ -267,7 +275,7 @@ async fn a_dead_consumers_entries_are_claimed_and_garbage_is_dead_lettered() {
     let mut a = Consumer::connect(config("writer-a")).await.unwrap();
     let read = a.next_batch().await.unwrap();
     assert_eq!(read.len(), 10);
-    assert_eq!(a.dead_lettered(), 1);
+    assert_eq!(a.dead_lettered(), 2);
     drop(a);
 
     // Writer B gets nothing new, then claims A's entries once they have been idle.
@@ -291,10 +299,13 @@ async fn a_dead_consumers_entries_are_claimed_and_garbage_is_dead_lettered() {
     assert_eq!(pending[0], redis::Value::Int(0), "nothing left pending");
 
     let dead = redis.entries("auditgate:records:dead");
-    assert_eq!(dead.len(), 1);
+    assert_eq!(dead.len(), 2);
     assert_eq!(dead[0]["record"], b"{not json");
     let reason = String::from_utf8_lossy(&dead[0]["reason"]).into_owned();
     assert!(reason.starts_with("not an audit record"), "{reason}");
+    // What the hand-written entry held is kept beside the reason.
+    assert_eq!(dead[1]["original.other"], b"x");
+    assert_eq!(dead[1]["reason"], b"the entry has no `record` field");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
