@@ -85,8 +85,11 @@ struct RawEntry {
     record: Option<Vec<u8>>,
     /// The entry's other fields: kept for the dead letters, where someone will want to see
     /// what was written instead of a record.
-    others: Vec<(Vec<u8>, Vec<u8>)>,
+    others: Fields,
 }
+
+/// Field names and values of a stream entry.
+type Fields = Vec<(Vec<u8>, Vec<u8>)>;
 
 impl ConsumerConfig {
     /// Defaults for everything but the stream and the name.
@@ -473,9 +476,7 @@ fn parse_entries(key: &str, entries: Value, out: &mut Vec<RawEntry>) {
 }
 
 /// The `record` field of an entry's flat field list, and the other fields.
-fn split_fields(
-    mut flat: impl Iterator<Item = Value>,
-) -> (Option<Vec<u8>>, Vec<(Vec<u8>, Vec<u8>)>) {
+fn split_fields(mut flat: impl Iterator<Item = Value>) -> (Option<Vec<u8>>, Fields) {
     let bytes = |v: Value| match v {
         Value::BulkString(bytes) => Some(bytes),
         Value::SimpleString(s) => Some(s.into_bytes()),
