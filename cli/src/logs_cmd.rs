@@ -128,8 +128,17 @@ fn fetch(args: &LogsArgs) -> anyhow::Result<Vec<Value>> {
         }
         match body["next_cursor"].as_str() {
             Some(c) => cursor = Some(c.to_owned()),
-            None => break,
+            None => {
+                cursor = None;
+                break;
+            }
         }
+    }
+    if cursor.is_some() && records.len() >= args.limit {
+        eprintln!(
+            "(the newest {}; more match: raise --limit, or narrow with --since/--until)",
+            args.limit
+        );
     }
     params.clear();
     records.truncate(args.limit);
@@ -166,8 +175,10 @@ fn print_table(records: &[Value]) {
                 .as_str()
                 .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
                 .map(|t| {
+                    // With its offset: `--since`/`--until` take any RFC 3339 time, and a
+                    // reader comparing the two must know which zone this is.
                     t.with_timezone(&Local)
-                        .format("%Y-%m-%d %H:%M:%S")
+                        .format("%Y-%m-%d %H:%M:%S%:z")
                         .to_string()
                 })
                 .unwrap_or_default();

@@ -39,7 +39,7 @@ pub(crate) enum RulesCommand {
         #[arg(long, value_name = "JSON")]
         body: Option<String>,
         /// The status the upstream answers with.
-        #[arg(long, default_value_t = 200, value_name = "N")]
+        #[arg(long, default_value_t = 200, value_name = "N", value_parser = clap::value_parser!(u16).range(100..=599))]
         status: u16,
         /// The upstream's response body (JSON), or @FILE.
         #[arg(long, value_name = "JSON")]

@@ -211,6 +211,10 @@ async fn filters_pages_history_export_auth(store: &str) {
     // Auth: no token, a wrong one, a viewer outside history.
     let anon = auditgate_tests::http(&writer.addr, "GET", "/api/v1/records", &[], b"").unwrap();
     assert_eq!(anon.status, 401);
+    assert_eq!(
+        anon.header("www-authenticate"),
+        Some("Bearer realm=\"auditgate\"")
+    );
     assert_eq!(writer.get_as("wrong", "/api/v1/records").status, 401);
     assert_eq!(writer.get_as(VIEWER_TOKEN, "/api/v1/records").status, 403);
     assert_eq!(writer.get_as(VIEWER_TOKEN, "/api/v1/export").status, 403);
@@ -477,4 +481,99 @@ fn a_writer_that_redis_refuses_stops_with_the_reason() {
         "{stderr}"
     );
     redis.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auditgate_logs_reads_what_the_api_answers() {
+    let redis = RedisServer::start();
+    let writer = WriterProcess::start(&redis.url(), "sqlite://audit.db", "");
+    let all = load_fixture(&redis, 300).await;
+    assert!(wait_until(Duration::from_secs(20), || writer.count() == 300));
+    let logs = |token: &str, args: &[&str]| {
+        std::process::Command::new(auditgate_tests::workspace_bin("auditgate"))
+            .arg("logs")
+            .args(["--server", &format!("http://{}", writer.addr)])
+            .args(args)
+            .env("AUDITGATE_TOKEN", token)
+            .output()
+            .unwrap()
+    };
+    let admin = auditgate_tests::ADMIN_TOKEN;
+
+    // ndjson: one record a line, every page followed up to --limit.
+    let out = logs(
+        admin,
+        &[
+            "--operation",
+            "asset.*",
+            "--limit",
+            "1000",
+            "--format",
+            "ndjson",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(ids, expect(&all, |r| r.operation.starts_with("asset.")));
+
+    // The default is the newest 100, and stderr says that more match.
+    let out = logs(admin, &["--format", "json"]);
+    let page: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(page.len(), 100);
+    assert_eq!(page[0]["id"].as_str(), Some(all[0].id.to_string().as_str()));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("more match"));
+
+    // The table: a header, and a row per record with its request ID and outcome.
+    let out = logs(admin, &["--request-id", "req-43"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.starts_with("TIME"), "{table}");
+    let row = table.lines().nth(1).unwrap();
+    assert!(
+        row.contains("req-43") && row.contains("member.remove") && row.contains("success"),
+        "{row}"
+    );
+
+    // A viewer reads a resource's history, oldest first, and nothing else.
+    let out = logs(
+        auditgate_tests::VIEWER_TOKEN,
+        &["--history", "f3", "--format", "ndjson"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut history = expect(&all, |r| r.resources[0].id.as_deref() == Some("f3"));
+    history.reverse();
+    let got: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(got, history);
+    let out = logs(auditgate_tests::VIEWER_TOKEN, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("403"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

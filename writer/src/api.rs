@@ -32,7 +32,16 @@ pub(crate) struct ApiError(StatusCode, String);
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "error": self.1 }).to_string();
-        (self.0, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+        let mut response =
+            (self.0, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+        if self.0 == StatusCode::UNAUTHORIZED {
+            // RFC 6750: a 401 names the scheme it wants.
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"auditgate\""),
+            );
+        }
+        response
     }
 }
 

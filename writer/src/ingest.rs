@@ -37,6 +37,8 @@ pub async fn ingest(
 ) {
     let commit_max = commit_max.max(1);
     let mut dead_seen = 0;
+    // While Redis is away every read fails: say so once, then every 10 s, not every second.
+    let mut failing_since: Option<(std::time::Instant, u64)> = None;
     let mut committing: Option<Committing> = None;
     let mut read: Vec<Delivery> = Vec::new();
     loop {
@@ -65,6 +67,14 @@ pub async fn ingest(
         let dead = consumer.dead_lettered();
         metrics::dead_letters(dead - dead_seen);
         dead_seen = dead;
+        if batch.is_ok()
+            && let Some((since, _)) = failing_since.take()
+        {
+            tracing::info!(
+                after_s = since.elapsed().as_secs(),
+                "reading the stream again"
+            );
+        }
         match batch {
             Ok(batch) if batch.is_empty() => {
                 // Nothing more there: acknowledge the commit in flight rather than wait.
@@ -74,7 +84,15 @@ pub async fn ingest(
             }
             Ok(batch) => read.extend(batch),
             Err(e) => {
-                tracing::warn!(error = %e, "reading the stream failed; retrying in 1 s");
+                let (since, failures) = failing_since.get_or_insert((std::time::Instant::now(), 0));
+                if *failures % 10 == 0 {
+                    tracing::warn!(
+                        error = %e,
+                        failing_for_s = since.elapsed().as_secs(),
+                        "reading the stream failed; retrying every second"
+                    );
+                }
+                *failures += 1;
                 tokio::select! {
                     _ = shutdown.changed() => break,
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}

@@ -78,7 +78,9 @@ pub async fn run(config: WriterConfig, shutdown: impl Future<Output = ()>) -> an
         tokens,
         metrics: handle,
     });
-    let listener = tokio::net::TcpListener::bind(&config.listen).await?;
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     let addr = listener.local_addr()?;
     println!("listening on http://{addr}");
     tracing::info!(%addr, store = %config.store, "auditgate writer started");
