@@ -451,6 +451,7 @@ impl Flusher {
         }
         let deadline = Instant::now() + self.shutdown_timeout;
         let mut batch = Vec::with_capacity(self.batch);
+        let mut last_lost: Option<Vec<u8>> = None;
         loop {
             if self.held.is_empty() {
                 if self.rx.recv_many(&mut batch, self.batch).await == 0 {
@@ -472,7 +473,11 @@ impl Flusher {
                     self.held = payloads;
                     self.held_to_spool();
                     if !self.held.is_empty() {
-                        let lost = std::mem::take(&mut self.held);
+                        let mut lost = std::mem::take(&mut self.held);
+                        // The newest is kept aside: see `keep_past_limit`.
+                        if let Some(newest) = lost.pop() {
+                            lost.extend(last_lost.replace(newest));
+                        }
                         self.shared.dropped(
                             lost.len() as u64,
                             "shutting down with redis unreachable and the spool full",
@@ -480,6 +485,9 @@ impl Flusher {
                     }
                 }
             }
+        }
+        if let Some(newest) = last_lost {
+            self.keep_past_limit(newest);
         }
         while self.spool_pending() && Instant::now() < deadline {
             let Connection::Up(c) = &mut conn else { break };
@@ -713,6 +721,25 @@ impl Flusher {
 
     /// Appends the held records to the spool; those that do not fit stay held. Without a
     /// spool, or when the disk refuses the write, they are dropped (and counted).
+    /// The newest of the records a shutdown could not deliver or spool is spooled past the
+    /// spool's limit (one record over it), so that the `origin.seq`s dropped before it show in
+    /// the writer's gaps: a dropped tail would leave no trace. See
+    /// [`Spool::append_past_limit`](crate::spool::Spool::append_past_limit).
+    fn keep_past_limit(&mut self, newest: Vec<u8>) {
+        let kept = self.shared.spool.as_ref().is_some_and(|spool| {
+            let mut spool = lock(spool);
+            let kept = spool.append_past_limit(&newest).is_ok() && spool.sync().is_ok();
+            self.shared.counters.set_spool_bytes(spool.bytes());
+            kept
+        });
+        if kept {
+            self.shared.counters.spooled.increment();
+        } else {
+            self.shared
+                .dropped(1, "shutting down with redis unreachable and the spool full");
+        }
+    }
+
     fn held_to_spool(&mut self) {
         if self.held.is_empty() {
             return;

@@ -197,6 +197,14 @@ impl Spool {
                 max_bytes: self.max_bytes,
             });
         }
+        self.append_past_limit(payload)
+    }
+
+    /// Appends even when that takes the spool past `max_bytes`. A producer that must drop
+    /// records at shutdown keeps its last one this way (one record over the limit): the
+    /// writer then sees the dropped `origin.seq`s as a gap before it, where a dropped tail
+    /// would leave no trace.
+    pub fn append_past_limit(&mut self, payload: &[u8]) -> Result<(), AppendError> {
         if self
             .active
             .as_ref()

@@ -179,6 +179,49 @@ async fn a_killed_producer_leaves_a_spool_that_the_next_one_replays() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_that_must_drop_keeps_the_newest_record_so_the_drops_show_as_a_gap() {
+    let mut redis = RedisServer::stopped_on(free_port());
+    let spool = tempfile::tempdir().unwrap();
+    let url = redis.url();
+    let config = || {
+        QueueConfig::new(url.clone())
+            .spool(spool.path(), 4 * 1024)
+            .buffer(64)
+            .instance("tail")
+    };
+    let queue = RedisQueue::start(config()).unwrap();
+    for n in 1..=20 {
+        queue.enqueue(record(n)).unwrap();
+    }
+    queue.shutdown().await;
+    let dropped = queue.stats().dropped;
+    assert!(dropped > 0, "4 KiB cannot hold 20 records");
+    drop(queue); // releases the spool for the next start
+
+    redis.restart();
+    let next = RedisQueue::start(config()).unwrap();
+    let expected = 20 - dropped as usize;
+    assert!(
+        wait_until(Duration::from_secs(20), || redis.len(STREAM) >= expected),
+        "{} of {expected} arrived",
+        redis.len(STREAM)
+    );
+    next.shutdown().await;
+    let seqs: HashSet<u64> = redis
+        .records(STREAM)
+        .iter()
+        .map(|r| r.origin.as_ref().unwrap().seq)
+        .collect();
+    assert_eq!(seqs.len(), expected);
+    // The newest made it, so every drop is a gap below it, which the writer reports.
+    assert!(seqs.contains(&20), "{seqs:?}");
+    assert_eq!(
+        (1..20).filter(|s| !seqs.contains(s)).count() as u64,
+        dropped
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_and_spool_full_counts_every_drop_and_refuses_closed_rules() {
     let mut redis = RedisServer::stopped_on(free_port());
     let spool = tempfile::tempdir().unwrap();
