@@ -577,3 +577,26 @@ async fn auditgate_logs_reads_what_the_api_answers() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_writer_whose_sqlite_folder_is_missing_says_so_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("writer.yaml");
+    std::fs::write(
+        &config,
+        "redis: { url: \"redis://127.0.0.1:1\" }\nstore: sqlite://missing/audit.db\nlisten: 127.0.0.1:0\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(auditgate_tests::workspace_bin("auditgate"))
+        .args(["writer", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot open the SQLite file") && stderr.contains("missing does not exist"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("cannot open").count(), 1, "{stderr}");
+}

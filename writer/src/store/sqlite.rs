@@ -148,7 +148,7 @@ impl SqliteStore {
     /// Opens (creating) the file and its schema.
     pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore, StoreError> {
         let path = path.as_ref().to_path_buf();
-        let mut writer = connect(&path)?;
+        let mut writer = connect(&path).map_err(|e| open_error(&path, e))?;
         migrate(&mut writer)?;
         writer.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)?;
         // A WAL that grew during a backlog is cut back to this size once it restarts.
@@ -197,6 +197,22 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     }
     tx.commit()?;
     Ok(())
+}
+
+/// Why the file cannot be opened, said once (rusqlite's own message repeats itself), with the
+/// likeliest cause named.
+fn open_error(path: &Path, e: StoreError) -> StoreError {
+    let why = match (path.parent(), e) {
+        (Some(dir), _) if !dir.as_os_str().is_empty() && !dir.exists() => {
+            format!("its folder {} does not exist", dir.display())
+        }
+        (_, StoreError::Sqlite(rusqlite::Error::SqliteFailure(failure, _))) => failure.to_string(),
+        (_, other) => other.to_string(),
+    };
+    StoreError::Other(format!(
+        "cannot open the SQLite file {}: {why}",
+        path.display()
+    ))
 }
 
 fn connect(path: &Path) -> Result<Connection, StoreError> {
