@@ -719,8 +719,6 @@ impl Flusher {
         self.shared.counters.set_buffer_depth(self.rx.len());
     }
 
-    /// Appends the held records to the spool; those that do not fit stay held. Without a
-    /// spool, or when the disk refuses the write, they are dropped (and counted).
     /// The newest of the records a shutdown could not deliver or spool is spooled past the
     /// spool's limit (one record over it), so that the `origin.seq`s dropped before it show in
     /// the writer's gaps: a dropped tail would leave no trace. See
@@ -740,6 +738,8 @@ impl Flusher {
         }
     }
 
+    /// Appends the held records to the spool; those that do not fit stay held. Without a
+    /// spool, or when the disk refuses the write, they are dropped (and counted).
     fn held_to_spool(&mut self) {
         if self.held.is_empty() {
             return;

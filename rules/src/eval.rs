@@ -490,12 +490,11 @@ impl Lookup for CallLookup<'_> {
 
     fn query(&self, name: &str) -> Option<Cow<'_, str>> {
         let query = self.call.uri.query()?;
-        query.split('&').find_map(|pair| {
+        let value = query.split('&').find_map(|pair| {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            (form_decode(key) == name)
-                .then(|| bounded(Cow::Owned(form_decode(value).into_owned())))
-                .flatten()
-        })
+            (form_decode(key) == name).then(|| form_decode(value).into_owned())
+        })?;
+        bounded(Cow::Owned(value))
     }
 
     fn header(&self, name: &http::HeaderName) -> Option<Cow<'_, str>> {
