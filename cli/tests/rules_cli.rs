@@ -378,3 +378,26 @@ fn coverage_lists_the_mutating_operations_no_rule_records() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn test_refuses_a_status_no_server_sends() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write(dir.path(), "rules.yaml", RULES);
+    let out = auditgate(&[
+        "rules",
+        "test",
+        rules.to_str().unwrap(),
+        "--method",
+        "DELETE",
+        "--path",
+        "/v1/files/abc",
+        "--status",
+        "99",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("100..=599"),
+        "{}",
+        text(&out.stderr)
+    );
+}
