@@ -445,6 +445,20 @@ async fn a_writer_started_before_redis_serves_its_store_and_drains_once_redis_is
     assert_eq!(ids_of(&page.json()), expect(&all, |_| true));
 }
 
+/// Runs `auditgate writer` on `config` (written into `dir`), which must exit 1 at start; its
+/// stderr.
+fn writer_that_stops(dir: &std::path::Path, config: &str) -> String {
+    let path = dir.join("writer.yaml");
+    std::fs::write(&path, config).unwrap();
+    let out = std::process::Command::new(auditgate_tests::workspace_bin("auditgate"))
+        .args(["writer", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn a_writer_that_redis_refuses_stops_with_the_reason() {
     // A Redis that answers, but wants a password the config does not give.
@@ -463,19 +477,12 @@ fn a_writer_that_redis_refuses_stops_with_the_reason() {
     assert!(wait_until(Duration::from_secs(10), || {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     }));
-    let config = dir.path().join("writer.yaml");
-    std::fs::write(
-        &config,
-        format!("redis: {{ url: \"redis://127.0.0.1:{port}\" }}\nstore: sqlite://audit.db\nlisten: 127.0.0.1:0\n"),
-    )
-    .unwrap();
-    let out = std::process::Command::new(auditgate_tests::workspace_bin("auditgate"))
-        .args(["writer", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = writer_that_stops(
+        dir.path(),
+        &format!(
+            "redis: {{ url: \"redis://127.0.0.1:{port}\" }}\nstore: sqlite://audit.db\nlisten: 127.0.0.1:0\n"
+        ),
+    );
     assert!(
         stderr.contains("NOAUTH") || stderr.contains("uthentication"),
         "{stderr}"
@@ -581,19 +588,10 @@ async fn auditgate_logs_reads_what_the_api_answers() {
 #[test]
 fn a_writer_whose_sqlite_folder_is_missing_says_so_once() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("writer.yaml");
-    std::fs::write(
-        &config,
+    let stderr = writer_that_stops(
+        dir.path(),
         "redis: { url: \"redis://127.0.0.1:1\" }\nstore: sqlite://missing/audit.db\nlisten: 127.0.0.1:0\n",
-    )
-    .unwrap();
-    let out = std::process::Command::new(auditgate_tests::workspace_bin("auditgate"))
-        .args(["writer", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    );
     assert!(
         stderr.contains("cannot open the SQLite file") && stderr.contains("missing does not exist"),
         "{stderr}"
