@@ -228,17 +228,21 @@ fn test_exits_2_when_no_rule_matches() {
         "guarded.yaml",
         "version: 1\nservice: s\nrules:\n  - { operation: a.rename, method: PATCH, path: \"/v1/files/{id}\", when: { body: /name } }\n",
     );
-    let out = auditgate(&[
-        "rules",
-        "test",
-        guarded.to_str().unwrap(),
-        "--method",
-        "PATCH",
-        "--path",
-        "/v1/files/abc",
-        "--body",
-        "{}",
-    ]);
+    // A PATCH without the `name` the rules' `when` asks for.
+    let patch_without_name = |rules: &Path| {
+        auditgate(&[
+            "rules",
+            "test",
+            rules.to_str().unwrap(),
+            "--method",
+            "PATCH",
+            "--path",
+            "/v1/files/abc",
+            "--body",
+            "{}",
+        ])
+    };
+    let out = patch_without_name(&guarded);
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(text(&out.stdout), "no rule matches\n");
     assert!(
@@ -254,17 +258,7 @@ fn test_exits_2_when_no_rule_matches() {
         "caught.yaml",
         "version: 1\nservice: s\ndefaults: { unmatched: record }\nrules:\n  - { operation: a.rename, method: PATCH, path: \"/v1/files/{id}\", when: { body: /name } }\n",
     );
-    let out = auditgate(&[
-        "rules",
-        "test",
-        caught.to_str().unwrap(),
-        "--method",
-        "PATCH",
-        "--path",
-        "/v1/files/abc",
-        "--body",
-        "{}",
-    ]);
+    let out = patch_without_name(&caught);
     assert_eq!(out.status.code(), Some(0));
     let record: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(record["operation"], "unmatched");

@@ -490,6 +490,19 @@ fn a_writer_that_redis_refuses_stops_with_the_reason() {
     redis.terminate();
 }
 
+/// The record ids of `auditgate logs --format ndjson` output, in order.
+fn ndjson_ids(out: &std::process::Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auditgate_logs_reads_what_the_api_answers() {
     let redis = RedisServer::start();
@@ -525,15 +538,7 @@ async fn auditgate_logs_reads_what_the_api_answers() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
+    let ids = ndjson_ids(&out);
     assert_eq!(ids, expect(&all, |r| r.operation.starts_with("asset.")));
 
     // The default is the newest 100, and stderr says that more match.
@@ -566,15 +571,7 @@ async fn auditgate_logs_reads_what_the_api_answers() {
     );
     let mut history = expect(&all, |r| r.resources[0].id.as_deref() == Some("f3"));
     history.reverse();
-    let got: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
+    let got = ndjson_ids(&out);
     assert_eq!(got, history);
     let out = logs(auditgate_tests::VIEWER_TOKEN, &[]);
     assert_eq!(out.status.code(), Some(1));
