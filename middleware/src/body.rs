@@ -4,13 +4,12 @@
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
+use auditgate_call::{AuditedCall, RequestCapture};
 use auditgate_queue::RecordSink;
 use auditgate_rules::Outcome;
 use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
-
-use crate::pending::{PendingRecord, SharedCapture, capture_buf};
 
 pin_project! {
     /// The request body the inner service sees: the client's body, frame for frame.
@@ -18,7 +17,7 @@ pin_project! {
     pub struct RequestBody<B> {
         #[pin]
         inner: B,
-        capture: Option<SharedCapture>,
+        capture: Option<RequestCapture>,
     }
 }
 
@@ -30,7 +29,7 @@ impl<B> RequestBody<B> {
         }
     }
 
-    pub(crate) fn capturing(inner: B, capture: Option<SharedCapture>) -> Self {
+    pub(crate) fn capturing(inner: B, capture: Option<RequestCapture>) -> Self {
         RequestBody { inner, capture }
     }
 }
@@ -48,10 +47,7 @@ impl<B: Body> Body for RequestBody<B> {
         if let (Some(capture), Some(Ok(frame))) = (this.capture.as_ref(), &frame)
             && let Some(data) = frame.data_ref()
         {
-            match capture.lock() {
-                Ok(mut c) => capture_buf(&mut c, data),
-                Err(poisoned) => capture_buf(&mut poisoned.into_inner(), data),
-            }
+            capture.push_buf(data);
         }
         Poll::Ready(frame)
     }
@@ -83,7 +79,7 @@ pin_project! {
         Audited {
             #[pin]
             inner: B,
-            pending: Option<PendingRecord<K>>,
+            call: Option<AuditedCall<K>>,
             // Bytes still to come when the length is known: a server that has sent them all
             // may drop the body without polling it to its end.
             remaining: Option<u64>,
@@ -102,20 +98,20 @@ impl<B: Body, K: RecordSink> ResponseBody<B, K> {
 
     /// `length`: what the response says its body holds (`Some(0)` for one that has none:
     /// an answer to HEAD, a 204 or 304), else the body's exact size hint.
-    pub(crate) fn audited(inner: B, pending: PendingRecord<K>, length: Option<u64>) -> Self {
+    pub(crate) fn audited(inner: B, call: AuditedCall<K>, length: Option<u64>) -> Self {
         let remaining = length.or_else(|| inner.size_hint().exact());
-        let pending = if inner.is_end_stream() || remaining == Some(0) {
+        let call = if inner.is_end_stream() || remaining == Some(0) {
             // A body that is empty, or not sent at all, may never be polled: the call is
             // complete already.
-            pending.finish(None);
+            call.finish(None);
             None
         } else {
-            Some(pending)
+            Some(call)
         };
         ResponseBody {
             kind: Kind::Audited {
                 inner,
-                pending,
+                call,
                 remaining,
             },
         }
@@ -145,33 +141,33 @@ where
             KindProj::Passthrough { inner } => inner.poll_frame(cx),
             KindProj::Audited {
                 mut inner,
-                pending,
+                call,
                 remaining,
             } => {
                 let frame = ready!(inner.as_mut().poll_frame(cx));
                 match &frame {
                     Some(Ok(frame)) => {
-                        if let (Some(p), Some(data)) = (pending.as_mut(), frame.data_ref()) {
-                            p.capture_response(data);
+                        if let (Some(c), Some(data)) = (call.as_mut(), frame.data_ref()) {
+                            c.response_buf(data);
                             if let Some(left) = remaining.as_mut() {
                                 *left = left.saturating_sub(data.remaining() as u64);
                             }
                         }
                         if (inner.is_end_stream() || *remaining == Some(0))
-                            && let Some(p) = pending.take()
+                            && let Some(c) = call.take()
                         {
-                            p.finish(None);
+                            c.finish(None);
                         }
                     }
                     // The client did not get the whole response.
                     Some(Err(_)) => {
-                        if let Some(p) = pending.take() {
-                            p.finish(Some(Outcome::Aborted));
+                        if let Some(c) = call.take() {
+                            c.finish(Some(Outcome::Aborted));
                         }
                     }
                     None => {
-                        if let Some(p) = pending.take() {
-                            p.finish(None);
+                        if let Some(c) = call.take() {
+                            c.finish(None);
                         }
                     }
                 }

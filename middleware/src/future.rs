@@ -4,15 +4,14 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
+use auditgate_call::{AuditedCall, Refusal};
 use auditgate_queue::RecordSink;
 use auditgate_rules::Outcome;
-use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Response, StatusCode};
 use http_body::Body;
 use pin_project_lite::pin_project;
 
 use crate::body::ResponseBody;
-use crate::pending::PendingRecord;
 
 pin_project! {
     /// The response future of [`Audit`](crate::Audit).
@@ -31,10 +30,10 @@ pin_project! {
         Audited {
             #[pin]
             future: F,
-            pending: Option<PendingRecord<K>>,
+            call: Option<AuditedCall<K>>,
             request_id: Option<(HeaderName, HeaderValue)>,
         },
-        Refused { request_id: Option<(HeaderName, String)> },
+        Refused { refusal: Option<Refusal> },
     }
 }
 
@@ -47,22 +46,22 @@ impl<F, K: RecordSink> ResponseFuture<F, K> {
 
     pub(crate) fn audited(
         future: F,
-        pending: PendingRecord<K>,
+        call: AuditedCall<K>,
         request_id: Option<(HeaderName, HeaderValue)>,
     ) -> Self {
         ResponseFuture {
             kind: Kind::Audited {
                 future,
-                pending: Some(pending),
+                call: Some(call),
                 request_id,
             },
         }
     }
 
-    pub(crate) fn refused(header: HeaderName, request_id: String) -> Self {
+    pub(crate) fn refused(refusal: Refusal) -> Self {
         ResponseFuture {
             kind: Kind::Refused {
-                request_id: Some((header, request_id)),
+                refusal: Some(refusal),
             },
         }
     }
@@ -84,52 +83,34 @@ where
             }
             KindProj::Audited {
                 future,
-                pending,
+                call,
                 request_id,
             } => {
                 let result = ready!(future.poll(cx));
-                let Some(mut pending) = pending.take() else {
+                let Some(mut call) = call.take() else {
                     unreachable!("a ResponseFuture is not polled after it completed");
                 };
                 match result {
                     Ok(mut response) => {
-                        pending.status = Some(response.status().as_u16());
-                        if pending.response_body.is_some() {
-                            pending.response_encoding =
-                                crate::pending::encoding_lines(response.headers());
-                        }
+                        call.response_head(response.status().as_u16(), response.headers());
                         if let Some((name, value)) = request_id.take() {
                             response.headers_mut().insert(name, value);
                         }
-                        let length = body_length(&pending.method, &response);
-                        Poll::Ready(Ok(
-                            response.map(|b| ResponseBody::audited(b, pending, length))
-                        ))
+                        let length = body_length(call.method(), &response);
+                        Poll::Ready(Ok(response.map(|b| ResponseBody::audited(b, call, length))))
                     }
                     Err(e) => {
                         // The inner service failed without a response; its error passes on.
-                        pending.finish(Some(Outcome::Error));
+                        call.finish(Some(Outcome::Error));
                         Poll::Ready(Err(e))
                     }
                 }
             }
-            KindProj::Refused { request_id } => {
-                let (header, id) = request_id.take().unwrap_or_else(|| {
-                    unreachable!("a ResponseFuture is not polled after it completed")
-                });
-                let body = Bytes::from(auditgate_queue::refusal_body(&id));
-                let mut response = Response::new(ResponseBody::refused(body));
-                *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-                let headers = response.headers_mut();
-                headers.insert(
-                    http::header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
-                headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("5"));
-                if let Ok(value) = HeaderValue::from_str(&id) {
-                    headers.insert(header, value);
-                }
-                Poll::Ready(Ok(response))
+            KindProj::Refused { refusal } => {
+                let Some(refusal) = refusal.take() else {
+                    unreachable!("a ResponseFuture is not polled after it completed");
+                };
+                Poll::Ready(Ok(refusal.into_response().map(ResponseBody::refused)))
             }
         }
     }

@@ -2,15 +2,12 @@
 
 use std::sync::Arc;
 
+use auditgate_call::CallSettings;
 use auditgate_queue::RecordSink;
 use auditgate_rules::{ClientIpMode, RuleSet};
 use tower_layer::Layer;
 
 use crate::service::Audit;
-
-/// The default for how much of a request or response body is read for `body/` and
-/// `response/` templates: 64 KiB.
-pub const DEFAULT_CAPTURE_LIMIT: usize = 64 * 1024;
 
 /// Audits the calls its rules match; see the [crate docs](crate) for an example.
 ///
@@ -25,8 +22,7 @@ pub struct AuditLayer<K> {
 #[derive(Debug)]
 pub(crate) struct Settings {
     pub(crate) rules: RuleSet,
-    pub(crate) capture_limit: usize,
-    pub(crate) client_ip: ClientIpMode,
+    pub(crate) call: CallSettings,
 }
 
 impl<K: RecordSink + Clone> AuditLayer<K> {
@@ -41,8 +37,7 @@ impl<K: RecordSink + Clone> AuditLayer<K> {
         AuditLayer {
             settings: Arc::new(Settings {
                 rules,
-                capture_limit: DEFAULT_CAPTURE_LIMIT,
-                client_ip: ClientIpMode::default(),
+                call: CallSettings::default(),
             }),
             sink,
         }
@@ -51,14 +46,14 @@ impl<K: RecordSink + Clone> AuditLayer<K> {
     /// How many bytes of each body templates may read (default 64 KiB). The bodies always
     /// pass through whole; a body longer than this is simply not read by templates.
     pub fn capture_limit(mut self, bytes: usize) -> Self {
-        self.settings_mut().capture_limit = bytes;
+        self.settings_mut().call.capture_limit = bytes;
         self
     }
 
     /// How the client's address is recorded (default: anonymised to its /24 or /48). The
     /// address comes from axum's `ConnectInfo<SocketAddr>` or a `SocketAddr` request extension.
     pub fn client_ip(mut self, mode: ClientIpMode) -> Self {
-        self.settings_mut().client_ip = mode;
+        self.settings_mut().call.client_ip = mode;
         self
     }
 
@@ -67,8 +62,7 @@ impl<K: RecordSink + Clone> AuditLayer<K> {
         if Arc::get_mut(&mut self.settings).is_none() {
             self.settings = Arc::new(Settings {
                 rules: self.settings.rules.clone(),
-                capture_limit: self.settings.capture_limit,
-                client_ip: self.settings.client_ip,
+                call: self.settings.call,
             });
         }
         match Arc::get_mut(&mut self.settings) {

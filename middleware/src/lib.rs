@@ -103,12 +103,12 @@
 mod body;
 mod future;
 mod layer;
-mod pending;
 mod service;
 
+pub use auditgate_call::DEFAULT_CAPTURE_LIMIT;
 pub use body::{RequestBody, ResponseBody};
 pub use future::ResponseFuture;
-pub use layer::{AuditLayer, DEFAULT_CAPTURE_LIMIT};
+pub use layer::AuditLayer;
 pub use service::Audit;
 
 /// The request ID of an audited call, as an extension handlers can read:

@@ -1,11 +1,10 @@
 //! [`Audit`]: the service [`AuditLayer`](crate::AuditLayer) wraps around the inner one.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
+use auditgate_call::{Begin, CallerClaims};
 use auditgate_queue::RecordSink;
-use auditgate_rules::{BodyCapture, OnQueueFailure};
 use http::{HeaderValue, Request, Response};
 use http_body::Body;
 use tower_service::Service;
@@ -13,7 +12,6 @@ use tower_service::Service;
 use crate::body::{RequestBody, ResponseBody};
 use crate::future::ResponseFuture;
 use crate::layer::Settings;
-use crate::pending::PendingRecord;
 use crate::{RequestId, VerifiedClaims};
 
 /// Audits the calls its rules match and passes every call to the inner service; built by
@@ -40,59 +38,36 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let Some(found) = self
-            .settings
-            .rules
-            .matches(request.method(), request.uri().path())
-        else {
-            return ResponseFuture::passthrough(
-                self.inner.call(request.map(RequestBody::passthrough)),
-            );
-        };
-        let time = chrono::Utc::now();
-        let started = Instant::now();
         let (mut parts, body) = request.into_parts();
+        let settings = &self.settings;
+        let mut call = match Begin::new(&settings.rules, &self.sink, &settings.call, &parts) {
+            Begin::Pass => {
+                let request = Request::from_parts(parts, RequestBody::passthrough(body));
+                return ResponseFuture::passthrough(self.inner.call(request));
+            }
+            Begin::Refuse(refusal) => return ResponseFuture::refused(refusal),
+            Begin::Audit(call) => call,
+        };
 
-        // The request ID: the client's when it sent a sane one, else a new one; the handler
-        // sees it in the header and as an extension, the client gets it back.
-        let request_id = found.request_id_at(&parts.headers, time);
-        let header = found.request_id_header().clone();
-        let header_value = HeaderValue::from_str(&request_id).ok();
+        // The handler sees the request ID in its header and as an extension; the client gets
+        // it back in the same header.
+        let header = call.request_id_header().clone();
+        let header_value = HeaderValue::from_str(call.request_id()).ok();
         if let Some(value) = &header_value {
             parts.headers.insert(header.clone(), value.clone());
         }
-        parts.extensions.insert(RequestId(request_id.clone()));
-
-        if found.on_queue_failure() == OnQueueFailure::Closed && !self.sink.can_accept() {
-            return ResponseFuture::refused(header, request_id);
-        }
-
-        let client_ip =
-            client_addr(&parts.extensions).and_then(|ip| self.settings.client_ip.render(ip));
-        let verified_claims = parts
+        parts
             .extensions
-            .get::<VerifiedClaims>()
-            .map(|c| c.0.clone());
-        let limit = self.settings.capture_limit;
-        let capture = found
-            .needs_request_body()
-            .then(|| Arc::new(Mutex::new(BodyCapture::new(limit))));
-        let pending = PendingRecord::new(
-            self.sink.clone(),
-            found,
-            &parts,
-            request_id,
-            time,
-            started,
-            client_ip,
-            verified_claims,
-            capture.clone(),
-            limit,
-        );
+            .insert(RequestId(call.request_id().to_owned()));
+        call.set_client_ip(client_addr(&parts.extensions));
+        if let Some(claims) = parts.extensions.get::<VerifiedClaims>() {
+            call.set_claims(CallerClaims::Verified(claims.0.clone()));
+        }
+        let capture = call.request_capture();
         let request = Request::from_parts(parts, RequestBody::capturing(body, capture));
         ResponseFuture::audited(
             self.inner.call(request),
-            pending,
+            call,
             header_value.map(|v| (header, v)),
         )
     }

@@ -17,16 +17,14 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use auditgate_queue::{RecordSink, RedisQueue, Throttle};
-use auditgate_rules::{
-    BodyCapture, Call, Claims, ClientIpMode, Match, OnQueueFailure, Outcome, RuleSet,
-};
+use auditgate_call::{AuditedCall, Begin, CallSettings, CallerClaims};
+use auditgate_queue::{RedisQueue, Throttle};
+use auditgate_rules::{Outcome, RuleSet};
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -45,6 +43,8 @@ pub struct AuditProxy {
     pub(crate) sink: RedisQueue,
     pub(crate) upstream: Upstream,
     pub(crate) config: ProxyConfig,
+    /// The capture limit and client-address mode every call shares.
+    call_settings: CallSettings,
     /// The CAs an `https` upstream must chain to, when not the system's.
     pub(crate) upstream_ca: Option<Arc<[pingora::utils::tls::WrappedX509]>>,
     /// Bearer-token keys, swapped when the rules reload.
@@ -62,19 +62,14 @@ pub struct Ctx {
     audit: Option<Box<Audited>>,
 }
 
-/// What an audited request collects on its way through.
+/// An audited request on its way through: the call, and its place in the in-flight count.
 #[derive(Debug)]
 struct Audited {
-    /// Counts the request in [`AuditProxy::in_flight`] for as long as it lives.
+    call: AuditedCall<RedisQueue>,
+    /// Counts the request in [`AuditProxy::in_flight`] for as long as it lives. Declared
+    /// after `call`, so that a call dropped unfinished has made its record before the count
+    /// that shutdown waits for goes down.
     _in_flight: InFlight,
-    found: Match,
-    request_id: String,
-    time: DateTime<Utc>,
-    started: Instant,
-    client_ip: Option<IpAddr>,
-    claims: ClaimState,
-    request_body: Option<BodyCapture>,
-    response_body: Option<BodyCapture>,
 }
 
 /// One audited request not yet logged. Dropping it, however the request ends (even by a
@@ -95,13 +90,6 @@ impl Drop for InFlight {
     }
 }
 
-#[derive(Debug)]
-enum ClaimState {
-    Unverified,
-    Verified(serde_json::Value),
-    Refused,
-}
-
 impl AuditProxy {
     pub(crate) fn new(
         rules: Arc<ArcSwap<RuleSet>>,
@@ -115,6 +103,10 @@ impl AuditProxy {
             rules,
             sink,
             upstream,
+            call_settings: CallSettings {
+                capture_limit: config.capture_limit,
+                client_ip: config.client_ip,
+            },
             config,
             jwt,
             metrics,
@@ -188,55 +180,47 @@ impl ProxyHttp for AuditProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let time = Utc::now();
-        let started = Instant::now();
         let rules = self.rules.load();
-        let found = {
-            let req = session.req_header();
-            rules.matches(&req.method, req.uri.path())
+        let begun = Begin::new(
+            &rules,
+            &self.sink,
+            &self.call_settings,
+            session.req_header(),
+        );
+        let mut call = match begun {
+            Begin::Pass => return Ok(false),
+            Begin::Refuse(refusal) => {
+                self.metrics.refused.increment(1);
+                let (parts, body) = refusal.into_response().into_parts();
+                let mut response = ResponseHeader::build(parts.status, Some(parts.headers.len()))?;
+                for (name, value) in parts.headers {
+                    if let Some(name) = name {
+                        response.insert_header(name, value)?;
+                    }
+                }
+                session
+                    .write_response_header(Box::new(response), false)
+                    .await?;
+                session.write_response_body(Some(body), true).await?;
+                return Ok(true);
+            }
+            Begin::Audit(call) => call,
         };
-        let Some(found) = found else {
-            return Ok(false);
-        };
-        let request_id = found.request_id(&session.req_header().headers);
-        let header = found.request_id_header().clone();
         session
             .req_header_mut()
-            .insert_header(header.clone(), request_id.as_str())?;
-
-        if found.on_queue_failure() == OnQueueFailure::Closed && !self.sink.can_accept() {
-            self.metrics.refused.increment(1);
-            let body = Bytes::from(auditgate_queue::refusal_body(&request_id));
-            let mut response = ResponseHeader::build(503, Some(4))?;
-            response.insert_header(http::header::CONTENT_TYPE, "application/json")?;
-            response.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
-            response.insert_header(http::header::RETRY_AFTER, "5")?;
-            response.insert_header(header, request_id.as_str())?;
-            session
-                .write_response_header(Box::new(response), false)
-                .await?;
-            session.write_response_body(Some(body), true).await?;
-            return Ok(true);
+            .insert_header(call.request_id_header().clone(), call.request_id())?;
+        call.set_client_ip(self.client_ip_of(session));
+        if let Some(verifier) = &self.jwt {
+            call.set_claims(
+                match verifier.load().verify(&session.req_header().headers) {
+                    Some(claims) => CallerClaims::Verified(claims),
+                    None => CallerClaims::Refused,
+                },
+            );
         }
-
-        let claims = match &self.jwt {
-            None => ClaimState::Unverified,
-            Some(verifier) => match verifier.load().verify(&session.req_header().headers) {
-                Some(claims) => ClaimState::Verified(claims),
-                None => ClaimState::Refused,
-            },
-        };
-        let limit = self.config.capture_limit;
         ctx.audit = Some(Box::new(Audited {
+            call,
             _in_flight: InFlight::new(&self.in_flight),
-            request_body: found.needs_request_body().then(|| BodyCapture::new(limit)),
-            response_body: found.needs_response_body().then(|| BodyCapture::new(limit)),
-            client_ip: self.client_ip_of(session),
-            found,
-            request_id,
-            time,
-            started,
-            claims,
         }));
         Ok(false)
     }
@@ -246,13 +230,7 @@ impl ProxyHttp for AuditProxy {
         // found closed), it passes the request body through `request_body_filter` again:
         // each attempt captures the bodies afresh.
         if let Some(audit) = ctx.audit.as_mut() {
-            let limit = self.config.capture_limit;
-            for capture in [&mut audit.request_body, &mut audit.response_body]
-                .into_iter()
-                .flatten()
-            {
-                *capture = BodyCapture::new(limit);
-            }
+            audit.call.restart_capture();
         }
         let up = &self.upstream;
         let mut peer = HttpPeer::new(up.addr, up.tls, up.host.clone());
@@ -298,10 +276,8 @@ impl ProxyHttp for AuditProxy {
         _end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let (Some(audit), Some(chunk)) = (ctx.audit.as_mut(), body.as_ref())
-            && let Some(capture) = audit.request_body.as_mut()
-        {
-            capture.push(chunk);
+        if let (Some(audit), Some(chunk)) = (ctx.audit.as_ref(), body.as_ref()) {
+            audit.call.request_data(chunk);
         }
         Ok(())
     }
@@ -317,13 +293,11 @@ impl ProxyHttp for AuditProxy {
         }
         if let Some(audit) = ctx.audit.as_mut() {
             upstream_response.insert_header(
-                audit.found.request_id_header().clone(),
-                audit.request_id.as_str(),
+                audit.call.request_id_header().clone(),
+                audit.call.request_id(),
             )?;
             if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS {
-                // What follows is another protocol's traffic (WebSocket frames), not bodies.
-                audit.request_body = None;
-                audit.response_body = None;
+                audit.call.stop_capture();
             }
         }
         Ok(())
@@ -336,10 +310,8 @@ impl ProxyHttp for AuditProxy {
         _end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
-        if let (Some(audit), Some(chunk)) = (ctx.audit.as_mut(), body.as_ref())
-            && let Some(capture) = audit.response_body.as_mut()
-        {
-            capture.push(chunk);
+        if let (Some(audit), Some(chunk)) = (ctx.audit.as_mut(), body.as_ref()) {
+            audit.call.response_data(chunk);
         }
         Ok(None)
     }
@@ -370,8 +342,8 @@ impl ProxyHttp for AuditProxy {
             let _ = response.insert_header(http::header::CONTENT_LENGTH, "0");
             if let Some(audit) = &ctx.audit {
                 let _ = response.insert_header(
-                    audit.found.request_id_header().clone(),
-                    audit.request_id.as_str(),
+                    audit.call.request_id_header().clone(),
+                    audit.call.request_id(),
                 );
             }
             // As pingora's own error responses: `Connection: close` (the connection is not
@@ -393,13 +365,14 @@ impl ProxyHttp for AuditProxy {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         self.metrics.requests.increment(1);
-        let Some(audit) = ctx.audit.take() else {
+        let Some(mut audit) = ctx.audit.take() else {
             return;
         };
-        // A 1xx other than 101 is not the answer: the client left after `100 Continue`.
-        let status = (session.response_written())
-            .map(|r| r.status.as_u16())
-            .filter(|s| *s >= 200 || *s == 101);
+        if let Some(response) = session.response_written() {
+            audit
+                .call
+                .response_head(response.status.as_u16(), &response.headers);
+        }
         let outcome = match e.map(|e| e.esource()) {
             None => None,
             // The client went away (or broke the protocol) before the response was complete.
@@ -407,40 +380,9 @@ impl ProxyHttp for AuditProxy {
             // No complete answer from the upstream: the proxy answered (502/504) or cut off.
             Some(_) => Some(Outcome::Error),
         };
-        let req = session.req_header();
-        // Templates read JSON: a compressed body is decoded first (within the capture limit).
-        let encoding = http::header::CONTENT_ENCODING;
-        let request_body =
-            (audit.request_body.as_ref()).and_then(|c| c.decoded(req.headers.get_all(&encoding)));
-        let response_body = audit.response_body.as_ref().and_then(|c| {
-            let response = session.response_written();
-            c.decoded(
-                response
-                    .into_iter()
-                    .flat_map(|r| r.headers.get_all(&encoding)),
-            )
+        let Audited { call, _in_flight } = *audit;
+        call.finish_observed(outcome, |record| {
+            self.metrics.record(record.operation, record.outcome);
         });
-        let mut call = Call::new(&req.method, &req.uri, &req.headers);
-        call.time = audit.time;
-        call.duration = audit.started.elapsed();
-        call.status = status;
-        call.outcome = outcome;
-        call.request_id = Some(&audit.request_id);
-        call.request_body = request_body.as_deref();
-        call.response_body = response_body.as_deref();
-        call.client_ip = audit
-            .client_ip
-            .and_then(|ip| ClientIpMode::render(self.config.client_ip, ip));
-        call.claims = match &audit.claims {
-            ClaimState::Unverified => Claims::Unverified,
-            ClaimState::Verified(v) => Claims::Verified(v),
-            ClaimState::Refused => Claims::Absent,
-        };
-        let Some(record) = audit.found.record_ref(&call) else {
-            return;
-        };
-        self.metrics.record(record.operation, record.outcome);
-        // A record the queue cannot take is counted there (auditgate_queue_dropped_total).
-        let _ = self.sink.enqueue_ref(record);
     }
 }

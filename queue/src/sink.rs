@@ -145,17 +145,6 @@ pub fn hostname() -> Option<String> {
         .or_else(|| std::env::var("HOSTNAME").ok())
 }
 
-/// The JSON body of the 503 that answers a call of an `on_queue_failure: closed` rule when
-/// [`RecordSink::can_accept`] is false: the same for the proxy and the layer.
-pub fn refusal_body(request_id: &str) -> String {
-    serde_json::json!({
-        "error": "audit_unavailable",
-        "message": "this operation is audited and its audit record cannot be stored right now; try again later",
-        "request_id": request_id,
-    })
-    .to_string()
-}
-
 /// A sink that keeps records in memory: for tests of the code that produces them.
 ///
 /// ```

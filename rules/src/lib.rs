@@ -56,7 +56,6 @@ use std::sync::Arc;
 
 use smallvec::SmallVec;
 
-mod capture;
 mod coverage;
 mod error;
 mod eval;
@@ -68,7 +67,6 @@ mod record;
 mod template;
 mod yaml;
 
-pub use capture::BodyCapture;
 pub use coverage::{Coverage, Recorded, RuleInfo};
 pub use error::{Diagnostic, RulesError};
 pub use eval::{

@@ -3,6 +3,8 @@
 use std::borrow::Cow;
 use std::io::Read;
 
+use bytes::Buf;
+
 /// Collects a body's chunks as they stream past, up to a limit.
 ///
 /// Templates read JSON, and a prefix of a JSON document cannot be read: a body longer than the
@@ -10,7 +12,7 @@ use std::io::Read;
 /// yield nothing. The body itself is never held back — the capture only copies.
 ///
 /// ```
-/// use auditgate_rules::BodyCapture;
+/// use auditgate_call::BodyCapture;
 ///
 /// let mut capture = BodyCapture::new(16);
 /// capture.push(br#"{"name":"#);
@@ -49,10 +51,32 @@ impl BodyCapture {
         self.bytes.extend_from_slice(chunk);
     }
 
+    /// Copies the next data frame of a body, which a `Buf` may hold in several pieces.
+    pub fn push_buf(&mut self, data: &impl Buf) {
+        let mut slices = [std::io::IoSlice::new(&[]); 16];
+        let n = data.chunks_vectored(&mut slices);
+        let copied: usize = slices[..n].iter().map(|s| s.len()).sum();
+        if copied < data.remaining() {
+            // More pieces than slices: a rare Buf; treat the body as too large rather than guess.
+            self.give_up();
+            return;
+        }
+        for s in &slices[..n] {
+            self.push(s);
+        }
+    }
+
     /// Marks the body as not captured whole (a piece of it could not be copied).
     pub fn give_up(&mut self) {
         self.truncated = true;
         self.bytes = Vec::new();
+    }
+
+    /// Empties the capture for a new attempt at the same body (a retried upstream request
+    /// replays it from its start).
+    pub fn restart(&mut self) {
+        self.bytes.clear();
+        self.truncated = false;
     }
 
     /// The whole body, when it fitted within the limit.
@@ -68,7 +92,7 @@ impl BodyCapture {
     /// bounds what a compressed body can expand to.
     ///
     /// ```
-    /// use auditgate_rules::BodyCapture;
+    /// use auditgate_call::BodyCapture;
     /// use std::io::Write;
     ///
     /// let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());

@@ -1,0 +1,394 @@
+//! One audited call's life, shared by auditgate's two front ends: the pingora proxy and the
+//! tower layer. Each is a thin *host* that feeds a call the events it sees; everything about
+//! what a call records — the rule match, the request ID, the `closed` refusal, body capture and
+//! decoding, status → outcome, the record and its enqueue — is here, once.
+//!
+//! # The call's states
+//!
+//! ```text
+//!            Begin::new(rules, sink, settings, request head)
+//!                 │
+//!   ┌─────────────┼──────────────────────┐
+//!   ▼             ▼                      ▼
+//! Pass         Refuse(Refusal)         Audit(AuditedCall)
+//! (no rule)    (closed rule, the       │  request_data …      request bytes, up to the limit
+//!               sink cannot keep a     │  response_head       status, Content-Encoding
+//!               record: answer 503,    │  response_data …     response bytes, up to the limit
+//!               never forward)         ▼
+//!                                    finish(outcome) ──► record ──► sink.enqueue_ref
+//!                                      or dropped    ──► record (outcome `aborted`) ──► sink
+//! ```
+//!
+//! | event | the proxy (pingora phases) | the layer (tower) |
+//! |---|---|---|
+//! | [`Begin::new`] | `request_filter` | `Audit::call` |
+//! | [`AuditedCall::request_data`] | `request_body_filter` | `RequestBody::poll_frame`, through [`RequestCapture`] |
+//! | [`AuditedCall::restart_capture`] | `upstream_peer` (a retry replays the body) | — |
+//! | [`AuditedCall::stop_capture`] | `response_filter` on `101` | — |
+//! | [`AuditedCall::response_head`] | `logging` (the head the client got) | `ResponseFuture::poll` |
+//! | [`AuditedCall::response_data`] | `response_body_filter` | `ResponseBody::poll_frame` |
+//! | [`AuditedCall::finish`] | `logging`, with the error's outcome | the body's end; `error` when the inner service fails |
+//! | `Drop` | a filter panicked (no `logging`) | the client left; the body was dropped unfinished |
+//!
+//! What stays with the hosts is what only they can know: the proxy's client address behind
+//! trusted proxies (`X-Forwarded-For`) and its JWT verification, the layer's `ConnectInfo` and
+//! `VerifiedClaims`, and the proxy's count of calls in flight for shutdown.
+//!
+//! # Exactly one record
+//!
+//! An [`AuditedCall`] emits its record exactly once: [`AuditedCall::finish`] consumes it, and
+//! its `Drop` emits the record as `aborted` only when `finish` was never reached. A flag
+//! (`emitted`) makes the two paths one: whichever comes first writes the record, the other
+//! does nothing. A [`Begin::Pass`] or [`Begin::Refuse`] call has no record at all (a refused call
+//! was never forwarded; the client's 503 says so).
+//!
+//! Nothing here awaits anything: the sink's `enqueue_ref` returns at once, and a record it
+//! cannot take is counted by the sink.
+//!
+//! ```
+//! use auditgate_call::{Begin, CallSettings};
+//! use auditgate_queue::MemorySink;
+//! use auditgate_rules::RuleSet;
+//!
+//! let rules = RuleSet::from_yaml("rules.yaml", r#"
+//! version: 1
+//! service: media-library
+//! rules:
+//!   - operation: asset.rename
+//!     method: PATCH
+//!     path: /v1/files/{fileId}/details
+//!     resources: [{ type: file, id: "{path.fileId}" }]
+//!     details: { new_name: "{body/name}" }
+//! "#)?;
+//! let sink = MemorySink::new();
+//! let request = http::Request::patch("/v1/files/abc/details").body(())?;
+//! let (parts, ()) = request.into_parts();
+//!
+//! let Begin::Audit(mut call) = Begin::new(&rules, &sink, &CallSettings::default(), &parts) else {
+//!     panic!("a rule matches");
+//! };
+//! call.request_data(br#"{"name": "tree.png"}"#);
+//! call.response_head(200, &http::HeaderMap::new());
+//! call.finish(None);
+//!
+//! let records = sink.records();
+//! assert_eq!(records[0].operation, "asset.rename");
+//! assert_eq!(records[0].details["new_name"], "tree.png");
+//! assert_eq!(records[0].resources[0].id.as_deref(), Some("abc"));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use auditgate_queue::RecordSink;
+use auditgate_rules::{
+    Call, Claims, ClientIpMode, Match, OnQueueFailure, Outcome, RecordRef, RuleSet,
+};
+use bytes::Buf;
+use chrono::{DateTime, Utc};
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+mod capture;
+mod refusal;
+
+pub use capture::BodyCapture;
+pub use refusal::Refusal;
+
+/// The default for how much of a request or response body is read for `body/` and
+/// `response/` templates: 64 KiB.
+pub const DEFAULT_CAPTURE_LIMIT: usize = 64 * 1024;
+
+/// What every call of one host shares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallSettings {
+    /// How many bytes of each body templates may read (default [`DEFAULT_CAPTURE_LIMIT`]).
+    pub capture_limit: usize,
+    /// How the client's address is recorded (default: anonymised).
+    pub client_ip: ClientIpMode,
+}
+
+impl Default for CallSettings {
+    fn default() -> Self {
+        CallSettings {
+            capture_limit: DEFAULT_CAPTURE_LIMIT,
+            client_ip: ClientIpMode::default(),
+        }
+    }
+}
+
+/// How a call starts: what the host is to do with it.
+#[derive(Debug)]
+// Made once per call and taken apart at once: boxing the call would cost an allocation.
+#[allow(clippy::large_enum_variant)]
+pub enum Begin<K: RecordSink> {
+    /// No rule wants the call: forward it untouched.
+    Pass,
+    /// A `closed` rule matched and the sink cannot keep a record durably: answer with the
+    /// refusal and do not forward the call.
+    Refuse(Refusal),
+    /// The call is audited: forward it (with [`AuditedCall::request_id`] in its request-ID
+    /// header) and feed the call what passes.
+    Audit(AuditedCall<K>),
+}
+
+/// How far the caller's bearer-token claims can be trusted, as the host found out.
+#[derive(Debug, Clone, Default)]
+pub enum CallerClaims {
+    /// Not checked: `jwt/` templates decode the token without its signature.
+    #[default]
+    Unverified,
+    /// Checked by the host (the proxy's `jwt:` keys, the layer's `VerifiedClaims`).
+    Verified(serde_json::Value),
+    /// Checked and refused: `jwt/` templates yield nothing.
+    Refused,
+}
+
+/// The request body's capture, shared between the call and a host that reads the body
+/// somewhere else (the layer's request body, polled by the handler).
+#[derive(Debug, Clone)]
+pub struct RequestCapture(Arc<Mutex<BodyCapture>>);
+
+impl RequestCapture {
+    /// Copies a data frame, up to the capture limit.
+    pub fn push_buf(&self, data: &impl Buf) {
+        self.lock().push_buf(data);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BodyCapture> {
+        // A panic while pushing leaves a capture that is at worst incomplete.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A call a rule matched, from its start until its record is emitted; see the
+/// [crate docs](crate) for its events and the exactly-once rule.
+#[derive(Debug)]
+pub struct AuditedCall<K: RecordSink> {
+    sink: K,
+    found: Match,
+    method: http::Method,
+    uri: http::Uri,
+    /// Only what the record reads: a browser's dozen headers are not copied per call.
+    headers: HeaderMap,
+    request_id: String,
+    time: DateTime<Utc>,
+    started: Instant,
+    client_ip: Option<IpAddr>,
+    client_ip_mode: ClientIpMode,
+    claims: CallerClaims,
+    request_body: Option<RequestCapture>,
+    /// The request's `Content-Encoding` lines, kept when its body is captured.
+    request_encoding: Vec<HeaderValue>,
+    response_body: Option<BodyCapture>,
+    /// The response's `Content-Encoding` lines, kept when its body is captured.
+    response_encoding: Vec<HeaderValue>,
+    status: Option<u16>,
+    emitted: bool,
+}
+
+impl<K: RecordSink + Clone> Begin<K> {
+    /// Matches a request that has just arrived (its method and its path, normalised) and
+    /// decides what becomes of it. The request ID is the client's when it sent a sane one in
+    /// the rules' request-ID header, else a new UUIDv7 of this moment.
+    pub fn new(
+        rules: &RuleSet,
+        sink: &K,
+        settings: &CallSettings,
+        request: &http::request::Parts,
+    ) -> Begin<K> {
+        let Some(found) = rules.matches(&request.method, request.uri.path()) else {
+            return Begin::Pass;
+        };
+        let time = Utc::now();
+        let started = Instant::now();
+        let request_id = found.request_id_at(&request.headers, time);
+        if found.on_queue_failure() == OnQueueFailure::Closed && !sink.can_accept() {
+            let header = found.request_id_header().clone();
+            return Begin::Refuse(Refusal::new(header, request_id));
+        }
+        let limit = settings.capture_limit;
+        let request_body = found
+            .needs_request_body()
+            .then(|| RequestCapture(Arc::new(Mutex::new(BodyCapture::new(limit)))));
+        let request_encoding = match request_body {
+            Some(_) => encoding_lines(&request.headers),
+            None => Vec::new(),
+        };
+        Begin::Audit(AuditedCall {
+            sink: sink.clone(),
+            method: request.method.clone(),
+            uri: request.uri.clone(),
+            headers: found.record_headers(&request.headers),
+            request_id,
+            time,
+            started,
+            client_ip: None,
+            client_ip_mode: settings.client_ip,
+            claims: CallerClaims::Unverified,
+            request_body,
+            request_encoding,
+            response_body: found.needs_response_body().then(|| BodyCapture::new(limit)),
+            response_encoding: Vec::new(),
+            status: None,
+            emitted: false,
+            found,
+        })
+    }
+}
+
+impl<K: RecordSink> AuditedCall<K> {
+    /// The call's request ID: the host forwards it in [`Self::request_id_header`] and
+    /// echoes it to the client.
+    pub fn request_id(&self) -> &str {
+        &self.request_id
+    }
+
+    /// The header that carries the request ID (the rules' `defaults.request_id`).
+    pub fn request_id_header(&self) -> &HeaderName {
+        self.found.request_id_header()
+    }
+
+    /// The request method.
+    pub fn method(&self) -> &http::Method {
+        &self.method
+    }
+
+    /// The client's address, as the host determined it (the record keeps as much of it as
+    /// [`CallSettings::client_ip`] says).
+    pub fn set_client_ip(&mut self, ip: Option<IpAddr>) {
+        self.client_ip = ip;
+    }
+
+    /// How `jwt/` templates read the caller's token.
+    pub fn set_claims(&mut self, claims: CallerClaims) {
+        self.claims = claims;
+    }
+
+    /// The request body's capture, for a host that sees the body elsewhere; `None` when no
+    /// matching rule reads it.
+    pub fn request_capture(&self) -> Option<RequestCapture> {
+        self.request_body.clone()
+    }
+
+    /// Copies the next bytes of the request body, up to the capture limit.
+    pub fn request_data(&self, chunk: &[u8]) {
+        if let Some(capture) = &self.request_body {
+            capture.lock().push(chunk);
+        }
+    }
+
+    /// Forgets what was captured: the request is sent again (a retried upstream attempt
+    /// replays the body from its start), and so is its answer.
+    pub fn restart_capture(&mut self) {
+        if let Some(capture) = &self.request_body {
+            capture.lock().restart();
+        }
+        if let Some(capture) = &mut self.response_body {
+            capture.restart();
+        }
+    }
+
+    /// Stops capturing: what follows is another protocol's traffic (WebSocket frames after a
+    /// `101`), not bodies.
+    pub fn stop_capture(&mut self) {
+        self.request_body = None;
+        self.response_body = None;
+    }
+
+    /// The head of the response the client got. A `1xx` other than `101` is not the answer
+    /// (a client that leaves after `100 Continue` got none) and leaves the status unset.
+    pub fn response_head(&mut self, status: u16, headers: &HeaderMap) {
+        self.status = (status >= 200 || status == 101).then_some(status);
+        if self.response_body.is_some() {
+            self.response_encoding = encoding_lines(headers);
+        }
+    }
+
+    /// Copies the next bytes of the response body, up to the capture limit.
+    pub fn response_data(&mut self, chunk: &[u8]) {
+        if let Some(capture) = &mut self.response_body {
+            capture.push(chunk);
+        }
+    }
+
+    /// [`Self::response_data`] for a data frame that may be in several pieces.
+    pub fn response_buf(&mut self, data: &impl Buf) {
+        if let Some(capture) = &mut self.response_body {
+            capture.push_buf(data);
+        }
+    }
+
+    /// Ends the call and emits its record. `None` lets the status decide the outcome
+    /// (`success` below 400, `failure` from 400, `aborted` when no answer was sent);
+    /// [`Outcome::Error`] says the upstream gave no answer, [`Outcome::Aborted`] that the
+    /// client left.
+    pub fn finish(mut self, outcome: Option<Outcome>) {
+        self.emit(outcome, &mut |_| {});
+    }
+
+    /// [`Self::finish`], showing the record to `observe` before it is enqueued (the proxy
+    /// counts records by operation and outcome).
+    pub fn finish_observed(
+        mut self,
+        outcome: Option<Outcome>,
+        mut observe: impl FnMut(&RecordRef<'_>),
+    ) {
+        self.emit(outcome, &mut observe);
+    }
+
+    fn emit(&mut self, outcome: Option<Outcome>, observe: &mut dyn FnMut(&RecordRef<'_>)) {
+        if std::mem::replace(&mut self.emitted, true) {
+            return;
+        }
+        // Taken out of the lock: the record is emitted once, and a body still being read (a
+        // 204 sent before the handler read it all) must not wait while it is serialised.
+        let request_body = (self.request_body.as_ref()).map(|c| std::mem::take(&mut *c.lock()));
+        // Templates read JSON: a compressed body is decoded first (within the capture limit).
+        let request_body = (request_body.as_ref()).and_then(|b| b.decoded(&self.request_encoding));
+        let response_body =
+            (self.response_body.as_ref()).and_then(|b| b.decoded(&self.response_encoding));
+        let call = Call {
+            method: &self.method,
+            uri: &self.uri,
+            headers: &self.headers,
+            request_body: request_body.as_deref(),
+            status: self.status,
+            response_body: response_body.as_deref(),
+            outcome,
+            client_ip: self.client_ip.and_then(|ip| self.client_ip_mode.render(ip)),
+            claims: match &self.claims {
+                CallerClaims::Unverified => Claims::Unverified,
+                CallerClaims::Verified(claims) => Claims::Verified(claims),
+                CallerClaims::Refused => Claims::Absent,
+            },
+            request_id: Some(&self.request_id),
+            time: self.time,
+            duration: self.started.elapsed(),
+        };
+        if let Some(record) = self.found.record_ref(&call) {
+            observe(&record);
+            // A record the sink cannot take is counted there (`auditgate_queue_dropped_total`);
+            // the response has been sent, so there is nothing else to do with the refusal.
+            let _ = self.sink.enqueue_ref(record);
+        }
+    }
+}
+
+impl<K: RecordSink> Drop for AuditedCall<K> {
+    fn drop(&mut self) {
+        // Dropped before `finish`: the client went away, the body was dropped unfinished, or
+        // the host's code panicked. The call happened; its record says how it ended.
+        self.emit(Some(Outcome::Aborted), &mut |_| {});
+    }
+}
+
+/// A message's `Content-Encoding` lines (none, almost always: no allocation then).
+fn encoding_lines(headers: &HeaderMap) -> Vec<HeaderValue> {
+    headers
+        .get_all(http::header::CONTENT_ENCODING)
+        .iter()
+        .cloned()
+        .collect()
+}
