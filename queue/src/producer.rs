@@ -164,7 +164,7 @@ impl RedisQueue {
             tx,
             capacity: config.buffer,
             spool,
-            stamp: OriginStamp::new(config.origin_kind.clone(), instance),
+            stamp: OriginStamp::new(&config.origin_kind, &instance),
             counters: Counters::new(),
             redis_up: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
@@ -252,7 +252,7 @@ impl RecordSink for RedisQueue {
         self.shared.counters.enqueued.increment();
         let payload = self.shared.stamp.encode_ref(&record);
         drop(record);
-        self.shared.hand_over(payload)
+        self.shared.hand_over(Ok(payload))
     }
 
     fn can_accept(&self) -> bool {

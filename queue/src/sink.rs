@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use auditgate_rules::{AuditRecord, Origin, RecordRef};
+use auditgate_rules::{AuditRecord, OriginJson, RecordRef};
 
 /// Where a record went when it was accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,69 +60,43 @@ impl<T: RecordSink> RecordSink for Arc<T> {
 /// Stamps `origin` on records: one instance name, a sequence counting up from 1.
 #[derive(Debug)]
 pub(crate) struct OriginStamp {
-    kind: String,
-    instance: String,
-    /// `,"origin":{"kind":…,"instance":…,"seq":`, escaped once: every record's JSON ends in it.
-    prefix: Vec<u8>,
+    origin: OriginJson,
     seq: AtomicU64,
 }
 
 impl OriginStamp {
-    pub(crate) fn new(kind: String, instance: String) -> OriginStamp {
-        let mut prefix = br#","origin":{"kind":"#.to_vec();
-        // Writing a string into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut prefix, &kind);
-        prefix.extend_from_slice(br#","instance":"#);
-        let _ = serde_json::to_writer(&mut prefix, &instance);
-        prefix.extend_from_slice(br#","seq":"#);
+    pub(crate) fn new(kind: &str, instance: &str) -> OriginStamp {
         OriginStamp {
-            kind,
-            instance,
-            prefix,
+            origin: OriginJson::new(kind, instance),
             seq: AtomicU64::new(0),
         }
     }
 
     pub(crate) fn instance(&self) -> &str {
-        &self.instance
+        self.origin.instance()
     }
 
-    /// The record's JSON with this producer's `origin` (and the next `seq`) as its last
-    /// member: the same text as serialising the record with `origin` set, without building
-    /// an `Origin` (two strings) per record.
+    fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// The record's JSON with this producer's `origin` and the next `seq`.
     pub(crate) fn encode(&self, record: &mut AuditRecord) -> serde_json::Result<Vec<u8>> {
-        record.origin = None;
-        let mut json = Vec::with_capacity(1024);
-        serde_json::to_writer(&mut json, record)?;
-        self.append_origin(json)
+        self.stamp(record);
+        serde_json::to_vec(record)
     }
 
-    /// [`OriginStamp::encode`] for a borrowed record, written by [`RecordRef::write_json`].
-    pub(crate) fn encode_ref(&self, record: &RecordRef<'_>) -> serde_json::Result<Vec<u8>> {
+    /// [`OriginStamp::encode`] for a borrowed record: the same bytes, written directly
+    /// ([`RecordRef::write_json_with_origin`]).
+    pub(crate) fn encode_ref(&self, record: &RecordRef<'_>) -> Vec<u8> {
         let mut json = Vec::with_capacity(1024);
-        record.write_json(&mut json);
-        self.append_origin(json)
-    }
-
-    fn append_origin(&self, mut json: Vec<u8>) -> serde_json::Result<Vec<u8>> {
-        // A serialised record ends in its closing brace; `origin` goes in before it.
-        if json.pop() != Some(b'}') {
-            return Err(serde::ser::Error::custom("a record is a JSON object"));
-        }
-        json.extend_from_slice(&self.prefix);
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        // Written into the buffer: no string per record. Writing to a Vec cannot fail.
-        let _ = std::io::Write::write_fmt(&mut json, format_args!("{seq}}}}}"));
-        Ok(json)
+        record.write_json_with_origin(&mut json, &self.origin, self.next_seq());
+        json
     }
 
     /// Sets the record's `origin`, for sinks that keep records rather than their JSON.
     pub(crate) fn stamp(&self, record: &mut AuditRecord) {
-        record.origin = Some(Origin {
-            kind: self.kind.clone(),
-            instance: self.instance.clone(),
-            seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
-        });
+        record.origin = Some(self.origin.with_seq(self.next_seq()));
     }
 }
 
@@ -177,7 +151,7 @@ impl MemorySink {
                 records: Mutex::new(Vec::new()),
                 accepting: AtomicBool::new(true),
                 dropped: AtomicU64::new(0),
-                stamp: OriginStamp::new("memory".to_owned(), "memory".to_owned()),
+                stamp: OriginStamp::new("memory", "memory"),
             }),
         }
     }
@@ -240,11 +214,11 @@ mod tests {
 
     #[test]
     fn an_encoded_record_is_the_record_with_its_origin_serialised() {
-        let stamp = OriginStamp::new("proxy".into(), "host \"a\"/3f2c".into());
+        let stamp = OriginStamp::new("proxy", "host \"a\"/3f2c");
         let mut record = sample_record();
         let first = stamp.encode(&mut record).unwrap();
         let second = stamp.encode(&mut record).unwrap();
-        record.origin = Some(Origin {
+        record.origin = Some(auditgate_rules::Origin {
             kind: "proxy".into(),
             instance: "host \"a\"/3f2c".into(),
             seq: 2,
@@ -272,8 +246,8 @@ mod tests {
         call.status = Some(200);
         let borrowed = found.record_ref(&call).unwrap();
 
-        let stamp = OriginStamp::new("layer".into(), "host/1".into());
-        let from_ref = stamp.encode_ref(&borrowed).unwrap();
+        let stamp = OriginStamp::new("layer", "host/1");
+        let from_ref = stamp.encode_ref(&borrowed);
         let mut owned = borrowed.into_owned();
         let from_owned = stamp.encode(&mut owned).unwrap();
         // Same text but for the sequence number, which counts up per record.

@@ -76,8 +76,8 @@ pub use eval::{
 pub use model::{OnQueueFailure, Unmatched};
 pub use path::normalize_path;
 pub use record::{
-    Actor, ActorRef, AuditRecord, Origin, Outcome, RecordRef, RequestInfo, RequestRef, Resource,
-    ResourceRef, ResponseInfo, SCHEMA_VERSION,
+    Actor, ActorRef, AuditRecord, Origin, OriginJson, Outcome, RecordRef, RequestInfo, RequestRef,
+    Resource, ResourceRef, ResponseInfo, SCHEMA_VERSION,
 };
 
 use load::FileReader;

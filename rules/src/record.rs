@@ -1,4 +1,6 @@
-//! The audit record: one per audited call, serialised as the JSON of DESIGN.md.
+//! The audit record: one per audited call, serialised as the JSON of DESIGN.md. This module
+//! owns that wire format: the serde derives of [`AuditRecord`] (what the writer reads back)
+//! and the direct writer of [`RecordRef`] (what producers send), which write the same bytes.
 //!
 //! Two types carry it. [`AuditRecord`] owns its fields: it is what the writer reads back, the
 //! API serves and tests compare. [`RecordRef`] is the same record borrowed from the rule set
@@ -154,6 +156,59 @@ pub struct Origin {
     pub seq: u64,
 }
 
+/// A producer's `origin` as JSON, its kind and instance escaped once: every record a producer
+/// sends ends in it, and only `seq` differs from one to the next. See
+/// [`RecordRef::write_json_with_origin`].
+///
+/// ```
+/// use auditgate_rules::OriginJson;
+/// let origin = OriginJson::new("proxy", "host-a/3f2c");
+/// assert_eq!(origin.kind(), "proxy");
+/// assert_eq!(origin.instance(), "host-a/3f2c");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OriginJson {
+    kind: String,
+    instance: String,
+    /// `,"origin":{"kind":…,"instance":…,"seq":`
+    prefix: Vec<u8>,
+}
+
+impl OriginJson {
+    /// The origin of a producer of `kind` (`proxy`, `layer`, …) named `instance`.
+    pub fn new(kind: &str, instance: &str) -> OriginJson {
+        let mut prefix = br#","origin":{"kind":"#.to_vec();
+        push_str(&mut prefix, kind);
+        prefix.extend_from_slice(br#","instance":"#);
+        push_str(&mut prefix, instance);
+        prefix.extend_from_slice(br#","seq":"#);
+        OriginJson {
+            kind: kind.to_owned(),
+            instance: instance.to_owned(),
+            prefix,
+        }
+    }
+
+    /// See [`Origin::kind`].
+    pub fn kind(&self) -> &str {
+        &self.kind
+    }
+
+    /// See [`Origin::instance`].
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// The owned [`Origin`] with this kind and instance.
+    pub fn with_seq(&self, seq: u64) -> Origin {
+        Origin {
+            kind: self.kind.clone(),
+            instance: self.instance.clone(),
+            seq,
+        }
+    }
+}
+
 /// An audit record borrowed from its rule set and its call.
 ///
 /// Made by [`Match::record_ref`](crate::Match::record_ref) on the request path and handed to a
@@ -242,6 +297,21 @@ impl<'a> RecordRef<'a> {
     /// string byte by byte through its escape table; here keys are constants and a string
     /// that needs no escaping is copied whole.
     pub fn write_json(&self, out: &mut Vec<u8>) {
+        self.write_members(out);
+        out.push(b'}');
+    }
+
+    /// [`RecordRef::write_json`] with `origin` as its last member: the bytes `serde_json`
+    /// writes for the owned record with [`AuditRecord::origin`] set to `origin` and `seq`.
+    pub fn write_json_with_origin(&self, out: &mut Vec<u8>, origin: &OriginJson, seq: u64) {
+        self.write_members(out);
+        out.extend_from_slice(&origin.prefix);
+        push_u64(out, seq);
+        out.extend_from_slice(b"}}");
+    }
+
+    /// Everything but the closing brace.
+    fn write_members(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"schema\":");
         push_u64(out, self.schema.into());
         let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
@@ -298,7 +368,7 @@ impl<'a> RecordRef<'a> {
             out.push(b':');
             push_value(out, value);
         }
-        out.extend_from_slice(b"}}");
+        out.push(b'}');
     }
 
     /// The same record with fields of its own (and no `origin` yet).
