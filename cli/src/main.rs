@@ -55,8 +55,9 @@ fn main() -> ExitCode {
             init_logging();
             report(
                 auditgate_proxy::ProxyConfig::load(&config)
-                    .map_err(anyhow::Error::from)
-                    .and_then(auditgate_proxy::run),
+                    .map_err(auditgate_proxy::ProxyError::from)
+                    .and_then(auditgate_proxy::serve)
+                    .map_err(anyhow::Error::from),
             )
         }
         Command::Writer { config } => {

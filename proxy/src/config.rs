@@ -14,6 +14,8 @@ use auditgate_rules::ClientIpMode;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::error::ProxyError;
+
 /// Everything `auditgate proxy` reads from its config file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -250,35 +252,31 @@ impl ProxyConfig {
                 "`jwt` names no key: give `hs256_secret_file`, `jwks_file` or both (without `jwt`, claims are read unverified)".into(),
             ));
         }
-        config.upstream().map_err(invalid)?;
+        config.upstream().map_err(|e| invalid(e.to_string()))?;
         Ok(config)
     }
 
     /// The upstream URL, parsed and resolved.
-    pub fn upstream(&self) -> Result<Upstream, String> {
-        let uri: http::Uri = self.upstream.parse().map_err(|e| {
-            format!(
-                "`upstream: {}` is not a URL ({e}): write http://HOST:PORT",
-                self.upstream
-            )
-        })?;
+    pub fn upstream(&self) -> Result<Upstream, ProxyError> {
+        let bad = |problem: String| ProxyError::Upstream {
+            url: self.upstream.clone(),
+            problem,
+        };
+        let uri: http::Uri = (self.upstream.parse())
+            .map_err(|e| bad(format!("is not a URL ({e}): write http://HOST:PORT")))?;
         let tls = match uri.scheme_str() {
             Some("http") => false,
             Some("https") => true,
             _ => {
-                return Err(format!(
-                    "`upstream: {}` must start with http:// or https://",
-                    self.upstream
-                ));
+                return Err(bad("must start with http:// or https://".into()));
             }
         };
         let Some(host) = uri.host() else {
-            return Err(format!("`upstream: {}` names no host", self.upstream));
+            return Err(bad("names no host".into()));
         };
         if uri.path() != "/" && !uri.path().is_empty() {
-            return Err(format!(
-                "`upstream: {}` has a path; the proxy forwards paths as they come: remove it",
-                self.upstream
+            return Err(bad(
+                "has a path; the proxy forwards paths as they come: remove it".into(),
             ));
         }
         let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
@@ -288,9 +286,9 @@ impl ProxyConfig {
             .to_owned();
         let addr = (host.as_str(), port)
             .to_socket_addrs()
-            .map_err(|e| format!("cannot resolve the upstream {host}:{port}: {e}"))?
+            .map_err(|e| bad(format!("cannot be resolved ({host}:{port}): {e}")))?
             .next()
-            .ok_or_else(|| format!("the upstream {host}:{port} resolves to no address"))?;
+            .ok_or_else(|| bad(format!("resolves to no address ({host}:{port})")))?;
         let authority = uri
             .authority()
             .map_or_else(|| host.clone(), |a| a.as_str().to_owned());

@@ -21,6 +21,8 @@ use ring::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
 use serde::Deserialize;
 use sha2::Sha256;
 
+use crate::error::ProxyError;
+
 /// Seconds of clock skew tolerated on `exp` and `nbf`.
 const LEEWAY_SECONDS: i64 = 60;
 
@@ -92,45 +94,49 @@ struct Jwk {
     y: Option<String>,
 }
 
-/// An I/O error that names the file it happened on.
-fn named(path: &Path) -> impl FnOnce(std::io::Error) -> std::io::Error + '_ {
-    move |e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+/// A key file that cannot be read.
+fn unreadable(path: &Path) -> impl FnOnce(std::io::Error) -> ProxyError + '_ {
+    move |e| bad_key(path, e.to_string())
 }
 
-fn invalid(message: String) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, message)
+fn bad_key(path: &Path, message: String) -> ProxyError {
+    ProxyError::Jwt {
+        path: path.to_owned(),
+        message,
+    }
 }
+
+/// Why a JWKS document cannot be used; the caller adds the file's name.
+type JwksProblem = String;
 
 impl Verifier {
     /// Reads the key files a `jwt:` config names; the error names the file.
-    pub(crate) fn load(config: &crate::config::JwtConfig) -> Result<Verifier, String> {
+    pub(crate) fn load(config: &crate::config::JwtConfig) -> Result<Verifier, ProxyError> {
         Verifier::from_files(
             config.hs256_secret_file.as_deref(),
             config.jwks_file.as_deref(),
         )
-        .map_err(|e| e.to_string())
     }
 
     /// Reads the HS256 secret file and the JWKS file, whichever are given.
     pub(crate) fn from_files(
         hs256_secret_file: Option<&Path>,
         jwks_file: Option<&Path>,
-    ) -> std::io::Result<Verifier> {
+    ) -> Result<Verifier, ProxyError> {
         let mut verifier = Verifier::default();
         if let Some(path) = hs256_secret_file {
-            let secret = auditgate_rules::read_key_file(path).map_err(named(path))?;
+            let secret = auditgate_rules::read_key_file(path).map_err(unreadable(path))?;
             if secret.is_empty() {
-                return Err(invalid(format!(
-                    "{} is empty: put the HS256 secret in it",
-                    path.display()
-                )));
+                return Err(bad_key(
+                    path,
+                    "it is empty: put the HS256 secret in it".into(),
+                ));
             }
             verifier.hs256 = Some(secret);
         }
         if let Some(path) = jwks_file {
-            let text = std::fs::read(path).map_err(named(path))?;
-            verifier.keys =
-                parse_jwks(&text).map_err(|e| invalid(format!("{}: {e}", path.display())))?;
+            let text = std::fs::read(path).map_err(unreadable(path))?;
+            verifier.keys = parse_jwks(&text).map_err(|message| bad_key(path, message))?;
         }
         Ok(verifier)
     }
@@ -224,7 +230,7 @@ impl PublicKey {
 /// The public keys of a JWKS document. Keys for encryption (`use: enc`) are skipped; a key
 /// this proxy cannot use (an unknown `kty` or curve, a missing member) is an error naming it,
 /// so that a typo does not silently leave every token unverified.
-fn parse_jwks(text: &[u8]) -> Result<Vec<PublicKey>, String> {
+fn parse_jwks(text: &[u8]) -> Result<Vec<PublicKey>, JwksProblem> {
     let set: JwkSet = serde_json::from_slice(text)
         .map_err(|e| format!("not a JWKS document ({{\"keys\": [...]}}): {e}"))?;
     let mut keys = Vec::new();
@@ -236,7 +242,7 @@ fn parse_jwks(text: &[u8]) -> Result<Vec<PublicKey>, String> {
             Some(kid) => format!("key {index} (kid {kid:?})"),
             None => format!("key {index}"),
         };
-        let member = |value: &Option<String>, member: &str| -> Result<Vec<u8>, String> {
+        let member = |value: &Option<String>, member: &str| -> Result<Vec<u8>, JwksProblem> {
             let text = value
                 .as_deref()
                 .ok_or_else(|| format!("{name}: missing \"{member}\""))?;

@@ -7,27 +7,35 @@
 //!
 //! ```no_run
 //! let config = auditgate_proxy::ProxyConfig::load("proxy.yaml")?;
-//! auditgate_proxy::run(config)?; // returns after SIGTERM (graceful) or SIGINT (fast)
-//! # Ok::<(), anyhow::Error>(())
+//! auditgate_proxy::serve(config)?; // returns after SIGTERM or SIGINT, the queue flushed
+//! # Ok::<(), auditgate_proxy::ProxyError>(())
 //! ```
 //!
-//! Threads: the proxy's request threads never await Redis; the queue's flusher runs as a
-//! pingora background service on its own runtime, and so does rule reloading.
+//! [`run`] is the same on a listener the caller has bound, until a future the caller
+//! chooses: how tests start the proxy in-process on port 0.
+//!
+//! Threads: the proxy's request threads never await Redis; the queue's flusher runs on a
+//! runtime of its own, with rule reloading and the metrics listener.
 
-use std::sync::{Arc, Mutex};
+use std::future::Future;
+use std::net::TcpListener;
+use std::os::fd::IntoRawFd;
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use auditgate_queue::{QueueConfig, RedisQueue};
+use metrics_exporter_prometheus::PrometheusHandle;
 use pingora::server::configuration::ServerConf;
-use pingora::server::{RunArgs, Server};
-use pingora::services::background::background_service;
+use pingora::server::{Fds, ListenFds, ShutdownWatch};
+use pingora::services::Service as _;
+use pingora::services::background::BackgroundService as _;
 use pingora::services::listening::Service;
 
 pub mod audit;
 mod client_ip;
 mod config;
+mod error;
 mod jwt;
 pub mod metrics;
 mod services;
@@ -35,20 +43,80 @@ mod upstream_ca;
 
 pub use audit::AuditProxy;
 pub use config::{ConfigError, JwtConfig, ProxyConfig, Timeouts, Upstream};
+pub use error::ProxyError;
+pub use metrics::install as install_metrics;
 
 use crate::jwt::Verifier;
 use crate::metrics::{MetricsApp, ProxyMetrics};
 use crate::services::{QueueService, ReloadService};
 
-/// Starts the proxy and blocks until it has shut down. Everything that can be wrong with the
-/// config, the rules or the spool is reported before anything listens.
-pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
+/// What the binary runs: binds `listen` (and `metrics_listen`), installs the process's metrics
+/// recorder, and runs the proxy until SIGTERM or SIGINT. Either signal stops the listeners,
+/// lets the requests in flight finish (up to the grace period) and flushes the queue.
+pub fn serve(config: ProxyConfig) -> Result<(), ProxyError> {
     // The recorder first: the queue takes its metric handles when it is built.
-    let handle = metrics::install()?;
+    let metrics = install_metrics()?;
+    let listener = bind(&config.listen)?;
+    let shutdown = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received: finishing the requests in flight, then flushing the audit queue"),
+                    _ = int.recv() => tracing::info!("SIGINT received: finishing the requests in flight, then flushing the audit queue"),
+                }
+            }
+            _ => std::future::pending().await,
+        }
+    };
+    run(config, listener, Some(metrics), shutdown)
+}
+
+/// Binds an address to listen on (a port of 0 picks a free one), with a clear error when it
+/// is taken.
+pub fn bind(addr: &str) -> Result<TcpListener, ProxyError> {
+    TcpListener::bind(addr).map_err(|source| ProxyError::Listen {
+        addr: addr.to_owned(),
+        source,
+    })
+}
+
+/// Runs the proxy on `listener` until `shutdown` completes, then stops taking connections,
+/// waits for the audited requests in flight (up to `grace_period_seconds`), flushes the queue
+/// to Redis or the spool, and returns. Everything that can be wrong with the config, the
+/// rules, the keys or the spool is reported before anything is served.
+///
+/// `metrics` is the process's Prometheus recorder ([`install_metrics`]), which
+/// `metrics_listen` serves; without one, `/metrics` answers 404 and `/healthz` still works.
+/// A test starts the proxy in-process on port 0 (mini-redis's `server::run` shape):
+///
+/// ```no_run
+/// # fn main() -> Result<(), auditgate_proxy::ProxyError> {
+/// let config = auditgate_proxy::ProxyConfig::load("proxy.yaml")?;
+/// let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+/// let addr = listener.local_addr().expect("bound");
+/// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+/// let proxy = std::thread::spawn(move || {
+///     auditgate_proxy::run(config, listener, None, async { stopped.await.ok(); })
+/// });
+/// // ... send requests to `addr` ...
+/// # let _ = addr;
+/// stop.send(()).ok();
+/// proxy.join().expect("the proxy thread")?;
+/// # Ok(()) }
+/// ```
+pub fn run(
+    config: ProxyConfig,
+    listener: TcpListener,
+    metrics: Option<PrometheusHandle>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ProxyError> {
     // Taken before the load: a file changed while the proxy starts is reloaded.
     let loaded = services::fingerprint(&config.rules, config.jwt.as_ref());
-    let rules = ReloadService::load(&config.rules, config.hmac_key_file.as_ref())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let rules = ReloadService::load(&config.rules, config.hmac_key_file.as_ref())?;
     if rules.reads_jwt() && config.jwt.is_none() {
         // DESIGN.md's records name the template (`jwt/sub`), not whether it was checked.
         tracing::warn!(
@@ -56,22 +124,18 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
         );
     }
     let jwt = match &config.jwt {
-        Some(j) => Some(Arc::new(ArcSwap::from_pointee(
-            Verifier::load(j).map_err(|e| anyhow::anyhow!("jwt: {e}"))?,
-        ))),
+        Some(j) => Some(Arc::new(ArcSwap::from_pointee(Verifier::load(j)?))),
         None => None,
     };
-    let upstream = config.upstream().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let upstream = config.upstream()?;
     let upstream_ca = match &config.upstream_ca_file {
-        Some(path) => {
-            Some(upstream_ca::load(path).map_err(|e| anyhow::anyhow!("upstream_ca_file: {e}"))?)
-        }
+        Some(path) => Some(upstream_ca::load(path)?),
         None => None,
     };
-    for addr in std::iter::once(&config.listen).chain(config.metrics_listen.as_ref()) {
-        // Bind once here so that a taken port is a clear error, not a panic in a thread.
-        std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
-    }
+    let metrics_listener = match &config.metrics_listen {
+        Some(addr) => Some(bind(addr)?),
+        None => None,
+    };
 
     let grace = Duration::from_secs(config.grace_period_seconds);
     let mut queue_config = QueueConfig::new(config.redis.url.clone())
@@ -83,18 +147,12 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
     let (queue, flusher) = RedisQueue::new(queue_config)?;
     let queue = Arc::new(queue);
 
-    let server_conf = ServerConf {
+    let server_conf = Arc::new(ServerConf {
         threads: config.threads,
         grace_period_seconds: Some(config.grace_period_seconds),
-        graceful_shutdown_timeout_seconds: Some(2),
         ..ServerConf::default()
-    };
-    let mut server = Server::new_with_opt_and_conf(None, server_conf);
-    server.bootstrap();
-
+    });
     let rules = Arc::new(ArcSwap::from_pointee(rules));
-    let listen = config.listen.clone();
-    let metrics_listen = config.metrics_listen.clone();
     let reload = ReloadService {
         rules: rules.clone(),
         paths: config.rules.clone(),
@@ -102,6 +160,7 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
         jwt: config.jwt.clone().zip(jwt.clone()),
         loaded,
     };
+    let threads = config.threads;
     let mut proxy = AuditProxy::new(
         rules,
         (*queue).clone(),
@@ -112,31 +171,106 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
     );
     proxy.upstream_ca = upstream_ca;
     let in_flight = proxy.in_flight.clone();
-    let mut proxy_service = pingora::proxy::http_proxy_service(&server.configuration, proxy);
-    proxy_service.add_tcp(&listen);
-    server.add_service(proxy_service);
-    server.add_service(background_service(
-        "audit queue",
-        QueueService {
-            flusher: Mutex::new(Some(flusher)),
-            queue: queue.clone(),
-            in_flight,
-            grace,
-        },
-    ));
-    server.add_service(background_service("rule reload", reload));
-    if let Some(addr) = metrics_listen {
-        let mut service = Service::new(
-            "metrics".to_owned(),
-            MetricsApp {
-                handle,
-                queue: queue.clone(),
-            },
-        );
-        service.add_tcp(&addr);
-        server.add_service(service);
-    }
-    tracing::info!(%listen, "auditgate proxy listening");
-    server.run(RunArgs::default());
+
+    // pingora's services take their listeners from a table of inherited sockets (what a
+    // graceful upgrade hands over) by address: the sockets bound here go in it, so a port of
+    // 0 is the port actually bound, and a taken port was an error above, not a panic in a
+    // service thread.
+    let fds: ListenFds = Arc::new(parking_lot::Mutex::new(Fds::new()));
+    let mut proxy_service = pingora::proxy::http_proxy_service(&server_conf, proxy);
+    let addr = hand_over(&fds, listener)?;
+    proxy_service.add_tcp(&addr);
+    let mut metrics_service = match metrics_listener {
+        Some(listener) => {
+            let mut service = Service::new(
+                "metrics".to_owned(),
+                MetricsApp {
+                    handle: metrics,
+                    queue: queue.clone(),
+                },
+            );
+            service.add_tcp(&hand_over(&fds, listener)?);
+            Some(service)
+        }
+        None => None,
+    };
+
+    // Two runtimes, as pingora gives each service its own: the request threads, and one
+    // thread for the queue's flusher, rule reloading and metrics, so that Redis's latency
+    // and the flusher's work never sit on a request thread.
+    let request_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("auditgate-proxy")
+        .enable_all()
+        .build()
+        .map_err(ProxyError::Runtime)?;
+    let background = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("auditgate-queue")
+        .enable_all()
+        .build()
+        .map_err(ProxyError::Runtime)?;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopping: ShutdownWatch = stop_rx;
+    let proxy_task = {
+        let fds = fds.clone();
+        let shutdown = stopping.clone();
+        request_runtime.spawn(async move {
+            proxy_service.start_service(Some(fds), shutdown, 1).await;
+        })
+    };
+    let metrics_task = metrics_service.take().map(|mut service| {
+        let fds = fds.clone();
+        let shutdown = stopping.clone();
+        background.spawn(async move { service.start_service(Some(fds), shutdown, 1).await })
+    });
+    let queue_service = QueueService {
+        flusher: std::sync::Mutex::new(Some(flusher)),
+        queue,
+        in_flight,
+        grace,
+    };
+    let queue_task = {
+        let shutdown = stopping.clone();
+        background.spawn(async move { queue_service.start(shutdown).await })
+    };
+    let reload_task = {
+        let shutdown = stopping.clone();
+        background.spawn(async move { reload.start(shutdown).await })
+    };
+    tracing::info!(listen = %addr, "auditgate proxy listening");
+
+    background.block_on(async move {
+        shutdown.await;
+        stop_tx.send_replace(true);
+        // The queue service waits for the requests in flight, then flushes: when it is done,
+        // every record of this run is in Redis or the spool (or counted as dropped).
+        let _ = queue_task.await;
+        let _ = reload_task.await;
+        if let Some(task) = metrics_task {
+            let _ = task.await;
+        }
+    });
+    // The listeners stopped when the shutdown was broadcast; what is left of the request
+    // runtime (idle keep-alive connections) is cut here.
+    request_runtime.shutdown_timeout(Duration::from_secs(1));
+    drop(proxy_task);
+    background.shutdown_timeout(Duration::from_secs(1));
+    tracing::info!("auditgate proxy stopped");
     Ok(())
+}
+
+/// Puts a bound listener in pingora's socket table under the address it is bound to, and
+/// returns that address for `add_tcp`.
+fn hand_over(fds: &ListenFds, listener: TcpListener) -> Result<String, ProxyError> {
+    let listen_error = |source| ProxyError::Listen {
+        addr: "the listener".to_owned(),
+        source,
+    };
+    let addr = listener.local_addr().map_err(listen_error)?.to_string();
+    // pingora makes a tokio listener of it, which must not block.
+    listener.set_nonblocking(true).map_err(listen_error)?;
+    fds.lock().add(addr.clone(), listener.into_raw_fd());
+    Ok(addr)
 }

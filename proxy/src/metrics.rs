@@ -78,11 +78,12 @@ impl ProxyMetrics {
     }
 }
 
-/// Installs the Prometheus recorder for the whole process. Call once, first.
-pub(crate) fn install() -> anyhow::Result<PrometheusHandle> {
+/// Installs the Prometheus recorder for the whole process: once, first, by the binary (a
+/// process has one recorder; a test that runs the proxy in-process may go without).
+pub fn install() -> Result<PrometheusHandle, crate::ProxyError> {
     let handle = PrometheusBuilder::new()
         .install_recorder()
-        .map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))?;
+        .map_err(|e| crate::ProxyError::Metrics(e.to_string()))?;
     metrics::describe_counter!(REQUESTS, "Requests proxied");
     metrics::describe_counter!(RECORDS, "Audit records made, by operation and outcome");
     metrics::describe_counter!(
@@ -97,7 +98,8 @@ pub(crate) fn install() -> anyhow::Result<PrometheusHandle> {
 /// Serves `/metrics` (Prometheus text) and `/healthz`.
 #[derive(Debug)]
 pub(crate) struct MetricsApp {
-    pub(crate) handle: PrometheusHandle,
+    /// `None` when the process has no recorder: `/metrics` answers 404.
+    pub(crate) handle: Option<PrometheusHandle>,
     pub(crate) queue: Arc<RedisQueue>,
 }
 
@@ -106,14 +108,21 @@ impl ServeHttp for MetricsApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let path = session.req_header().uri.path().to_owned();
         let (status, content_type, body) = match path.as_str() {
-            "/metrics" => {
-                self.handle.run_upkeep();
-                (
-                    200,
-                    "text/plain; version=0.0.4",
-                    self.handle.render().into_bytes(),
-                )
-            }
+            "/metrics" => match &self.handle {
+                Some(handle) => {
+                    handle.run_upkeep();
+                    (
+                        200,
+                        "text/plain; version=0.0.4",
+                        handle.render().into_bytes(),
+                    )
+                }
+                None => (
+                    404,
+                    "text/plain",
+                    b"no metrics recorder in this process\n".to_vec(),
+                ),
+            },
             "/healthz" => {
                 let stats = self.queue.stats();
                 let body = serde_json::json!({
