@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 mod coverage_cmd;
@@ -73,7 +74,15 @@ fn run_writer(config: PathBuf) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(auditgate_writer::run(config, async {
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(&config.listen))
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    // Read by scripts and tests that start the writer on port 0.
+    println!("listening on http://{}", listener.local_addr()?);
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .ok();
+    let run = auditgate_writer::run(config, listener, metrics, async {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(s) => s,
@@ -83,7 +92,8 @@ fn run_writer(config: PathBuf) -> anyhow::Result<()> {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
         }
-    }))
+    });
+    Ok(runtime.block_on(run)?)
 }
 
 /// Logs to stderr, `info` and up unless `RUST_LOG` says otherwise; pingora's `log` records

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use auditgate_queue::RedisConfig;
 use serde::Deserialize;
 
+use crate::error::WriterError;
+
 /// Everything `auditgate writer` reads from its config file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -62,15 +64,22 @@ pub enum Role {
 
 impl WriterConfig {
     /// Reads a config file; a relative SQLite path is taken relative to the file's folder.
-    pub fn load(path: impl AsRef<Path>) -> anyhow::Result<WriterConfig> {
+    pub fn load(path: impl AsRef<Path>) -> Result<WriterConfig, WriterError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|source| WriterError::ReadConfig {
+            path: path.to_owned(),
+            source,
+        })?;
         let mut config: WriterConfig = serde_yaml::from_str(&text).map_err(|e| {
-            let (line, col) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
-            let msg = e.to_string();
-            let msg = msg.split(" at line ").next().unwrap_or_default();
-            anyhow::anyhow!("{}:{line}:{col}: {msg}", path.display())
+            let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
+            let message = e.to_string();
+            let message = message.split(" at line ").next().unwrap_or_default();
+            WriterError::ConfigSyntax {
+                path: path.to_owned(),
+                line,
+                column,
+                message: message.to_owned(),
+            }
         })?;
         if let Some(file) = config.store.strip_prefix("sqlite://") {
             let base = path.parent().unwrap_or(Path::new("."));
@@ -78,11 +87,10 @@ impl WriterConfig {
         }
         for t in &config.tokens {
             if t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-                anyhow::bail!(
-                    "{}: tokens: {:?} is not a SHA-256 in hex (64 characters): write the output of `printf %s \"$TOKEN\" | sha256sum`",
-                    path.display(),
-                    t.sha256
-                );
+                return Err(WriterError::TokenHash {
+                    path: path.to_owned(),
+                    sha256: t.sha256.clone(),
+                });
             }
         }
         Ok(config)

@@ -10,9 +10,13 @@
 //!   bearer tokens (`admin`, `viewer`); `/metrics` and `/healthz`.
 //!
 //! ```no_run
-//! # async fn go() -> anyhow::Result<()> {
+//! # async fn go() -> Result<(), Box<dyn std::error::Error>> {
 //! let config = auditgate_writer::WriterConfig::load("writer.yaml")?;
-//! auditgate_writer::run(config, async { tokio::signal::ctrl_c().await.ok(); }).await?;
+//! let listener = tokio::net::TcpListener::bind(&config.listen).await?; // port 0 works
+//! // The process's metrics recorder, which `/metrics` serves (the binary installs it).
+//! let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().ok();
+//! auditgate_writer::run(config, listener, metrics, async { tokio::signal::ctrl_c().await.ok(); })
+//!     .await?;
 //! # Ok(()) }
 //! ```
 
@@ -22,22 +26,28 @@ use std::time::Duration;
 
 use auditgate_queue::{Consumer, ConsumerConfig};
 use chrono::Utc;
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::watch;
 
 mod api;
 mod config;
+mod error;
 pub mod ingest;
 pub mod metrics;
 pub mod store;
 
 pub use config::{Role, TokenConfig, WriterConfig};
+pub use error::WriterError;
 
-/// Runs the writer until `shutdown` completes: the batch in hand is committed and
-/// acknowledged, then the process may exit.
-pub async fn run(config: WriterConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .ok();
+/// Runs the writer, its API on `listener`, until `shutdown` completes: the batch in hand is
+/// committed and acknowledged, then the process may exit. `metrics` is the process's
+/// Prometheus recorder, which `/metrics` serves (without one it answers 404).
+pub async fn run(
+    config: WriterConfig,
+    listener: tokio::net::TcpListener,
+    metrics: Option<PrometheusHandle>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), WriterError> {
     let store: Arc<dyn store::Store> = Arc::from(store::open(&config.store).await?);
     let name = config
         .consumer
@@ -76,13 +86,9 @@ pub async fn run(config: WriterConfig, shutdown: impl Future<Output = ()>) -> an
     let state = Arc::new(api::AppState {
         store: store.clone(),
         tokens,
-        metrics: handle,
+        metrics,
     });
-    let listener = tokio::net::TcpListener::bind(&config.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
-    let addr = listener.local_addr()?;
-    println!("listening on http://{addr}");
+    let addr = listener.local_addr().map_err(WriterError::Serve)?;
     tracing::info!(%addr, store = %config.store, "auditgate writer started");
 
     let (stop_tx, stop_rx) = watch::channel(false);
