@@ -180,6 +180,7 @@ pub fn run(
     let mut proxy_service = pingora::proxy::http_proxy_service(&server_conf, proxy);
     let addr = hand_over(&fds, listener)?;
     proxy_service.add_tcp(&addr);
+    let mut metrics_addr = None;
     let mut metrics_service = match metrics_listener {
         Some(listener) => {
             let mut service = Service::new(
@@ -189,7 +190,9 @@ pub fn run(
                     queue: queue.clone(),
                 },
             );
-            service.add_tcp(&hand_over(&fds, listener)?);
+            let addr = hand_over(&fds, listener)?;
+            service.add_tcp(&addr);
+            metrics_addr = Some(addr);
             Some(service)
         }
         None => None,
@@ -239,7 +242,11 @@ pub fn run(
         let shutdown = stopping.clone();
         background.spawn(async move { reload.start(shutdown).await })
     };
-    tracing::info!(listen = %addr, "auditgate proxy listening");
+    // The addresses actually bound (a port of 0 is a free one): tests and scripts read them.
+    match &metrics_addr {
+        Some(metrics) => tracing::info!(listen = %addr, %metrics, "auditgate proxy listening"),
+        None => tracing::info!(listen = %addr, "auditgate proxy listening"),
+    }
 
     background.block_on(async move {
         shutdown.await;

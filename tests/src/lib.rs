@@ -394,8 +394,6 @@ impl ProxyProcess {
     pub fn start(upstream: &str, redis_url: &str, rules: &str, extra: &str) -> ProxyProcess {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("rules.yaml"), rules).expect("write rules");
-        let port = free_port();
-        let metrics_port = free_port();
         let spool = if extra.contains("spool:") {
             ""
         } else {
@@ -407,9 +405,9 @@ impl ProxyProcess {
             format!("http://{upstream}")
         };
         let config = format!(
-            "listen: 127.0.0.1:{port}\nupstream: {upstream}\nrules: [rules.yaml]\n\
+            "listen: 127.0.0.1:0\nupstream: {upstream}\nrules: [rules.yaml]\n\
              redis: {{ url: \"{redis_url}\" }}\n{spool}\
-             metrics_listen: 127.0.0.1:{metrics_port}\nclient_ip: full\n{extra}"
+             metrics_listen: 127.0.0.1:0\nclient_ip: full\n{extra}"
         );
         std::fs::write(dir.path().join("proxy.yaml"), config).expect("write config");
         let stderr = std::fs::File::create(dir.path().join("stderr.log")).expect("log file");
@@ -421,12 +419,32 @@ impl ProxyProcess {
             .stderr(stderr)
             .spawn()
             .expect("start auditgate proxy");
-        let proxy = ProxyProcess {
-            addr: format!("127.0.0.1:{port}"),
-            metrics_addr: format!("127.0.0.1:{metrics_port}"),
+        let mut proxy = ProxyProcess {
+            addr: String::new(),
+            metrics_addr: String::new(),
             dir,
             child: ChildGuard(child),
         };
+        // Ports of 0: the proxy says which ones it bound (no race with other tests for a
+        // port picked in advance).
+        let announced = wait_until(Duration::from_secs(15), || {
+            let log = proxy.stderr();
+            let Some(line) = log
+                .lines()
+                .find(|l| l.contains("auditgate proxy listening"))
+            else {
+                return false;
+            };
+            let value = |key: &str| {
+                line.split_whitespace()
+                    .find_map(|word| word.strip_prefix(key))
+                    .map(str::to_owned)
+            };
+            proxy.addr = value("listen=").unwrap_or_default();
+            proxy.metrics_addr = value("metrics=").unwrap_or_default();
+            true
+        });
+        assert!(announced, "the proxy did not start:\n{}", proxy.stderr());
         let up = wait_until(Duration::from_secs(15), || {
             http(&proxy.metrics_addr, "GET", "/healthz", &[], b"").is_ok()
                 && std::net::TcpStream::connect(&proxy.addr).is_ok()
