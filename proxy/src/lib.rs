@@ -118,7 +118,7 @@ pub fn run(
     let loaded = services::fingerprint(&config.rules, config.jwt.as_ref());
     let rules = ReloadService::load(&config.rules, config.hmac_key_file.as_ref())?;
     if rules.reads_jwt() && config.jwt.is_none() {
-        // DESIGN.md's records name the template (`jwt/sub`), not whether it was checked.
+        // A record names the template (`jwt/sub`), not whether it was checked (docs/auditors.md).
         tracing::warn!(
             "rules read jwt/ claims but `jwt:` is not configured: tokens are read without checking their signature, so a client can name any actor; configure jwt: (hs256_secret_file, jwks_file) or put a header your authentication gateway sets first"
         );

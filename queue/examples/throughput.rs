@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use auditgate_queue::{QueueConfig, RecordSink, RedisQueue};
 use auditgate_rules::AuditRecord;
 
-/// The DESIGN.md example record: about 600 bytes of JSON.
+/// The example record of docs/auditors.md ("The record"): about 600 bytes of JSON.
 const RECORD: &str = r#"{"schema":1,"id":"0193a6f0-7c1e-7d5e-9b1a-2f4c8e9d0a11",
   "time":"2026-11-22T10:00:00.123456Z","duration_ms":3.21,"service":"media-library",
   "operation":"asset.rename","rule":"file-rename","description":"Renamed file abc to tree.png",

@@ -1,6 +1,7 @@
-//! The audit record: one per audited call, serialised as the JSON of DESIGN.md. This module
-//! owns that wire format: the serde derives of [`AuditRecord`] (what the writer reads back)
-//! and the direct writer of [`RecordRef`] (what producers send), which write the same bytes.
+//! The audit record: one per audited call, serialised as the JSON of docs/auditors.md ("The
+//! record"). This module owns that wire format: the serde derives of [`AuditRecord`] (what the
+//! writer reads back) and the direct writer of [`RecordRef`] (what producers send), which
+//! write the same bytes.
 //!
 //! Two types carry it. [`AuditRecord`] owns its fields: it is what the writer reads back, the
 //! API serves and tests compare. [`RecordRef`] is the same record borrowed from the rule set

@@ -398,7 +398,7 @@ fn a_directory_is_one_set() {
         .unwrap_err()
         .to_string();
     assert!(err.contains(&expected), "{err}");
-    // Loading for use warns and lets file order decide, as DESIGN.md's ties do.
+    // Loading for use warns and lets file order decide, as ties do (docs/rules.md, "Paths and matching").
     let set = RuleSet::load(dir.path()).unwrap();
     assert_eq!(set.warnings().len(), 1);
     assert!(set.warnings()[0].to_string().contains(&expected));

@@ -14,7 +14,7 @@ use super::{
     StoreError, array_chunk, page_sql,
 };
 
-/// The tables, partitioned by month of `time_us` (DESIGN.md: a time-partitioned table):
+/// The tables, partitioned by month of `time_us` (docs/operators.md, "PostgreSQL"):
 /// retention drops whole months, and a query for a time interval reads only its months.
 /// PostgreSQL's unique keys on a partitioned table must hold the partition key, so a record is
 /// unique by `(time_us, id)`: a redelivered record carries its time with it. `{records}` and
