@@ -18,7 +18,7 @@ use super::{Flusher, MAX_IN_FLIGHT, STOP_CHECK, lock};
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Step {
-    /// [`RedisQueue::shutdown`] was called: drain and stop.
+    /// [`RedisQueue::shutdown`](super::RedisQueue::shutdown) was called: drain and stop.
     Stop,
     /// Redis is up and the spool holds records: replay the oldest, with what is held or
     /// buffered appended behind them, so that records reach Redis in the order they were made.
@@ -31,7 +31,7 @@ enum Step {
 }
 
 impl Flusher {
-    /// Runs until [`RedisQueue::shutdown`]: sends, spools, reconnects, replays.
+    /// Runs until [`RedisQueue::shutdown`](super::RedisQueue::shutdown): sends, spools, reconnects, replays.
     pub async fn run(mut self) {
         let mut conn = Connection::Down {
             retry_at: Instant::now(),
