@@ -44,8 +44,13 @@ impl MethodSet {
             .map(|i| MethodSet(1 << i))
     }
 
-    /// The bit of a request's method; extension methods get none and match no rule.
+    /// The bit of a request's method, its case ignored: `delete` is `DELETE` to the many
+    /// upstreams that upper-case the method (Flask, ASP.NET, Rails, Go's routers), so it
+    /// must be audited as one. Other extension methods get no bit and match no rule.
     pub(crate) fn of(method: &http::Method) -> MethodSet {
+        const NAMES: [&str; 9] = [
+            "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE",
+        ];
         let bit = match *method {
             http::Method::GET => 0,
             http::Method::HEAD => 1,
@@ -56,7 +61,13 @@ impl MethodSet {
             http::Method::OPTIONS => 6,
             http::Method::CONNECT => 7,
             http::Method::TRACE => 8,
-            _ => return MethodSet(0),
+            _ => match NAMES
+                .iter()
+                .position(|name| name.eq_ignore_ascii_case(method.as_str()))
+            {
+                Some(bit) => bit,
+                None => return MethodSet(0),
+            },
         };
         MethodSet(1 << bit)
     }

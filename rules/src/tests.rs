@@ -1039,3 +1039,31 @@ fn a_file_named_twice_is_read_once() {
         .unwrap();
     assert_eq!(set.summary().files, 1);
 }
+
+#[test]
+fn methods_match_whatever_their_case_as_permissive_upstreams_read_them() {
+    let set = load(&with_rules(
+        "  - { operation: asset.delete, method: DELETE, path: \"/v1/files/{id}\" }\n",
+    ));
+    for method in ["DELETE", "delete", "Delete", "dElEtE"] {
+        let record = req(method, "/v1/files/abc").record(&set);
+        let record = record.unwrap_or_else(|| panic!("{method} must be audited"));
+        assert_eq!(record.operation, "asset.delete");
+        // The record says what the client sent.
+        assert_eq!(record.request.method, method);
+    }
+    // A method no rule names, in any case, still matches nothing.
+    assert_eq!(req("purge", "/v1/files/abc").operation(&set), None);
+    assert_eq!(req("post", "/v1/files/abc").operation(&set), None);
+}
+
+#[test]
+fn unmatched_record_catches_a_lower_case_mutation() {
+    let set = load(
+        "version: 1\nservice: svc\ndefaults: { unmatched: record }\nrules:\n  - { operation: a.b, method: POST, path: /x }\n",
+    );
+    let record = req("patch", "/elsewhere").record(&set).unwrap();
+    assert_eq!(record.operation, UNMATCHED_OPERATION);
+    assert_eq!(record.request.method, "patch");
+    assert_eq!(req("get", "/elsewhere").operation(&set), None);
+}

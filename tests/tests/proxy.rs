@@ -999,3 +999,28 @@ fn a_bad_upstream_ca_file_stops_the_proxy_before_it_listens() {
         "{stderr}"
     );
 }
+
+/// An upstream as permissive as Flask or Go's routers upper-cases the method: `delete` deletes.
+/// The proxy forwards the method as sent, and audits it as the upstream reads it.
+#[test]
+fn a_lower_case_method_is_audited_as_the_upstream_reads_it() {
+    let redis = RedisServer::start();
+    let upstream = UpstreamProcess::start();
+    let proxy = ProxyProcess::start(&upstream.addr, &redis.url(), RULES, "");
+    let response = http(
+        &proxy.addr,
+        "delete",
+        "/api/orgs/acme/members/u_7",
+        &[("X-User-Id", "mallory")],
+        b"",
+    )
+    .unwrap();
+    assert!(response.status > 0);
+    let records = records(&redis, 1);
+    assert_eq!(records.len(), 1, "{records:#?}");
+    assert_eq!(records[0].operation, "member.remove");
+    assert_eq!(records[0].request.method, "delete");
+    assert_eq!(records[0].actor.as_ref().unwrap().id, "mallory");
+    assert_eq!(records[0].resources[0].id.as_deref(), Some("u_7"));
+    assert_eq!(records[0].response.status, Some(response.status));
+}
