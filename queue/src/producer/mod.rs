@@ -72,8 +72,8 @@ pub struct RedisQueue {
 }
 
 /// The task that moves records from the buffer to Redis. [`RedisQueue::start`] spawns it on
-/// the current runtime; [`RedisQueue::new`] hands it to the caller (the proxy runs it as a
-/// pingora background service).
+/// the current runtime; [`RedisQueue::new`] hands it to the caller (the proxy runs it on its
+/// background runtime, beside rule reloading).
 #[derive(Debug)]
 pub struct Flusher {
     shared: Arc<Shared>,
