@@ -64,7 +64,8 @@
 //! let request = http::Request::patch("/v1/files/abc/details").body(())?;
 //! let (parts, ()) = request.into_parts();
 //!
-//! let Begin::Audit(mut call) = Begin::new(&rules, &sink, &CallSettings::default(), &parts) else {
+//! let head = (&parts).into();
+//! let Begin::Audit(mut call) = Begin::new(&rules, &sink, &CallSettings::default(), head) else {
 //!     panic!("a rule matches");
 //! };
 //! call.request_data(br#"{"name": "tree.png"}"#);
@@ -114,6 +115,28 @@ impl Default for CallSettings {
         CallSettings {
             capture_limit: DEFAULT_CAPTURE_LIMIT,
             client_ip: ClientIpMode::default(),
+        }
+    }
+}
+
+/// The head of a request that has just arrived, borrowed from the host (a host need not take
+/// its request apart for a call no rule wants).
+#[derive(Debug, Clone, Copy)]
+pub struct RequestHead<'a> {
+    /// The method, as the client sent it.
+    pub method: &'a http::Method,
+    /// The request target.
+    pub uri: &'a http::Uri,
+    /// The request headers.
+    pub headers: &'a HeaderMap,
+}
+
+impl<'a> From<&'a http::request::Parts> for RequestHead<'a> {
+    fn from(parts: &'a http::request::Parts) -> Self {
+        RequestHead {
+            method: &parts.method,
+            uri: &parts.uri,
+            headers: &parts.headers,
         }
     }
 }
@@ -196,14 +219,14 @@ impl<K: RecordSink + Clone> Begin<K> {
         rules: &RuleSet,
         sink: &K,
         settings: &CallSettings,
-        request: &http::request::Parts,
+        request: RequestHead<'_>,
     ) -> Begin<K> {
-        let Some(found) = rules.matches(&request.method, request.uri.path()) else {
+        let Some(found) = rules.matches(request.method, request.uri.path()) else {
             return Begin::Pass;
         };
         let time = Utc::now();
         let started = Instant::now();
-        let request_id = found.request_id_at(&request.headers, time);
+        let request_id = found.request_id_at(request.headers, time);
         if found.on_queue_failure() == OnQueueFailure::Closed && !sink.can_accept() {
             let header = found.request_id_header().clone();
             return Begin::Refuse(Refusal::new(header, request_id));
@@ -213,14 +236,14 @@ impl<K: RecordSink + Clone> Begin<K> {
             .needs_request_body()
             .then(|| RequestCapture(Arc::new(Mutex::new(BodyCapture::new(limit)))));
         let request_encoding = match request_body {
-            Some(_) => encoding_lines(&request.headers),
+            Some(_) => encoding_lines(request.headers),
             None => Vec::new(),
         };
         Begin::Audit(AuditedCall {
             sink: sink.clone(),
             method: request.method.clone(),
             uri: request.uri.clone(),
-            headers: found.record_headers(&request.headers),
+            headers: found.record_headers(request.headers),
             request_id,
             time,
             started,

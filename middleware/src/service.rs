@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use auditgate_call::{Begin, CallerClaims};
+use auditgate_call::{Begin, CallerClaims, RequestHead};
 use auditgate_queue::RecordSink;
 use http::{HeaderValue, Request, Response};
 use http_body::Body;
@@ -38,16 +38,22 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let (mut parts, body) = request.into_parts();
         let settings = &self.settings;
-        let mut call = match Begin::new(&settings.rules, &self.sink, &settings.call, &parts) {
+        let head = RequestHead {
+            method: request.method(),
+            uri: request.uri(),
+            headers: request.headers(),
+        };
+        let mut call = match Begin::new(&settings.rules, &self.sink, &settings.call, head) {
             Begin::Pass => {
-                let request = Request::from_parts(parts, RequestBody::passthrough(body));
+                // Not taken apart: a call no rule wants costs the match and nothing else.
+                let request = request.map(RequestBody::passthrough);
                 return ResponseFuture::passthrough(self.inner.call(request));
             }
             Begin::Refuse(refusal) => return ResponseFuture::refused(refusal),
             Begin::Audit(call) => call,
         };
+        let (mut parts, body) = request.into_parts();
 
         // The handler sees the request ID in its header and as an extension; the client gets
         // it back in the same header.

@@ -181,12 +181,8 @@ impl ProxyHttp for AuditProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let rules = self.rules.load();
-        let begun = Begin::new(
-            &rules,
-            &self.sink,
-            &self.call_settings,
-            session.req_header(),
-        );
+        let head: &http::request::Parts = session.req_header();
+        let begun = Begin::new(&rules, &self.sink, &self.call_settings, head.into());
         let mut call = match begun {
             Begin::Pass => return Ok(false),
             Begin::Refuse(refusal) => {
