@@ -67,7 +67,7 @@ impl BodyCapture {
     }
 
     /// Marks the body as not captured whole (a piece of it could not be copied).
-    pub fn give_up(&mut self) {
+    fn give_up(&mut self) {
         self.truncated = true;
         self.bytes = Vec::new();
     }

@@ -26,7 +26,7 @@
 //! | [`AuditedCall::restart_capture`] | `upstream_peer` (a retry replays the body) | — |
 //! | [`AuditedCall::stop_capture`] | `response_filter` on `101` | — |
 //! | [`AuditedCall::response_head`] | `logging` (the head the client got) | `ResponseFuture::poll` |
-//! | [`AuditedCall::response_data`] | `response_body_filter` | `ResponseBody::poll_frame` |
+//! | [`AuditedCall::response_data`] | `response_body_filter` | `ResponseBody::poll_frame` ([`AuditedCall::response_buf`]) |
 //! | [`AuditedCall::finish`] | `logging`, with the error's outcome | the body's end; `error` when the inner service fails |
 //! | `Drop` | a filter panicked (no `logging`) | the client left; the body was dropped unfinished |
 //!
@@ -84,9 +84,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use auditgate_queue::RecordSink;
-use auditgate_rules::{
-    Call, Claims, ClientIpMode, Match, OnQueueFailure, Outcome, RecordRef, RuleSet,
-};
+use auditgate_rules::{Call, Claims, ClientIpMode, Match, OnQueueFailure, Outcome, RuleSet};
 use bytes::Buf;
 use chrono::{DateTime, Utc};
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -168,6 +166,15 @@ pub enum CallerClaims {
     Refused,
 }
 
+/// Where a call keeps its request body's capture: its own, until a host asks to share it.
+#[derive(Debug)]
+enum RequestBody {
+    /// The host feeds the call the body itself (the proxy): no lock.
+    Owned(BodyCapture),
+    /// The body is read elsewhere (the layer's request body, polled by the handler).
+    Shared(RequestCapture),
+}
+
 /// The request body's capture, shared between the call and a host that reads the body
 /// somewhere else (the layer's request body, polled by the handler).
 #[derive(Debug, Clone)]
@@ -201,7 +208,7 @@ pub struct AuditedCall<K: RecordSink> {
     client_ip: Option<IpAddr>,
     client_ip_mode: ClientIpMode,
     claims: CallerClaims,
-    request_body: Option<RequestCapture>,
+    request_body: Option<RequestBody>,
     /// The request's `Content-Encoding` lines, kept when its body is captured.
     request_encoding: Vec<HeaderValue>,
     response_body: Option<BodyCapture>,
@@ -234,7 +241,7 @@ impl<K: RecordSink + Clone> Begin<K> {
         let limit = settings.capture_limit;
         let request_body = found
             .needs_request_body()
-            .then(|| RequestCapture(Arc::new(Mutex::new(BodyCapture::new(limit)))));
+            .then(|| RequestBody::Owned(BodyCapture::new(limit)));
         let request_encoding = match request_body {
             Some(_) => encoding_lines(request.headers),
             None => Vec::new(),
@@ -291,22 +298,31 @@ impl<K: RecordSink> AuditedCall<K> {
 
     /// The request body's capture, for a host that sees the body elsewhere; `None` when no
     /// matching rule reads it.
-    pub fn request_capture(&self) -> Option<RequestCapture> {
-        self.request_body.clone()
+    pub fn request_capture(&mut self) -> Option<RequestCapture> {
+        let shared = match self.request_body.take()? {
+            RequestBody::Owned(capture) => RequestCapture(Arc::new(Mutex::new(capture))),
+            RequestBody::Shared(shared) => shared,
+        };
+        self.request_body = Some(RequestBody::Shared(shared.clone()));
+        Some(shared)
     }
 
     /// Copies the next bytes of the request body, up to the capture limit.
-    pub fn request_data(&self, chunk: &[u8]) {
-        if let Some(capture) = &self.request_body {
-            capture.lock().push(chunk);
+    pub fn request_data(&mut self, chunk: &[u8]) {
+        match &mut self.request_body {
+            Some(RequestBody::Owned(capture)) => capture.push(chunk),
+            Some(RequestBody::Shared(shared)) => shared.lock().push(chunk),
+            None => {}
         }
     }
 
     /// Forgets what was captured: the request is sent again (a retried upstream attempt
     /// replays the body from its start), and so is its answer.
     pub fn restart_capture(&mut self) {
-        if let Some(capture) = &self.request_body {
-            capture.lock().restart();
+        match &mut self.request_body {
+            Some(RequestBody::Owned(capture)) => capture.restart(),
+            Some(RequestBody::Shared(shared)) => shared.lock().restart(),
+            None => {}
         }
         if let Some(capture) = &mut self.response_body {
             capture.restart();
@@ -348,26 +364,19 @@ impl<K: RecordSink> AuditedCall<K> {
     /// [`Outcome::Error`] says the upstream gave no answer, [`Outcome::Aborted`] that the
     /// client left.
     pub fn finish(mut self, outcome: Option<Outcome>) {
-        self.emit(outcome, &mut |_| {});
+        self.emit(outcome);
     }
 
-    /// [`Self::finish`], showing the record to `observe` before it is enqueued (the proxy
-    /// counts records by operation and outcome).
-    pub fn finish_observed(
-        mut self,
-        outcome: Option<Outcome>,
-        mut observe: impl FnMut(&RecordRef<'_>),
-    ) {
-        self.emit(outcome, &mut observe);
-    }
-
-    fn emit(&mut self, outcome: Option<Outcome>, observe: &mut dyn FnMut(&RecordRef<'_>)) {
+    fn emit(&mut self, outcome: Option<Outcome>) {
         if std::mem::replace(&mut self.emitted, true) {
             return;
         }
         // Taken out of the lock: the record is emitted once, and a body still being read (a
         // 204 sent before the handler read it all) must not wait while it is serialised.
-        let request_body = (self.request_body.as_ref()).map(|c| std::mem::take(&mut *c.lock()));
+        let request_body = self.request_body.as_mut().map(|body| match body {
+            RequestBody::Owned(capture) => std::mem::take(capture),
+            RequestBody::Shared(shared) => std::mem::take(&mut *shared.lock()),
+        });
         // Templates read JSON: a compressed body is decoded first (within the capture limit).
         let request_body = (request_body.as_ref()).and_then(|b| b.decoded(&self.request_encoding));
         let response_body =
@@ -391,7 +400,6 @@ impl<K: RecordSink> AuditedCall<K> {
             duration: self.started.elapsed(),
         };
         if let Some(record) = self.found.record_ref(&call) {
-            observe(&record);
             // A record the sink cannot take is counted there (`auditgate_queue_dropped_total`);
             // the response has been sent, so there is nothing else to do with the refusal.
             let _ = self.sink.enqueue_ref(record);
@@ -403,7 +411,7 @@ impl<K: RecordSink> Drop for AuditedCall<K> {
     fn drop(&mut self) {
         // Dropped before `finish`: the client went away, the body was dropped unfinished, or
         // the host's code panicked. The call happened; its record says how it ended.
-        self.emit(Some(Outcome::Aborted), &mut |_| {});
+        self.emit(Some(Outcome::Aborted));
     }
 }
 

@@ -34,13 +34,14 @@ use pingora::{ErrorSource, ErrorType};
 use crate::client_ip::client_ip;
 use crate::config::{ProxyConfig, Upstream};
 use crate::jwt::Verifier;
-use crate::metrics::ProxyMetrics;
+use crate::metrics::{CountedQueue, ProxyMetrics};
 
 /// The audit proxy: what every request shares.
 #[derive(Debug)]
 pub struct AuditProxy {
     pub(crate) rules: Arc<ArcSwap<RuleSet>>,
-    pub(crate) sink: RedisQueue,
+    /// The queue, counting records as they go in.
+    pub(crate) sink: CountedQueue,
     pub(crate) upstream: Upstream,
     pub(crate) config: ProxyConfig,
     /// The capture limit and client-address mode every call shares.
@@ -50,30 +51,25 @@ pub struct AuditProxy {
     /// Bearer-token keys, swapped when the rules reload.
     pub(crate) jwt: Option<Arc<ArcSwap<Verifier>>>,
     pub(crate) metrics: ProxyMetrics,
-    /// Audited requests not yet logged: shutdown waits for them before flushing the queue.
+    /// Requests not yet logged: shutdown waits for them before flushing the queue.
     pub(crate) in_flight: Arc<AtomicUsize>,
     /// Proxy-error warnings, at most one every 10 s.
     error_warnings: Throttle,
 }
 
 /// Per-request state.
-#[derive(Debug, Default)]
-pub struct Ctx {
-    audit: Option<Box<Audited>>,
-}
-
-/// An audited request on its way through: the call, and its place in the in-flight count.
 #[derive(Debug)]
-struct Audited {
-    call: AuditedCall<RedisQueue>,
+pub struct Ctx {
+    /// The audited call, when a rule wants the request.
+    audit: Option<Box<AuditedCall<CountedQueue>>>,
     /// Counts the request in [`AuditProxy::in_flight`] for as long as it lives. Declared
-    /// after `call`, so that a call dropped unfinished has made its record before the count
+    /// after `audit`, so that a call dropped unfinished has made its record before the count
     /// that shutdown waits for goes down.
     _in_flight: InFlight,
 }
 
-/// One audited request not yet logged. Dropping it, however the request ends (even by a
-/// panic in a filter, which skips `logging`), takes it off the count shutdown waits for.
+/// One request not yet logged. Dropping it, however the request ends (even by a panic in a
+/// filter, which skips `logging`), takes it off the count shutdown waits for.
 #[derive(Debug)]
 struct InFlight(Arc<AtomicUsize>);
 
@@ -93,7 +89,7 @@ impl Drop for InFlight {
 impl AuditProxy {
     pub(crate) fn new(
         rules: Arc<ArcSwap<RuleSet>>,
-        sink: RedisQueue,
+        queue: RedisQueue,
         upstream: Upstream,
         config: ProxyConfig,
         jwt: Option<Arc<ArcSwap<Verifier>>>,
@@ -101,7 +97,7 @@ impl AuditProxy {
     ) -> AuditProxy {
         AuditProxy {
             rules,
-            sink,
+            sink: CountedQueue(queue),
             upstream,
             call_settings: CallSettings {
                 capture_limit: config.capture_limit,
@@ -176,7 +172,10 @@ impl ProxyHttp for AuditProxy {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx::default()
+        Ctx {
+            audit: None,
+            _in_flight: InFlight::new(&self.in_flight),
+        }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
@@ -188,12 +187,7 @@ impl ProxyHttp for AuditProxy {
             Begin::Refuse(refusal) => {
                 self.metrics.refused.increment(1);
                 let (parts, body) = refusal.into_response().into_parts();
-                let mut response = ResponseHeader::build(parts.status, Some(parts.headers.len()))?;
-                for (name, value) in parts.headers {
-                    if let Some(name) = name {
-                        response.insert_header(name, value)?;
-                    }
-                }
+                let response = ResponseHeader::from(parts);
                 session
                     .write_response_header(Box::new(response), false)
                     .await?;
@@ -214,10 +208,7 @@ impl ProxyHttp for AuditProxy {
                 },
             );
         }
-        ctx.audit = Some(Box::new(Audited {
-            call,
-            _in_flight: InFlight::new(&self.in_flight),
-        }));
+        ctx.audit = Some(Box::new(call));
         Ok(false)
     }
 
@@ -226,7 +217,7 @@ impl ProxyHttp for AuditProxy {
         // found closed), it passes the request body through `request_body_filter` again:
         // each attempt captures the bodies afresh.
         if let Some(audit) = ctx.audit.as_mut() {
-            audit.call.restart_capture();
+            audit.restart_capture();
         }
         let up = &self.upstream;
         let mut peer = HttpPeer::new(up.addr, up.tls, up.host.clone());
@@ -272,8 +263,8 @@ impl ProxyHttp for AuditProxy {
         _end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let (Some(audit), Some(chunk)) = (ctx.audit.as_ref(), body.as_ref()) {
-            audit.call.request_data(chunk);
+        if let (Some(audit), Some(chunk)) = (ctx.audit.as_mut(), body.as_ref()) {
+            audit.request_data(chunk);
         }
         Ok(())
     }
@@ -288,12 +279,10 @@ impl ProxyHttp for AuditProxy {
             self.relative_location(upstream_response)?;
         }
         if let Some(audit) = ctx.audit.as_mut() {
-            upstream_response.insert_header(
-                audit.call.request_id_header().clone(),
-                audit.call.request_id(),
-            )?;
+            upstream_response
+                .insert_header(audit.request_id_header().clone(), audit.request_id())?;
             if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS {
-                audit.call.stop_capture();
+                audit.stop_capture();
             }
         }
         Ok(())
@@ -307,7 +296,7 @@ impl ProxyHttp for AuditProxy {
         ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
         if let (Some(audit), Some(chunk)) = (ctx.audit.as_mut(), body.as_ref()) {
-            audit.call.response_data(chunk);
+            audit.response_data(chunk);
         }
         Ok(None)
     }
@@ -337,10 +326,8 @@ impl ProxyHttp for AuditProxy {
         {
             let _ = response.insert_header(http::header::CONTENT_LENGTH, "0");
             if let Some(audit) = &ctx.audit {
-                let _ = response.insert_header(
-                    audit.call.request_id_header().clone(),
-                    audit.call.request_id(),
-                );
+                let _ =
+                    response.insert_header(audit.request_id_header().clone(), audit.request_id());
             }
             // As pingora's own error responses: `Connection: close` (the connection is not
             // reused after an error), and nothing when a response has begun already.
@@ -361,13 +348,11 @@ impl ProxyHttp for AuditProxy {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         self.metrics.requests.increment(1);
-        let Some(mut audit) = ctx.audit.take() else {
+        let Some(mut call) = ctx.audit.take() else {
             return;
         };
         if let Some(response) = session.response_written() {
-            audit
-                .call
-                .response_head(response.status.as_u16(), &response.headers);
+            call.response_head(response.status.as_u16(), &response.headers);
         }
         let outcome = match e.map(|e| e.esource()) {
             None => None,
@@ -376,9 +361,6 @@ impl ProxyHttp for AuditProxy {
             // No complete answer from the upstream: the proxy answered (502/504) or cut off.
             Some(_) => Some(Outcome::Error),
         };
-        let Audited { call, _in_flight } = *audit;
-        call.finish_observed(outcome, |record| {
-            self.metrics.record(record.operation, record.outcome);
-        });
+        call.finish(outcome);
     }
 }

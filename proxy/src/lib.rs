@@ -27,9 +27,8 @@ use arc_swap::ArcSwap;
 use auditgate_queue::{QueueConfig, RedisQueue};
 use metrics_exporter_prometheus::PrometheusHandle;
 use pingora::server::configuration::ServerConf;
-use pingora::server::{Fds, ListenFds, ShutdownWatch};
+use pingora::server::{Fds, ListenFds};
 use pingora::services::Service as _;
-use pingora::services::background::BackgroundService as _;
 use pingora::services::listening::Service;
 
 pub mod audit;
@@ -48,31 +47,60 @@ pub use metrics::install as install_metrics;
 
 use crate::jwt::Verifier;
 use crate::metrics::{MetricsApp, ProxyMetrics};
-use crate::services::{QueueService, ReloadService};
+use crate::services::ReloadService;
 
 /// What the binary runs: binds `listen` (and `metrics_listen`), installs the process's metrics
-/// recorder, and runs the proxy until SIGTERM or SIGINT. Either signal stops the listeners,
-/// lets the requests in flight finish (up to the grace period) and flushes the queue.
+/// recorder, and runs the proxy until SIGTERM, SIGINT or SIGQUIT. Each stops the listeners,
+/// lets the requests in flight finish (up to the grace period) and flushes the queue; a second
+/// signal exits at once.
 pub fn serve(config: ProxyConfig) -> Result<(), ProxyError> {
     // The recorder first: the queue takes its metric handles when it is built.
     let metrics = install_metrics()?;
     let listener = bind(&config.listen)?;
     let shutdown = async {
-        use tokio::signal::unix::{SignalKind, signal};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => tracing::info!("SIGTERM received: finishing the requests in flight, then flushing the audit queue"),
-                    _ = int.recv() => tracing::info!("SIGINT received: finishing the requests in flight, then flushing the audit queue"),
-                }
-            }
-            _ => std::future::pending().await,
-        }
+        let first = next_stop_signal().await;
+        tracing::info!(
+            "{first} received: finishing the requests in flight, then flushing the audit queue (a second signal exits at once)"
+        );
+        // The drain can take the grace period and the flush's timeout: an operator who does
+        // not want to wait says so again.
+        tokio::spawn(async {
+            let second = next_stop_signal().await;
+            tracing::warn!("{second} received again: exiting without finishing the flush");
+            std::process::exit(1);
+        });
     };
     run(config, listener, Some(metrics), shutdown)
+}
+
+/// The next SIGTERM, SIGINT or SIGQUIT (pingora's graceful upgrade, which this proxy does not
+/// do: it stops as for SIGTERM rather than die unflushed), by name. When the handlers cannot
+/// be installed, Ctrl-C alone stops the proxy, and the log says so.
+async fn next_stop_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::quit()),
+    ) {
+        (Ok(mut term), Ok(mut int), Ok(mut quit)) => tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+            _ = quit.recv() => "SIGQUIT",
+        },
+        (term, int, quit) => {
+            let error = [term.err(), int.err(), quit.err()]
+                .into_iter()
+                .flatten()
+                .next();
+            tracing::error!(
+                ?error,
+                "cannot install signal handlers; only Ctrl-C stops the proxy"
+            );
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        }
+    }
 }
 
 /// Binds an address to listen on (a port of 0 picks a free one), with a clear error when it
@@ -85,8 +113,9 @@ pub fn bind(addr: &str) -> Result<TcpListener, ProxyError> {
 }
 
 /// Runs the proxy on `listener` until `shutdown` completes, then stops taking connections,
-/// waits for the audited requests in flight (up to `grace_period_seconds`), flushes the queue
-/// to Redis or the spool, and returns. Everything that can be wrong with the config, the
+/// waits for the requests in flight (up to `grace_period_seconds`; what is still running then
+/// is cut, and a cut audited call is recorded as `aborted`), flushes the queue to Redis or
+/// the spool, and returns. Everything that can be wrong with the config, the
 /// rules, the keys or the spool is reported before anything is served.
 ///
 /// `metrics` is the process's Prometheus recorder ([`install_metrics`]), which
@@ -136,6 +165,16 @@ pub fn run(
         Some(addr) => Some(bind(addr)?),
         None => None,
     };
+    // pingora's services take their listeners from a table of inherited sockets (what a
+    // graceful upgrade hands over) by address: the sockets bound here go in it, so a port of
+    // 0 is the port actually bound, and a taken port was an error above, not a panic in a
+    // service thread.
+    let fds: ListenFds = Arc::new(parking_lot::Mutex::new(Fds::new()));
+    let addr = hand_over(&fds, listener, &config.listen)?;
+    let metrics_addr = match (metrics_listener, &config.metrics_listen) {
+        (Some(listener), Some(name)) => Some(hand_over(&fds, listener, name)?),
+        _ => None,
+    };
 
     let grace = Duration::from_secs(config.grace_period_seconds);
     let mut queue_config = QueueConfig::new(config.redis.url.clone())
@@ -147,11 +186,9 @@ pub fn run(
     let (queue, flusher) = RedisQueue::new(queue_config)?;
     let queue = Arc::new(queue);
 
-    let server_conf = Arc::new(ServerConf {
-        threads: config.threads,
-        grace_period_seconds: Some(config.grace_period_seconds),
-        ..ServerConf::default()
-    });
+    // What pingora's proxy service reads of a server config (pools, timeouts): its defaults.
+    // The grace period and threads are this function's to apply.
+    let server_conf = Arc::new(ServerConf::default());
     let rules = Arc::new(ArcSwap::from_pointee(rules));
     let reload = ReloadService {
         rules: rules.clone(),
@@ -172,31 +209,19 @@ pub fn run(
     proxy.upstream_ca = upstream_ca;
     let in_flight = proxy.in_flight.clone();
 
-    // pingora's services take their listeners from a table of inherited sockets (what a
-    // graceful upgrade hands over) by address: the sockets bound here go in it, so a port of
-    // 0 is the port actually bound, and a taken port was an error above, not a panic in a
-    // service thread.
-    let fds: ListenFds = Arc::new(parking_lot::Mutex::new(Fds::new()));
     let mut proxy_service = pingora::proxy::http_proxy_service(&server_conf, proxy);
-    let addr = hand_over(&fds, listener)?;
     proxy_service.add_tcp(&addr);
-    let mut metrics_addr = None;
-    let mut metrics_service = match metrics_listener {
-        Some(listener) => {
-            let mut service = Service::new(
-                "metrics".to_owned(),
-                MetricsApp {
-                    handle: metrics,
-                    queue: queue.clone(),
-                },
-            );
-            let addr = hand_over(&fds, listener)?;
-            service.add_tcp(&addr);
-            metrics_addr = Some(addr);
-            Some(service)
-        }
-        None => None,
-    };
+    let metrics_service = metrics_addr.as_ref().map(|addr| {
+        let mut service = Service::new(
+            "metrics".to_owned(),
+            MetricsApp {
+                handle: metrics,
+                queue: queue.clone(),
+            },
+        );
+        service.add_tcp(addr);
+        service
+    });
 
     // Two runtimes, as pingora gives each service its own: the request threads, and one
     // thread for the queue's flusher, rule reloading and metrics, so that Redis's latency
@@ -213,56 +238,47 @@ pub fn run(
         .enable_all()
         .build()
         .map_err(ProxyError::Runtime)?;
+    // Polled from now on (signal handlers are installed when it is first polled), before
+    // anything is served.
+    let stop_asked = background.spawn(shutdown);
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopping: ShutdownWatch = stop_rx;
-    let proxy_task = {
-        let fds = fds.clone();
-        let shutdown = stopping.clone();
-        request_runtime.spawn(async move {
-            proxy_service.start_service(Some(fds), shutdown, 1).await;
-        })
-    };
-    let metrics_task = metrics_service.take().map(|mut service| {
-        let fds = fds.clone();
-        let shutdown = stopping.clone();
-        background.spawn(async move { service.start_service(Some(fds), shutdown, 1).await })
+    let (stop_tx, stopping) = tokio::sync::watch::channel(false);
+    request_runtime.spawn({
+        let (fds, stopping) = (fds.clone(), stopping.clone());
+        async move { proxy_service.start_service(Some(fds), stopping, 1).await }
     });
-    let queue_service = QueueService {
-        flusher: std::sync::Mutex::new(Some(flusher)),
-        queue,
-        in_flight,
-        grace,
-    };
-    let queue_task = {
-        let shutdown = stopping.clone();
-        background.spawn(async move { queue_service.start(shutdown).await })
-    };
-    let reload_task = {
-        let shutdown = stopping.clone();
-        background.spawn(async move { reload.start(shutdown).await })
-    };
+    let metrics_task = metrics_service.map(|mut service| {
+        let (fds, stopping) = (fds.clone(), stopping.clone());
+        background.spawn(async move { service.start_service(Some(fds), stopping, 1).await })
+    });
+    let flusher_task = background.spawn(flusher.run());
+    let reload_task = background.spawn(reload.run(stopping));
     // The addresses actually bound (a port of 0 is a free one): tests and scripts read them.
     match &metrics_addr {
         Some(metrics) => tracing::info!(listen = %addr, %metrics, "auditgate proxy listening"),
         None => tracing::info!(listen = %addr, "auditgate proxy listening"),
     }
 
-    background.block_on(async move {
-        shutdown.await;
+    background.block_on(async {
+        let _ = stop_asked.await;
+        // The listeners stop taking connections; a kept-alive connection closes after the
+        // request it is serving.
         stop_tx.send_replace(true);
-        // The queue service waits for the requests in flight, then flushes: when it is done,
-        // every record of this run is in Redis or the spool (or counted as dropped).
-        let _ = queue_task.await;
+        services::requests_done(&in_flight, grace).await;
+    });
+    // What is still running after the grace period is cut here; a call cut short makes its
+    // record (`aborted`) as it is dropped, before the queue is flushed below.
+    request_runtime.shutdown_timeout(Duration::from_secs(1));
+    background.block_on(async {
+        // Sends what is buffered, or spools it: every record of this run is then in Redis,
+        // in the spool, or counted as dropped.
+        queue.shutdown().await;
+        let _ = flusher_task.await;
         let _ = reload_task.await;
         if let Some(task) = metrics_task {
             let _ = task.await;
         }
     });
-    // The listeners stopped when the shutdown was broadcast; what is left of the request
-    // runtime (idle keep-alive connections) is cut here.
-    request_runtime.shutdown_timeout(Duration::from_secs(1));
-    drop(proxy_task);
     background.shutdown_timeout(Duration::from_secs(1));
     tracing::info!("auditgate proxy stopped");
     Ok(())
@@ -270,9 +286,9 @@ pub fn run(
 
 /// Puts a bound listener in pingora's socket table under the address it is bound to, and
 /// returns that address for `add_tcp`.
-fn hand_over(fds: &ListenFds, listener: TcpListener) -> Result<String, ProxyError> {
+fn hand_over(fds: &ListenFds, listener: TcpListener, name: &str) -> Result<String, ProxyError> {
     let listen_error = |source| ProxyError::Listen {
-        addr: "the listener".to_owned(),
+        addr: name.to_owned(),
         source,
     };
     let addr = listener.local_addr().map_err(listen_error)?.to_string();

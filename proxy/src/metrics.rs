@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use auditgate_queue::RedisQueue;
-use auditgate_rules::Outcome;
+use auditgate_queue::{Accepted, Dropped, RecordSink, RedisQueue};
+use auditgate_rules::{AuditRecord, Outcome, RecordRef};
 use http::Response;
 use metrics::Counter;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -43,29 +43,6 @@ impl ProxyMetrics {
         }
     }
 
-    pub(crate) fn record(&self, operation: &str, outcome: Outcome) {
-        thread_local! {
-            /// Counter handles by operation and outcome, per request thread: a registry lookup
-            /// (hashing, a lock, a key allocation) once per thread rather than per request.
-            static RECORD_COUNTERS: RefCell<HashMap<Outcome, HashMap<String, Counter>>> =
-                RefCell::new(HashMap::new());
-        }
-        RECORD_COUNTERS.with_borrow_mut(|by_outcome| {
-            let counters = by_outcome.entry(outcome).or_default();
-            if let Some(counter) = counters.get(operation) {
-                counter.increment(1);
-                return;
-            }
-            let counter = metrics::counter!(
-                RECORDS,
-                "operation" => operation.to_owned(),
-                "outcome" => outcome.as_str()
-            );
-            counter.increment(1);
-            counters.insert(operation.to_owned(), counter);
-        });
-    }
-
     pub(crate) fn error(&self, error: &Error) {
         let source = match error.esource() {
             ErrorSource::Upstream => "upstream",
@@ -75,6 +52,51 @@ impl ProxyMetrics {
         };
         metrics::counter!(ERRORS, "source" => source, "kind" => error.etype().as_str())
             .increment(1);
+    }
+}
+
+/// Counts a record by operation and outcome (`auditgate_proxy_records_total`).
+fn count_record(operation: &str, outcome: Outcome) {
+    thread_local! {
+        /// Counter handles by operation and outcome, per request thread: a registry lookup
+        /// (hashing, a lock, a key allocation) once per thread rather than per request.
+        static RECORD_COUNTERS: RefCell<HashMap<Outcome, HashMap<String, Counter>>> =
+            RefCell::new(HashMap::new());
+    }
+    RECORD_COUNTERS.with_borrow_mut(|by_outcome| {
+        let counters = by_outcome.entry(outcome).or_default();
+        if let Some(counter) = counters.get(operation) {
+            counter.increment(1);
+            return;
+        }
+        let counter = metrics::counter!(
+            RECORDS,
+            "operation" => operation.to_owned(),
+            "outcome" => outcome.as_str()
+        );
+        counter.increment(1);
+        counters.insert(operation.to_owned(), counter);
+    });
+}
+
+/// The proxy's record sink: the queue, with every record counted by operation and outcome on
+/// its way in — however its call ended, finished or dropped as `aborted`.
+#[derive(Debug, Clone)]
+pub(crate) struct CountedQueue(pub(crate) RedisQueue);
+
+impl RecordSink for CountedQueue {
+    fn enqueue(&self, record: AuditRecord) -> Result<Accepted, Dropped> {
+        count_record(&record.operation, record.outcome);
+        self.0.enqueue(record)
+    }
+
+    fn enqueue_ref(&self, record: RecordRef<'_>) -> Result<Accepted, Dropped> {
+        count_record(record.operation, record.outcome);
+        self.0.enqueue_ref(record)
+    }
+
+    fn can_accept(&self) -> bool {
+        self.0.can_accept()
     }
 }
 

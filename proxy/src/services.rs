@@ -1,60 +1,33 @@
-//! The proxy's background services: the queue's flusher, and rule reloading.
+//! What runs beside the request threads: rule reloading, and the wait for requests in flight
+//! at shutdown.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
-use async_trait::async_trait;
-use auditgate_queue::{Flusher, RedisQueue};
 use auditgate_rules::RuleSet;
-use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
+use tokio::sync::watch;
 
 use crate::config::JwtConfig;
 use crate::jwt::Verifier;
 use crate::metrics::RELOADS;
 
-/// Runs the queue's flusher; on shutdown, waits for in-flight audited requests (up to the
-/// grace period) and then flushes, so that no record is lost.
-#[derive(Debug)]
-pub(crate) struct QueueService {
-    pub(crate) flusher: Mutex<Option<Flusher>>,
-    pub(crate) queue: Arc<RedisQueue>,
-    pub(crate) in_flight: Arc<AtomicUsize>,
-    pub(crate) grace: Duration,
-}
-
-#[async_trait]
-impl BackgroundService for QueueService {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let flusher = self
-            .flusher
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(flusher) = flusher {
-            tokio::spawn(flusher.run());
+/// Waits, once the listeners have stopped, until no request has been in flight for a moment
+/// or `grace` has passed. "None in flight" must hold for a while: a connection accepted just
+/// before the stop may not have reached its first phase yet.
+pub(crate) async fn requests_done(in_flight: &AtomicUsize, grace: Duration) {
+    const QUIET: Duration = Duration::from_millis(300);
+    let deadline = Instant::now() + grace;
+    let mut quiet_since = Instant::now();
+    while Instant::now() < deadline {
+        if in_flight.load(Ordering::Relaxed) > 0 {
+            quiet_since = Instant::now();
+        } else if quiet_since.elapsed() >= QUIET {
+            return;
         }
-        let _ = shutdown.changed().await;
-        // Listeners have stopped; requests in flight still make records. Wait for them, but
-        // leave a second of the grace period for the flush itself. "None in flight" must hold
-        // for a moment: a connection accepted just before the stop may not have reached
-        // `request_filter` yet, and its record would otherwise come after the flush (into the
-        // spool, kept for the next start, but not in Redis).
-        const QUIET: Duration = Duration::from_millis(300);
-        let deadline = Instant::now() + self.grace.saturating_sub(Duration::from_secs(1));
-        let mut quiet_since = Instant::now();
-        while Instant::now() < deadline {
-            if self.in_flight.load(Ordering::Relaxed) > 0 {
-                quiet_since = Instant::now();
-            } else if quiet_since.elapsed() >= QUIET {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        self.queue.shutdown().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -158,9 +131,9 @@ pub(crate) fn fingerprint(paths: &[PathBuf], jwt: Option<&JwtConfig>) -> Fingerp
     out
 }
 
-#[async_trait]
-impl BackgroundService for ReloadService {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
+impl ReloadService {
+    /// Watches the files and SIGHUP until `shutdown` turns true.
+    pub(crate) async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut hangups = match tokio::signal::unix::signal(
             tokio::signal::unix::SignalKind::hangup(),
         ) {

@@ -48,9 +48,6 @@ impl MethodSet {
     /// upstreams that upper-case the method (Flask, ASP.NET, Rails, Go's routers), so it
     /// must be audited as one. Other extension methods get no bit and match no rule.
     pub(crate) fn of(method: &http::Method) -> MethodSet {
-        const NAMES: [&str; 9] = [
-            "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE",
-        ];
         let bit = match *method {
             http::Method::GET => 0,
             http::Method::HEAD => 1,
@@ -61,7 +58,7 @@ impl MethodSet {
             http::Method::OPTIONS => 6,
             http::Method::CONNECT => 7,
             http::Method::TRACE => 8,
-            _ => match NAMES
+            _ => match METHODS
                 .iter()
                 .position(|name| name.eq_ignore_ascii_case(method.as_str()))
             {

@@ -26,7 +26,7 @@ impl Flusher {
         result
     }
 
-    /// Sends a batch without waiting for Redis: the reply is collected by [`Self::settle`].
+    /// Sends a batch without waiting for Redis: the reply is collected by [`Self::settle_oldest`].
     /// Records queued meanwhile are serialised while Redis works on this batch.
     pub(super) fn start_send(&mut self, conn: &MultiplexedConnection, payloads: Vec<Vec<u8>>) {
         if payloads.is_empty() {

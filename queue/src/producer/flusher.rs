@@ -7,19 +7,19 @@ use super::connection::{Connection, MIN_BACKOFF};
 use super::{Flusher, MAX_IN_FLIGHT, STOP_CHECK, lock};
 
 /// What the flusher does next: decided afresh on every turn of its loop, from where records
-/// are (held, buffered, spooled) and whether Redis is up.
+/// are (held, buffered, spooled) and whether Redis is up. A turn begins by looking at the stop
+/// flag: once [`RedisQueue::shutdown`](super::RedisQueue::shutdown) is called, the loop ends
+/// and [`Flusher::drain`] sends or spools what is held and buffered, then replays what it can.
 ///
 /// ```text
 ///            ┌──────────── Redis up and the spool holds records ───────────┐
 ///            │                                                              ▼
 ///  Gather ──►┤  records taken from the buffer (held) ──► SendHeld ──► Gather  Replay ──► Gather
 ///            │                                                              (held and buffered
-///            └── shutdown asked ──► Stop (drain: send or spool, replay)      go behind the spool)
+///            └── shutdown asked ──► drain: send or spool, replay              go behind the spool)
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 enum Step {
-    /// [`RedisQueue::shutdown`](super::RedisQueue::shutdown) was called: drain and stop.
-    Stop,
     /// Redis is up and the spool holds records: replay the oldest, with what is held or
     /// buffered appended behind them, so that records reach Redis in the order they were made.
     Replay,
@@ -50,7 +50,6 @@ impl Flusher {
             self.connect_if_due(&mut conn).await;
             self.sync_spool();
             match self.next_step(&conn) {
-                Step::Stop => break,
                 Step::Replay => self.replay(&mut conn, &mut batch).await,
                 Step::SendHeld => self.send_held(&mut conn).await,
                 Step::Gather => {
@@ -69,9 +68,7 @@ impl Flusher {
     }
 
     fn next_step(&self, conn: &Connection) -> Step {
-        if self.stop_requested() {
-            Step::Stop
-        } else if self.spool_pending() && matches!(conn, Connection::Up(_)) {
+        if self.spool_pending() && matches!(conn, Connection::Up(_)) {
             Step::Replay
         } else if !self.held.is_empty() {
             Step::SendHeld
