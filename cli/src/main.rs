@@ -74,15 +74,18 @@ fn run_writer(config: PathBuf) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind(&config.listen))
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    // Read by scripts and tests that start the writer on port 0.
-    println!("listening on http://{}", listener.local_addr()?);
+    let listen = config.listen.clone();
+    // The recorder first: the store and the consumer take their metric handles as they open.
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .ok();
-    let run = auditgate_writer::run(config, listener, metrics, async {
+    let writer = runtime.block_on(auditgate_writer::Writer::open(config))?;
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(&listen))
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    // Read by scripts and tests that start the writer on port 0: the store is open by now.
+    println!("listening on http://{}", listener.local_addr()?);
+    let run = writer.run(listener, metrics, async {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(s) => s,

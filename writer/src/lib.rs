@@ -41,86 +41,134 @@ pub use error::WriterError;
 
 /// Runs the writer, its API on `listener`, until `shutdown` completes: the batch in hand is
 /// committed and acknowledged, then the process may exit. `metrics` is the process's
-/// Prometheus recorder, which `/metrics` serves (without one it answers 404).
+/// Prometheus recorder, which `/metrics` serves (without one it answers 404). The same as
+/// [`Writer::open`] then [`Writer::run`].
 pub async fn run(
     config: WriterConfig,
     listener: tokio::net::TcpListener,
     metrics: Option<PrometheusHandle>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WriterError> {
-    let store: Arc<dyn store::Store> = Arc::from(store::open(&config.store).await?);
-    let name = config
-        .consumer
-        .clone()
-        .or_else(auditgate_queue::hostname)
-        .unwrap_or_else(|| "writer".to_owned());
-    let mut consumer_config = ConsumerConfig::new(config.redis.clone(), name);
-    consumer_config.batch = config.batch;
-    consumer_config.claim_idle = Duration::from_secs(config.claim_idle_seconds);
-    // Redis may be away at start (or start after the writer): the API serves what the store
-    // holds meanwhile, and the stream is read once Redis answers.
-    // Redis answering with an error (a wrong password, a stream key of another type) is a
-    // misconfiguration and stops the writer; only Redis not answering is waited for.
-    let mut consumer = Consumer::new(consumer_config)?;
-    match consumer.ensure_connected().await {
-        Ok(()) => {}
-        Err(auditgate_queue::QueueError::Redis(e))
-            if e.is_io_error() || e.is_connection_refusal() || e.is_timeout() =>
-        {
-            tracing::warn!(error = %e, "Redis does not answer yet; serving the store and retrying");
+    Writer::open(config)
+        .await?
+        .run(listener, metrics, shutdown)
+        .await
+}
+
+/// A writer whose store is open and set up and whose consumer group is known: what is left
+/// is to serve. A caller that announces its address (the binary's `listening on` line) opens
+/// first, so that the line means the API is about to answer.
+pub struct Writer {
+    config: WriterConfig,
+    store: Arc<dyn store::Store>,
+    consumer: Consumer,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer")
+            .field("store", &self.config.store)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Writer {
+    /// Opens (and migrates) the store and sets up the consumer. Redis may be away: only Redis
+    /// answering with an error (a wrong password, a stream key of another type) stops it.
+    pub async fn open(config: WriterConfig) -> Result<Writer, WriterError> {
+        let store: Arc<dyn store::Store> = Arc::from(store::open(&config.store).await?);
+        let name = config
+            .consumer
+            .clone()
+            .or_else(auditgate_queue::hostname)
+            .unwrap_or_else(|| "writer".to_owned());
+        let mut consumer_config = ConsumerConfig::new(config.redis.clone(), name);
+        consumer_config.batch = config.batch;
+        consumer_config.claim_idle = Duration::from_secs(config.claim_idle_seconds);
+        // Redis may be away at start (or start after the writer): the API serves what the store
+        // holds meanwhile, and the stream is read once Redis answers.
+        // Redis answering with an error (a wrong password, a stream key of another type) is a
+        // misconfiguration and stops the writer; only Redis not answering is waited for.
+        let mut consumer = Consumer::new(consumer_config)?;
+        match consumer.ensure_connected().await {
+            Ok(()) => {}
+            Err(auditgate_queue::QueueError::Redis(e))
+                if e.is_io_error() || e.is_connection_refusal() || e.is_timeout() =>
+            {
+                tracing::warn!(error = %e, "Redis does not answer yet; serving the store and retrying");
+            }
+            Err(e) => return Err(e.into()),
         }
-        Err(e) => return Err(e.into()),
+        Ok(Writer {
+            config,
+            store,
+            consumer,
+        })
     }
 
-    let tokens = config
-        .tokens
-        .iter()
-        .map(|t| {
-            let mut hash = [0u8; 32];
-            for (i, byte) in hash.iter_mut().enumerate() {
-                *byte = u8::from_str_radix(&t.sha256[2 * i..2 * i + 2], 16).unwrap_or(0);
-            }
-            (hash, t.role)
-        })
-        .collect();
-    let state = Arc::new(api::AppState {
-        store: store.clone(),
-        tokens,
-        metrics,
-    });
-    let addr = listener.local_addr().map_err(WriterError::Serve)?;
-    tracing::info!(%addr, store = %config.store, "auditgate writer started");
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let ingest = tokio::spawn(ingest::ingest(
-        store.clone(),
-        consumer,
-        config.commit_max,
-        stop_rx.clone(),
-    ));
-    let retention = tokio::spawn(retention(
-        store.clone(),
-        config.retention_days,
-        stop_rx.clone(),
-    ));
-    let gauges = tokio::spawn(redis_gauges(config.redis.clone(), stop_rx.clone()));
-    let mut server_stop = stop_rx.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, api::router(state))
-            .with_graceful_shutdown(async move {
-                let _ = server_stop.wait_for(|s| *s).await;
+    /// Serves the API on `listener` and drains the stream until `shutdown` completes; see
+    /// [`run`].
+    pub async fn run(
+        self,
+        listener: tokio::net::TcpListener,
+        metrics: Option<PrometheusHandle>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), WriterError> {
+        let Writer {
+            config,
+            store,
+            consumer,
+        } = self;
+        let tokens = config
+            .tokens
+            .iter()
+            .map(|t| {
+                let mut hash = [0u8; 32];
+                for (i, byte) in hash.iter_mut().enumerate() {
+                    *byte = u8::from_str_radix(&t.sha256[2 * i..2 * i + 2], 16).unwrap_or(0);
+                }
+                (hash, t.role)
             })
-            .await
-    });
+            .collect();
+        let state = Arc::new(api::AppState {
+            store: store.clone(),
+            tokens,
+            metrics,
+        });
+        let addr = listener.local_addr().map_err(WriterError::Serve)?;
+        tracing::info!(%addr, store = %config.store, "auditgate writer started");
 
-    shutdown.await;
-    tracing::info!("shutting down: finishing the batch in hand");
-    stop_tx.send_replace(true);
-    let _ = ingest.await;
-    retention.abort();
-    gauges.abort();
-    let _ = server.await;
-    Ok(())
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let ingest = tokio::spawn(ingest::ingest(
+            store.clone(),
+            consumer,
+            config.commit_max,
+            stop_rx.clone(),
+        ));
+        let retention = tokio::spawn(retention(
+            store.clone(),
+            config.retention_days,
+            stop_rx.clone(),
+        ));
+        let gauges = tokio::spawn(redis_gauges(config.redis.clone(), stop_rx.clone()));
+        let mut server_stop = stop_rx.clone();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, api::router(state))
+                .with_graceful_shutdown(async move {
+                    let _ = server_stop.wait_for(|s| *s).await;
+                })
+                .await
+        });
+
+        shutdown.await;
+        tracing::info!("shutting down: finishing the batch in hand");
+        stop_tx.send_replace(true);
+        let _ = ingest.await;
+        retention.abort();
+        gauges.abort();
+        let _ = server.await;
+        Ok(())
+    }
 }
 
 /// Deletes records older than the retention period and refreshes the planner's statistics,
