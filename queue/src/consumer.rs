@@ -88,6 +88,15 @@ struct RawEntry {
     others: Fields,
 }
 
+/// An entry on its way to the dead-letter stream.
+struct DeadLetter<'a> {
+    key: &'a str,
+    entry_id: &'a str,
+    record: &'a [u8],
+    reason: &'a str,
+    others: &'a [(Vec<u8>, Vec<u8>)],
+}
+
 /// Field names and values of a stream entry.
 type Fields = Vec<(Vec<u8>, Vec<u8>)>;
 
@@ -325,38 +334,79 @@ impl Consumer {
     }
 
     async fn dead_letter(&mut self, dead: &[(RawEntry, String)]) -> Result<(), QueueError> {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        for (entry, reason) in dead {
-            pipe.cmd("XADD")
-                .arg(&self.dead_key)
-                .arg("*")
-                .arg("record")
-                .arg(entry.record.as_deref().unwrap_or_default())
-                .arg("reason")
-                .arg(reason)
-                .arg("source")
-                .arg(format!("{} {}", entry.key, entry.id));
-            for (name, value) in &entry.others {
-                pipe.arg([b"original.".as_slice(), name].concat())
-                    .arg(value);
-            }
-            pipe.ignore();
-            pipe.cmd("XACK")
-                .arg(&entry.key)
-                .arg(&self.config.redis.group)
-                .arg(&entry.id)
-                .ignore();
-            pipe.cmd("XDEL").arg(&entry.key).arg(&entry.id).ignore();
-        }
-        let conn = self.connection().await?;
-        pipe.query_async::<()>(conn).await?;
-        self.dead_lettered += dead.len() as u64;
+        let letters: Vec<DeadLetter<'_>> = dead
+            .iter()
+            .map(|(entry, reason)| DeadLetter {
+                key: &entry.key,
+                entry_id: &entry.id,
+                record: entry.record.as_deref().unwrap_or_default(),
+                reason,
+                others: &entry.others,
+            })
+            .collect();
+        self.move_to_dead_letters(&letters).await?;
         tracing::warn!(
             entries = dead.len(),
             stream = %self.dead_key,
             "moved unparseable audit records to the dead-letter stream"
         );
+        Ok(())
+    }
+
+    /// Moves records the store refused to the dead-letter stream, each with the store's own
+    /// error as its `reason`, and acknowledges them: a record that can never be stored must
+    /// not hold back the ones behind it, nor vanish. `refused` holds each delivery's stream
+    /// key, entry ID, record JSON and the store's error.
+    pub async fn dead_letter_refused(
+        &mut self,
+        refused: &[(&str, &str, &str, &str)],
+    ) -> Result<(), QueueError> {
+        let letters: Vec<DeadLetter<'_>> = refused
+            .iter()
+            .map(|&(key, entry_id, record, reason)| DeadLetter {
+                key,
+                entry_id,
+                record: record.as_bytes(),
+                reason,
+                others: &[],
+            })
+            .collect();
+        self.move_to_dead_letters(&letters).await
+    }
+
+    /// Adds each letter to the dead-letter stream and removes its entry from the stream it
+    /// came from, in one transaction.
+    async fn move_to_dead_letters(&mut self, letters: &[DeadLetter<'_>]) -> Result<(), QueueError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for letter in letters {
+            pipe.cmd("XADD")
+                .arg(&self.dead_key)
+                .arg("*")
+                .arg("record")
+                .arg(letter.record)
+                .arg("reason")
+                .arg(letter.reason)
+                .arg("source")
+                .arg(format!("{} {}", letter.key, letter.entry_id));
+            for (name, value) in letter.others {
+                pipe.arg([b"original.".as_slice(), name].concat())
+                    .arg(value);
+            }
+            pipe.ignore();
+            pipe.cmd("XACK")
+                .arg(letter.key)
+                .arg(&self.config.redis.group)
+                .arg(letter.entry_id)
+                .ignore();
+            pipe.cmd("XDEL")
+                .arg(letter.key)
+                .arg(letter.entry_id)
+                .ignore();
+        }
+        let conn = self.connection().await?;
+        pipe.query_async::<()>(conn).await?;
+        self.dead_lettered += letters.len() as u64;
         Ok(())
     }
 

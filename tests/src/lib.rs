@@ -646,6 +646,20 @@ impl PostgresServer {
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
+
+    /// Runs SQL with `psql` (stopping at the first error); its output.
+    pub fn psql(&self, sql: &str) -> String {
+        let out = Command::new(pg_bin("psql"))
+            .args(["-v", "ON_ERROR_STOP=1", "-At", "-d", &self.url(), "-c", sql])
+            .output()
+            .expect("run psql");
+        assert!(
+            out.status.success(),
+            "psql failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
 }
 
 /// Whether this process runs as root, read from /proc (no libc call needed).

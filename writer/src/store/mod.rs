@@ -8,6 +8,8 @@
 //! ordered by `(time, seq)`, `seq` being the store's own insertion counter, which makes keyset
 //! pagination exact: no duplicate and no gap between pages, whatever arrives meanwhile.
 
+use std::borrow::Cow;
+
 use auditgate_rules::{AuditRecord, Outcome};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -99,8 +101,8 @@ pub enum StoreError {
     /// SQLite.
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    /// PostgreSQL.
-    #[error("postgres: {0}")]
+    /// PostgreSQL, with the server's own message, code and constraint when it sent them.
+    #[error("postgres: {}", describe_postgres(.0))]
     Postgres(#[from] tokio_postgres::Error),
     /// The `store:` setting is not a store this writer knows.
     #[error("store {0:?}: use sqlite://PATH or postgres://USER@HOST/DB")]
@@ -108,6 +110,147 @@ pub enum StoreError {
     /// Anything else (a worker thread gone, a bad value).
     #[error("{0}")]
     Other(String),
+}
+
+impl StoreError {
+    /// Whether the store refused the data (a value it cannot hold, a constraint, a limit)
+    /// rather than failed to take it (gone, busy, out of space): what was refused is refused
+    /// again on every retry, so the writer finds the record and sets it aside instead of
+    /// retrying forever; anything else is retried, since it passes.
+    pub fn refuses_data(&self) -> bool {
+        match self {
+            StoreError::Postgres(e) => e.code().is_some_and(|code| {
+                // Classes 22 (data exception: bad encoding, NUL, out of range), 23 (integrity
+                // constraint) and 54 (program limit exceeded: an index row too large).
+                let class = &code.code()[..2];
+                matches!(class, "22" | "23" | "54")
+            }),
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(failure, _)) => matches!(
+                failure.code,
+                rusqlite::ErrorCode::ConstraintViolation
+                    | rusqlite::ErrorCode::TooBig
+                    | rusqlite::ErrorCode::TypeMismatch
+            ),
+            StoreError::Sqlite(rusqlite::Error::ToSqlConversionFailure(_)) => true,
+            _ => false,
+        }
+    }
+}
+
+impl StoreError {
+    /// What makes two errors the same one for the log: the text without the parts that
+    /// differ from record to record (PostgreSQL's `detail`, which quotes the failing row).
+    pub fn distinct(&self) -> String {
+        match self {
+            StoreError::Postgres(e) => match e.as_db_error() {
+                Some(db) => format!(
+                    "{} {} {}",
+                    db.code().code(),
+                    db.constraint().unwrap_or_default(),
+                    db.message()
+                ),
+                None => self.to_string(),
+            },
+            _ => self.to_string(),
+        }
+    }
+}
+
+/// A PostgreSQL error as an operator needs it: the server's severity, SQLSTATE, message,
+/// detail, hint and the constraint, table and column involved; for an error of the client
+/// side (a lost connection, a timeout), its chain of causes. `tokio_postgres::Error`'s own
+/// `Display` says only "db error".
+fn describe_postgres(e: &tokio_postgres::Error) -> String {
+    use std::fmt::Write as _;
+    let Some(db) = e.as_db_error() else {
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(cause) = source {
+            let _ = write!(text, ": {cause}");
+            source = cause.source();
+        }
+        return text;
+    };
+    let mut text = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+    for (label, value) in [
+        ("detail", db.detail()),
+        ("hint", db.hint()),
+        ("constraint", db.constraint()),
+        ("table", db.table()),
+        ("column", db.column()),
+    ] {
+        if let Some(value) = value {
+            let _ = write!(text, "; {label}: {value}");
+        }
+    }
+    text
+}
+
+/// The longest value an indexed column holds, in bytes. PostgreSQL refuses a B-tree index
+/// row over 2 704 bytes, and the actor, request ID and resource indexes carry the time and
+/// sequence besides the value; a value this long is not one anybody types into a filter.
+pub const MAX_INDEXED_BYTES: usize = 512;
+
+/// A value as an indexed column holds it, valid in every store: control characters (NUL
+/// among them, which PostgreSQL refuses in text) written as `\u00XX` and backslashes
+/// doubled, so that distinct values stay distinct; a value over [`MAX_INDEXED_BYTES`] cut at
+/// a character boundary and marked with `…[cut <hash>]`, the SHA-256 prefix of the whole
+/// value, so that it stays distinct too and a filter on the whole value still finds it. The
+/// record's JSON keeps the value whole. Filters go through the same function, so
+/// `actor=<the raw value>` finds the record.
+///
+/// ```
+/// use auditgate_writer::store::indexed;
+/// assert_eq!(indexed("u_123"), "u_123");
+/// assert_eq!(indexed("a\0b"), "a\\u0000b");
+/// let long = "x".repeat(3000);
+/// assert!(indexed(&long).len() <= auditgate_writer::store::MAX_INDEXED_BYTES);
+/// assert!(indexed(&long).contains("…[cut "));
+/// ```
+pub fn indexed(value: &str) -> Cow<'_, str> {
+    let escaped = escaped(value);
+    if escaped.len() <= MAX_INDEXED_BYTES {
+        return escaped;
+    }
+    use sha2::Digest as _;
+    use std::fmt::Write as _;
+    let digest = sha2::Sha256::digest(value.as_bytes());
+    let mut mark = String::from("…[cut ");
+    for byte in &digest[..8] {
+        let _ = write!(mark, "{byte:02x}");
+    }
+    mark.push(']');
+    let mut end = MAX_INDEXED_BYTES - mark.len();
+    while !escaped.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut cut = escaped[..end].to_owned();
+    cut.push_str(&mark);
+    Cow::Owned(cut)
+}
+
+/// `value` with control characters as `\u00XX` and backslashes doubled.
+fn escaped(value: &str) -> Cow<'_, str> {
+    let plain = |c: char| !c.is_control() && c != '\\';
+    if value.chars().all(plain) {
+        return Cow::Borrowed(value);
+    }
+    let mut out = String::with_capacity(value.len() + 8);
+    for c in value.chars() {
+        if plain(c) {
+            out.push(c);
+        } else if c == '\\' {
+            out.push_str("\\\\");
+        } else {
+            use std::fmt::Write as _;
+            let _ = write!(out, "\\u{:04x}", c as u32);
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn indexed_owned(value: &str) -> String {
+    indexed(value).into_owned()
 }
 
 /// What the writer needs from a database.
@@ -203,8 +346,9 @@ impl Row {
         let mut keys: Vec<String> = record
             .resources
             .iter()
-            .flat_map(|r| [r.id.clone(), r.path.clone()])
+            .flat_map(|r| [r.id.as_deref(), r.path.as_deref()])
             .flatten()
+            .map(indexed_owned)
             .collect();
         keys.sort_unstable();
         keys.dedup();
@@ -212,12 +356,12 @@ impl Row {
             id: record.id.to_string(),
             time_us: record.time.timestamp_micros(),
             json,
-            operation: record.operation.clone(),
-            actor: record.actor.as_ref().map(|a| a.id.clone()),
-            request_id: record.request.id.clone(),
+            operation: indexed_owned(&record.operation),
+            actor: record.actor.as_ref().map(|a| indexed_owned(&a.id)),
+            request_id: indexed_owned(&record.request.id),
             outcome: record.outcome.as_str(),
             status: record.response.status.map(i32::from),
-            instance: record.origin.as_ref().map(|o| o.instance.clone()),
+            instance: record.origin.as_ref().map(|o| indexed_owned(&o.instance)),
             origin_seq: record.origin.as_ref().map(|o| o.seq as i64),
             keys,
         }
@@ -286,32 +430,40 @@ pub(crate) fn page_sql(query: &Query, dialect: &Dialect) -> (String, Vec<Param>)
     };
     match &query.operation {
         Some(OperationFilter::Exact(op)) => {
-            clauses.push(format!("r.operation = {}", bind(Param::Text(op.clone()))));
+            clauses.push(format!(
+                "r.operation = {}",
+                bind(Param::Text(indexed_owned(op)))
+            ));
         }
         Some(OperationFilter::Prefix(prefix)) => {
             let column = dialect.prefix_column;
+            // Escaped but not cut: a prefix is a beginning, not a whole value.
+            let prefix = escaped(prefix).into_owned();
             clauses.push(format!("{column} >= {}", bind(Param::Text(prefix.clone()))));
-            if let Some(end) = prefix_end(prefix) {
+            if let Some(end) = prefix_end(&prefix) {
                 clauses.push(format!("{column} < {}", bind(Param::Text(end))));
             }
         }
         None => {}
     }
     if let Some(actor) = &query.actor {
-        clauses.push(format!("r.actor = {}", bind(Param::Text(actor.clone()))));
+        clauses.push(format!(
+            "r.actor = {}",
+            bind(Param::Text(indexed_owned(actor)))
+        ));
     }
     if let Some(resource) = &query.resource {
         clauses.push(format!(
             "{} IN ({}{})",
             dialect.resource_columns,
             dialect.resource_rows,
-            bind(Param::Text(resource.clone()))
+            bind(Param::Text(indexed_owned(resource)))
         ));
     }
     if let Some(request_id) = &query.request_id {
         clauses.push(format!(
             "r.request_id = {}",
-            bind(Param::Text(request_id.clone()))
+            bind(Param::Text(indexed_owned(request_id)))
         ));
     }
     if let Some(outcome) = query.outcome {
@@ -402,6 +554,35 @@ pub(crate) fn array_chunk(records: &[String], first: &mut bool) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn indexed_values_are_valid_everywhere_and_stay_distinct() {
+        let values = [
+            "plain",
+            "a\0b",
+            "a\\u0000b",
+            "tab\there",
+            "é\u{7f}",
+            &"y".repeat(MAX_INDEXED_BYTES),
+            &"y".repeat(MAX_INDEXED_BYTES + 1),
+            &"é".repeat(2000),
+            &format!("{}\0", "z".repeat(600)),
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for value in values {
+            let kept = indexed(value);
+            assert!(kept.len() <= MAX_INDEXED_BYTES, "{} bytes", kept.len());
+            assert!(!kept.chars().any(char::is_control), "{kept:?}");
+            assert!(seen.insert(kept.into_owned()), "{value:?} collides");
+        }
+        assert_eq!(indexed("plain"), "plain");
+        assert!(matches!(indexed("plain"), Cow::Borrowed(_)));
+        assert_eq!(
+            indexed(&"y".repeat(MAX_INDEXED_BYTES)),
+            "y".repeat(MAX_INDEXED_BYTES)
+        );
+        assert!(indexed(&"y".repeat(MAX_INDEXED_BYTES + 1)).contains("…[cut "));
+    }
 
     #[test]
     fn prefix_bounds_and_cursors() {
