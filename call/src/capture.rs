@@ -3,13 +3,15 @@
 use std::borrow::Cow;
 use std::io::Read;
 
+use auditgate_rules::BodyNote;
 use bytes::Buf;
 
 /// Collects a body's chunks as they stream past, up to a limit.
 ///
-/// Templates read JSON, and a prefix of a JSON document cannot be read: a body longer than the
-/// limit is therefore kept not at all ([`BodyCapture::whole`] is `None`), and its templates
-/// yield nothing. The body itself is never held back — the capture only copies.
+/// A body longer than the limit keeps its first `limit` bytes ([`BodyCapture::whole`] is
+/// `None` then, and [`BodyCapture::contents`] says it was truncated): templates read what is
+/// complete in them, and the record says the rest was cut. The body itself is never held
+/// back — the capture only copies.
 ///
 /// ```
 /// use auditgate_call::BodyCapture;
@@ -44,8 +46,10 @@ impl BodyCapture {
             return;
         }
         if self.bytes.len() + chunk.len() > self.limit {
+            // The start is kept: what is complete in it is still read (see `contents`).
+            let room = self.limit - self.bytes.len();
+            self.bytes.extend_from_slice(&chunk[..room]);
             self.truncated = true;
-            self.bytes = Vec::new();
             return;
         }
         self.bytes.extend_from_slice(chunk);
@@ -69,7 +73,6 @@ impl BodyCapture {
     /// Marks the body as not captured whole (a piece of it could not be copied).
     fn give_up(&mut self) {
         self.truncated = true;
-        self.bytes = Vec::new();
     }
 
     /// Empties the capture for a new attempt at the same body (a retried upstream request
@@ -82,6 +85,44 @@ impl BodyCapture {
     /// The whole body, when it fitted within the limit.
     pub fn whole(&self) -> Option<&[u8]> {
         (!self.truncated).then_some(self.bytes.as_slice())
+    }
+
+    /// What templates read of the body, and why that may not be all of it: the body decoded
+    /// (see [`BodyCapture::decoded`]); or, for a body longer than the limit, its first bytes
+    /// (when it is not compressed) with [`BodyNote::Truncated`]; or nothing with
+    /// [`BodyNote::Unreadable`] when its encoding could not be undone within the limit.
+    ///
+    /// ```
+    /// use auditgate_call::BodyCapture;
+    /// use auditgate_rules::BodyNote;
+    ///
+    /// let mut capture = BodyCapture::new(8);
+    /// capture.push(br#"{"a":1,"b":2}"#);
+    /// let (start, note) = capture.contents(None);
+    /// assert_eq!(start.as_deref(), Some(&br#"{"a":1,""#[..]));
+    /// assert_eq!(note, Some(BodyNote::Truncated));
+    /// ```
+    pub fn contents<'h>(
+        &self,
+        content_encoding: impl IntoIterator<Item = &'h http::HeaderValue>,
+    ) -> (Option<Cow<'_, [u8]>>, Option<BodyNote>) {
+        if self.truncated {
+            let identity = content_encoding.into_iter().all(|line| {
+                line.to_str().is_ok_and(|codings| {
+                    codings
+                        .split(',')
+                        .map(str::trim)
+                        .all(|c| c.is_empty() || c.eq_ignore_ascii_case("identity"))
+                })
+            });
+            // The start of a compressed body is not decoded: its record says it was cut.
+            let start = identity.then_some(Cow::Borrowed(self.bytes.as_slice()));
+            return (start, Some(BodyNote::Truncated));
+        }
+        match self.decoded(content_encoding) {
+            Some(body) => (Some(body), None),
+            None => (None, Some(BodyNote::Unreadable)),
+        }
     }
 
     /// The whole body as templates read it. `content_encoding` is every `Content-Encoding`

@@ -162,8 +162,12 @@ pub enum CallerClaims {
     Unverified,
     /// Checked by the host (the proxy's `jwt:` keys, the layer's `VerifiedClaims`).
     Verified(serde_json::Value),
-    /// Checked and refused: `jwt/` templates yield nothing.
-    Refused,
+    /// Checked and refused, for this short, fixed reason (`expired`): `jwt/` templates yield
+    /// nothing, and the record's actor says `jwt rejected: REASON` (see
+    /// [`auditgate_rules::Claims::Rejected`]).
+    Rejected(&'static str),
+    /// No token to check: `jwt/` templates yield nothing.
+    Absent,
 }
 
 /// Where a call keeps its request body's capture: its own, until a host asks to share it.
@@ -378,22 +382,26 @@ impl<K: RecordSink> AuditedCall<K> {
             RequestBody::Shared(shared) => std::mem::take(&mut *shared.lock()),
         });
         // Templates read JSON: a compressed body is decoded first (within the capture limit).
-        let request_body = (request_body.as_ref()).and_then(|b| b.decoded(&self.request_encoding));
-        let response_body =
-            (self.response_body.as_ref()).and_then(|b| b.decoded(&self.response_encoding));
+        let (request_body, request_body_note) =
+            (request_body.as_ref()).map_or((None, None), |b| b.contents(&self.request_encoding));
+        let (response_body, response_body_note) = (self.response_body.as_ref())
+            .map_or((None, None), |b| b.contents(&self.response_encoding));
         let call = Call {
             method: &self.method,
             uri: &self.uri,
             headers: &self.headers,
             request_body: request_body.as_deref(),
+            request_body_note,
             status: self.status,
             response_body: response_body.as_deref(),
+            response_body_note,
             outcome,
             client_ip: self.client_ip.and_then(|ip| self.client_ip_mode.render(ip)),
             claims: match &self.claims {
                 CallerClaims::Unverified => Claims::Unverified,
                 CallerClaims::Verified(claims) => Claims::Verified(claims),
-                CallerClaims::Refused => Claims::Absent,
+                CallerClaims::Rejected(reason) => Claims::Rejected(reason),
+                CallerClaims::Absent => Claims::Absent,
             },
             request_id: Some(&self.request_id),
             time: self.time,

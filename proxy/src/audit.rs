@@ -33,7 +33,7 @@ use pingora::{ErrorSource, ErrorType};
 
 use crate::client_ip::client_ip;
 use crate::config::{ProxyConfig, Upstream};
-use crate::jwt::Verifier;
+use crate::jwt::{Verdict, Verifier};
 use crate::metrics::{CountedQueue, ProxyMetrics};
 
 /// The audit proxy: what every request shares.
@@ -203,8 +203,9 @@ impl ProxyHttp for AuditProxy {
         if let Some(verifier) = &self.jwt {
             call.set_claims(
                 match verifier.load().verify(&session.req_header().headers) {
-                    Some(claims) => CallerClaims::Verified(claims),
-                    None => CallerClaims::Refused,
+                    Verdict::Verified(claims) => CallerClaims::Verified(claims),
+                    Verdict::Rejected(reason) => CallerClaims::Rejected(reason),
+                    Verdict::NoToken => CallerClaims::Absent,
                 },
             );
         }

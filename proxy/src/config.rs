@@ -80,14 +80,24 @@ pub struct ProxyConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JwtConfig {
-    /// A file holding the HS256 secret, for HS256 tokens.
+    /// A file holding the HS256 secret, for HS256 tokens. Default: none.
     #[serde(default)]
     pub hs256_secret_file: Option<PathBuf>,
     /// A JWKS file (`{"keys": [...]}`, as an identity provider publishes it) with the public
     /// keys of RS256/384/512, PS256/384/512, ES256, ES384 and EdDSA tokens. Read at start and
     /// again on each rule reload (file change or SIGHUP), so rotated keys are picked up.
+    /// Default: none.
     #[serde(default)]
     pub jwks_file: Option<PathBuf>,
+    /// The issuers whose tokens are taken: a token's `iss` must be one of them. One may be
+    /// written without the list (`issuer: https://id.example.com`). Default: any issuer.
+    #[serde(default, deserialize_with = "crate::jwt::issuers")]
+    pub issuer: Option<Vec<String>>,
+    /// The audiences tokens must be for: a token's `aud` (a string or a list) must name one of
+    /// them. One may be written without the list (`audience: orders-api`). Default: `aud` is
+    /// not looked at.
+    #[serde(default, deserialize_with = "crate::jwt::audiences")]
+    pub audience: Option<Vec<String>>,
 }
 
 /// Upstream timeouts, in milliseconds.
@@ -244,13 +254,19 @@ impl ProxyConfig {
             };
             *listen = addr.to_string();
         }
-        if let Some(jwt) = &config.jwt
-            && jwt.hs256_secret_file.is_none()
-            && jwt.jwks_file.is_none()
-        {
-            return Err(invalid(
-                "`jwt` names no key: give `hs256_secret_file`, `jwks_file` or both (without `jwt`, claims are read unverified)".into(),
-            ));
+        if let Some(jwt) = &config.jwt {
+            if jwt.hs256_secret_file.is_none() && jwt.jwks_file.is_none() {
+                return Err(invalid(
+                    "`jwt` names no key: give `hs256_secret_file`, `jwks_file` or both (without `jwt`, claims are read unverified)".into(),
+                ));
+            }
+            for (key, values) in [("issuer", &jwt.issuer), ("audience", &jwt.audience)] {
+                if values.as_ref().is_some_and(Vec::is_empty) {
+                    return Err(invalid(format!(
+                        "`jwt.{key}` is an empty list, which no token could pass: name at least one, or leave `{key}` out"
+                    )));
+                }
+            }
         }
         config.upstream().map_err(|e| invalid(e.to_string()))?;
         Ok(config)

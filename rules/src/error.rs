@@ -1,6 +1,6 @@
 //! Errors of the rules crate: every problem in a rule set, each with its `FILE:LINE:COL`.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::path::PathBuf;
 
 /// One problem found in a rule file, printed as `FILE:LINE:COL: message`.
@@ -18,14 +18,17 @@ pub struct Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}",
-            self.file.display(),
-            self.line,
-            self.col,
-            self.message
-        )
+        write!(f, "{}:{}:{}: ", self.file.display(), self.line, self.col)?;
+        // A message quotes keys and values from the file, which may hold line breaks or
+        // terminal escapes: written escaped, each problem stays on its one line.
+        for c in self.message.chars() {
+            if c.is_control() {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                f.write_char(c)?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -12,14 +12,15 @@ use smallvec::SmallVec;
 use uuid::Uuid;
 
 use crate::RuleSet;
+use crate::body::{BodyKind, MAX_VALUE_DEPTH, limit_depth, read_body};
 use crate::matcher::Candidates;
 use crate::model::{FileMeta, OnQueueFailure, Rule, When};
 use crate::path::decode_param;
 use crate::record::{
-    ActorRef, AuditRecord, Outcome, RecordRef, RequestRef, ResourceRef, ResponseInfo,
-    SCHEMA_VERSION,
+    ActorRef, AuditRecord, BodyNote, Capture, Outcome, RecordRef, RequestRef, ResourceRef,
+    ResponseInfo, SCHEMA_VERSION,
 };
-use crate::template::{Lookup, Template, into_text, pointer, to_text};
+use crate::template::{Lookup, Source, Template, into_text, pointer, to_text};
 
 /// The operation of a record for a mutating call that no rule matched (`unmatched: record`).
 pub const UNMATCHED_OPERATION: &str = "unmatched";
@@ -33,8 +34,13 @@ pub enum Claims<'a> {
     Unverified,
     /// Claims whose signature the caller has checked.
     Verified(&'a Value),
-    /// The token was checked and refused, or must not be read: `jwt/` sources yield nothing.
+    /// There is no token, or it must not be read: `jwt/` sources yield nothing.
     Absent,
+    /// A token was sent and the caller's check refused it, for this short reason (`expired`):
+    /// `jwt/` sources yield nothing, and an actor list reaching a `jwt/` template stops there,
+    /// with a null actor whose source says `jwt rejected: REASON`, rather than falling through
+    /// to a header the client also controls.
+    Rejected(&'a str),
 }
 
 /// Everything the capturing side knows about a call once it is over.
@@ -49,12 +55,18 @@ pub struct Call<'a> {
     pub uri: &'a http::Uri,
     /// The request headers.
     pub headers: &'a http::HeaderMap,
-    /// The start of the request body, up to the capture limit; `None` when not captured.
+    /// The request body as captured (its decoded content), or its first bytes when
+    /// `request_body_note` says it was truncated; `None` when not captured.
     pub request_body: Option<&'a [u8]>,
+    /// Set when the request body was not captured whole ([`BodyNote::Truncated`]: the
+    /// bytes above are its start) or could not be decoded ([`BodyNote::Unreadable`]).
+    pub request_body_note: Option<BodyNote>,
     /// The status the client got; `None` when none was sent.
     pub status: Option<u16>,
-    /// The start of the response body, up to the capture limit.
+    /// The response body as captured, like `request_body`.
     pub response_body: Option<&'a [u8]>,
+    /// Like `request_body_note`, for the response body.
+    pub response_body_note: Option<BodyNote>,
     /// Set when the call did not simply get a response: [`Outcome::Error`] when the proxy
     /// answered itself, [`Outcome::Aborted`] when the client left. Otherwise the outcome
     /// follows `status`.
@@ -84,8 +96,10 @@ impl<'a> Call<'a> {
             uri,
             headers,
             request_body: None,
+            request_body_note: None,
             status: None,
             response_body: None,
+            response_body_note: None,
             outcome: None,
             client_ip: None,
             claims: Claims::Unverified,
@@ -297,9 +311,17 @@ impl Match {
 
         let actor_templates = rule.and_then(|r| r.actor.as_ref()).unwrap_or(&file.actor);
         let actor = actor_templates.iter().find_map(|t| {
+            if let Claims::Rejected(reason) = call.claims
+                && t.uses(|e| matches!(e.source, Source::Jwt(_)))
+            {
+                return Some(ActorRef {
+                    id: None,
+                    source: Cow::Owned(format!("jwt rejected: {reason}")),
+                });
+            }
             let id = t.eval_text(&lookup).filter(|s| !s.is_empty())?;
             Some(ActorRef {
-                id: Cow::Owned(id),
+                id: Some(Cow::Owned(id)),
                 source: Cow::Borrowed(t.source_name()),
             })
         });
@@ -314,7 +336,7 @@ impl Match {
             // The loader keeps `details` in name order, the order of a JSON object.
             for (name, template) in &rule.details {
                 if let Some(value) = template.eval(&lookup) {
-                    details.push((name.as_str(), value));
+                    details.push((name.as_str(), limit_depth(value, MAX_VALUE_DEPTH)));
                 }
             }
             description = rule.description.as_ref().and_then(|t| t.eval_text(&lookup));
@@ -328,7 +350,21 @@ impl Match {
             Some(status) => Outcome::from_status(status),
             None => Outcome::Aborted,
         });
+        let reads = chosen.map(|c| self.rules.inner.body_reads[c.rule as usize]);
+        let capture = Capture {
+            request_body: reads
+                .filter(|r| r.request)
+                .and_then(|_| body_note(call.request_body, call.request_body_note, lookup.body())),
+            response_body: reads.filter(|r| r.response).and_then(|_| {
+                body_note(
+                    call.response_body,
+                    call.response_body_note,
+                    lookup.response(),
+                )
+            }),
+        };
         Some(RecordRef {
+            capture: (!capture.is_empty()).then_some(capture),
             schema: SCHEMA_VERSION,
             id: uuid_at(call.time),
             time: call.time,
@@ -375,10 +411,26 @@ fn uuid_at(time: DateTime<Utc>) -> Uuid {
     Uuid::new_v7(ts)
 }
 
+/// What `capture` says of a body a rule reads: the note the capturing side gave, or
+/// `unreadable` when bytes were there and no value could be read from them.
+fn body_note(
+    bytes: Option<&[u8]>,
+    note: Option<BodyNote>,
+    value: Option<&Value>,
+) -> Option<BodyNote> {
+    note.or_else(|| {
+        let present = bytes.is_some_and(|b| !b.iter().all(u8::is_ascii_whitespace));
+        (present && value.is_none()).then_some(BodyNote::Unreadable)
+    })
+}
+
 fn when_holds(when: &When, lookup: &CallLookup<'_>) -> bool {
+    // A body that was not read whole cannot say a pointer is absent: the rule is taken, and
+    // its record says what was cut (`capture`), rather than the call going unrecorded.
+    let body_unknown = lookup.call.request_body_note.is_some();
     when.body
         .as_ref()
-        .is_none_or(|ptr| lookup.body().and_then(|b| pointer(b, ptr)).is_some())
+        .is_none_or(|ptr| body_unknown || lookup.body().and_then(|b| pointer(b, ptr)).is_some())
         && when
             .query
             .as_ref()
@@ -504,20 +556,27 @@ impl Lookup for CallLookup<'_> {
 
     fn body(&self) -> Option<&Value> {
         self.body
-            .get_or_init(|| serde_json::from_slice(self.call.request_body?).ok())
+            .get_or_init(|| {
+                let kind = BodyKind::of(self.call.headers.get(http::header::CONTENT_TYPE));
+                let cut = self.call.request_body_note == Some(BodyNote::Truncated);
+                read_body(self.call.request_body?, kind, cut)
+            })
             .as_ref()
     }
 
     fn response(&self) -> Option<&Value> {
         self.response
-            .get_or_init(|| serde_json::from_slice(self.call.response_body?).ok())
+            .get_or_init(|| {
+                let cut = self.call.response_body_note == Some(BodyNote::Truncated);
+                read_body(self.call.response_body?, BodyKind::Json, cut)
+            })
             .as_ref()
     }
 
     fn jwt(&self) -> Option<&Value> {
         match self.call.claims {
             Claims::Verified(claims) => Some(claims),
-            Claims::Absent => None,
+            Claims::Absent | Claims::Rejected(_) => None,
             Claims::Unverified => self
                 .jwt
                 .get_or_init(|| decode_bearer_claims(self.call.headers))

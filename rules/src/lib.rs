@@ -56,6 +56,7 @@ use std::sync::Arc;
 
 use smallvec::SmallVec;
 
+pub mod body;
 mod coverage;
 mod error;
 mod eval;
@@ -76,8 +77,8 @@ pub use eval::{
 pub use model::{OnQueueFailure, Unmatched};
 pub use path::normalize_path;
 pub use record::{
-    Actor, ActorRef, AuditRecord, Origin, OriginJson, Outcome, RecordRef, RequestInfo, RequestRef,
-    Resource, ResourceRef, ResponseInfo, SCHEMA_VERSION,
+    Actor, ActorRef, AuditRecord, BodyNote, Capture, Origin, OriginJson, Outcome, RecordRef,
+    RequestInfo, RequestRef, Resource, ResourceRef, ResponseInfo, SCHEMA_VERSION,
 };
 
 use load::FileReader;
@@ -292,7 +293,8 @@ fn record_headers(files: &[FileMeta], rules: &[Rule]) -> Vec<http::HeaderName> {
         .iter()
         .flat_map(Rule::templates)
         .chain(files.iter().flat_map(|f| f.actor.iter()));
-    let mut names = vec![http::header::USER_AGENT];
+    // `Content-Type` says whether a body is a form.
+    let mut names = vec![http::header::USER_AGENT, http::header::CONTENT_TYPE];
     for expr in templates.flat_map(Template::exprs) {
         let name = match &expr.source {
             Source::Jwt(_) => Some(http::header::AUTHORIZATION),

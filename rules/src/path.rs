@@ -110,6 +110,16 @@ fn decode_unreserved(path: &str) -> Cow<'_, str> {
             copied = i;
             continue;
         }
+        if bytes[i] == b'%' {
+            // A `%` that starts no escape is a literal percent sign: written as its escape, so
+            // that it cannot join what follows into one (`%%41` → `%25A`, not `%A`), and a
+            // normalised path normalises to itself.
+            out.push_str(&path[copied..i]);
+            out.push_str("%25");
+            i += 1;
+            copied = i;
+            continue;
+        }
         i += 1;
     }
     out.push_str(&path[copied..]);
@@ -361,9 +371,12 @@ mod tests {
             ("/a/%7Euser", "/a/~user"),
             ("/a/b%2fc", "/a/b%2Fc"),
             ("/a/b%2Fc", "/a/b%2Fc"),
-            ("/a/%zz", "/a/%zz"),
-            ("/a/%4", "/a/%4"),
-            ("/a/%", "/a/%"),
+            // A percent sign that starts no escape is a literal one, written as its escape.
+            ("/a/%zz", "/a/%25zz"),
+            ("/a/%4", "/a/%254"),
+            ("/a/%", "/a/%25"),
+            ("/%%41%61", "/%25Aa"),
+            ("/%2%65", "/%252e"),
             ("/a/b?x=/../y", "/a/b"),
             ("/a/b#frag", "/a/b"),
             ("relative/path", "/relative/path"),

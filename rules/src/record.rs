@@ -56,16 +56,59 @@ pub struct AuditRecord {
     /// The rule's `details`, each omitted when its source was missing.
     #[serde(default)]
     pub details: Map<String, Value>,
+    /// Which bodies the rule reads could not be read whole, so that a value missing from the
+    /// record is never silently missing; absent when nothing was cut.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture: Option<Capture>,
     /// Which producer queued the record; set by the queue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<Origin>,
 }
 
+/// `capture`: what became of the bodies a rule reads, when not all of it could be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Capture {
+    /// The request body's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_body: Option<BodyNote>,
+    /// The response body's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_body: Option<BodyNote>,
+}
+
+/// Why a body's values may be missing from a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BodyNote {
+    /// Longer than the capture limit: only values complete within its first bytes were read.
+    Truncated,
+    /// Present, but not JSON or a form the record could read (or encoded in a way it
+    /// cannot decode).
+    Unreadable,
+}
+
+impl BodyNote {
+    /// The word in the record.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BodyNote::Truncated => "truncated",
+            BodyNote::Unreadable => "unreadable",
+        }
+    }
+}
+
+impl Capture {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.request_body.is_none() && self.response_body.is_none()
+    }
+}
+
 /// The actor of a call and the template that named it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Actor {
-    /// The value, e.g. `u_123`.
-    pub id: String,
+    /// The value, e.g. `u_123`; `null` when the source refused to say (a rejected token:
+    /// the source then says why, `jwt rejected: expired`).
+    pub id: Option<String>,
     /// The template that produced it, e.g. `jwt/sub` or `header.X-User-Id`.
     pub source: String,
 }
@@ -247,13 +290,15 @@ pub struct RecordRef<'a> {
     /// In name order, without repeats (the order of the JSON object `write_json` writes):
     /// private to the crate so that it stays so.
     pub(crate) details: Vec<(&'a str, Value)>,
+    /// See [`AuditRecord::capture`].
+    pub capture: Option<Capture>,
 }
 
 /// [`Actor`], borrowed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ActorRef<'a> {
     /// See [`Actor::id`].
-    pub id: Cow<'a, str>,
+    pub id: Option<Cow<'a, str>>,
     /// See [`Actor::source`].
     pub source: Cow<'a, str>,
 }
@@ -328,7 +373,10 @@ impl<'a> RecordRef<'a> {
         match &self.actor {
             Some(actor) => {
                 out.extend_from_slice(b"{\"id\":");
-                push_str(out, &actor.id);
+                match &actor.id {
+                    Some(id) => push_str(out, id),
+                    None => out.extend_from_slice(b"null"),
+                }
                 field(out, b"source", &actor.source);
                 out.push(b'}');
             }
@@ -370,6 +418,23 @@ impl<'a> RecordRef<'a> {
             push_value(out, value);
         }
         out.push(b'}');
+        if let Some(capture) = self.capture.filter(|c| !c.is_empty()) {
+            // `,"capture":{"request_body":"…","response_body":"…"}`, each when set.
+            key(out, b"capture");
+            out.push(b'{');
+            let mut members = Vec::with_capacity(2);
+            members.extend(capture.request_body.map(|n| ("request_body", n)));
+            members.extend(capture.response_body.map(|n| ("response_body", n)));
+            for (i, (name, note)) in members.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                push_str(out, name);
+                out.push(b':');
+                push_str(out, note.as_str());
+            }
+            out.push(b'}');
+        }
     }
 
     /// The same record with fields of its own (and no `origin` yet).
@@ -384,7 +449,7 @@ impl<'a> RecordRef<'a> {
             rule: self.rule.map(str::to_owned),
             description: self.description,
             actor: self.actor.map(|a| Actor {
-                id: a.id.into_owned(),
+                id: a.id.map(Cow::into_owned),
                 source: a.source.into_owned(),
             }),
             request: RequestInfo {
@@ -411,6 +476,7 @@ impl<'a> RecordRef<'a> {
                 .into_iter()
                 .map(|(name, value)| (name.to_owned(), value))
                 .collect(),
+            capture: self.capture.filter(|c| !c.is_empty()),
             origin: None,
         }
     }
@@ -612,12 +678,20 @@ mod tests {
             response: ResponseInfo { status: None },
             outcome: Outcome::Aborted,
             details: Vec::new(),
+            capture: Some(Capture {
+                request_body: Some(BodyNote::Truncated),
+                response_body: None,
+            }),
         }
         .write_json(&mut json);
         let json: Value = serde_json::from_slice(&json).unwrap();
         assert_eq!(
             json["time"],
             far.to_rfc3339_opts(SecondsFormat::Micros, true)
+        );
+        assert_eq!(
+            json["capture"],
+            serde_json::json!({"request_body": "truncated"})
         );
     }
 

@@ -701,7 +701,7 @@ fn actor_sources_in_order() {
     assert_eq!(
         call(base().header("x-user-id", "u_h")),
         Some(Actor {
-            id: "u_h".into(),
+            id: Some("u_h".into()),
             source: "header.X-User-Id".into()
         })
     );
@@ -713,7 +713,7 @@ fn actor_sources_in_order() {
                 .header("authorization", &token)
         ),
         Some(Actor {
-            id: "u_j".into(),
+            id: Some("u_j".into()),
             source: "jwt/sub".into()
         })
     );
@@ -725,7 +725,7 @@ fn actor_sources_in_order() {
                 .header("x-user-id", "u_h")
                 .header("authorization", &no_sub)
         )
-        .map(|a| a.id),
+        .and_then(|a| a.id),
         Some("u_h".into())
     );
     assert_eq!(call(base().header("authorization", "Bearer garbage")), None);
@@ -738,7 +738,7 @@ fn actor_sources_in_order() {
     assert_eq!(
         a,
         Some(Actor {
-            id: "u_v".into(),
+            id: Some("u_v".into()),
             source: "jwt/sub".into()
         })
     );

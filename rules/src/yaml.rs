@@ -84,14 +84,38 @@ pub(crate) struct SyntaxError {
     pub(crate) message: String,
 }
 
+/// How deep a rule file may nest: far more than any rule needs, and few enough that walking
+/// (and dropping) the tree recursively is safe on any thread's stack.
+pub(crate) const MAX_DEPTH: usize = 64;
+
+/// How many nodes aliases may add in all: a few anchors used a few times each can otherwise
+/// expand to billions ("billion laughs").
+pub(crate) const MAX_ALIASED_NODES: usize = 100_000;
+
 /// Parses the first document of `text`. `Ok(None)` for a file with no document at all.
+///
+/// The parser's events are pulled here, one at a time, rather than through
+/// `Parser::load`, which recurses once per level of nesting (a file of 100 000 `- ` would
+/// overflow the stack) and asserts on input it does not expect.
 pub(crate) fn parse(text: &str) -> Result<Option<Node>, SyntaxError> {
     let mut builder = Builder::default();
     let mut parser = Parser::new_from_str(text);
-    parser.load(&mut builder, true).map_err(|e| SyntaxError {
-        pos: Pos::from_marker(*e.marker()),
-        message: e.info().to_owned(),
-    })?;
+    loop {
+        let (event, mark) = parser.next_token().map_err(|e| SyntaxError {
+            pos: Pos::from_marker(*e.marker()),
+            message: e.info().to_owned(),
+        })?;
+        if event == Event::StreamEnd {
+            break;
+        }
+        builder.on_event(event, mark);
+        if let Some(refused) = builder.refused.take() {
+            return Err(refused);
+        }
+        if builder.second_document.is_some() {
+            break;
+        }
+    }
     if let Some(pos) = builder.second_document {
         return Err(SyntaxError {
             pos,
@@ -115,6 +139,22 @@ struct Builder {
     anchors: Vec<(usize, Node)>,
     second_document: Option<Pos>,
     in_document: usize,
+    /// Nodes added by aliases so far.
+    aliased_nodes: usize,
+    /// Why the text is refused before it is read to its end.
+    refused: Option<SyntaxError>,
+}
+
+/// How many nodes `node` holds, itself included (the tree is at most `MAX_DEPTH` deep).
+fn node_count(node: &Node) -> usize {
+    1 + match &node.kind {
+        Kind::Scalar { .. } => 0,
+        Kind::Seq(items) => items.iter().map(node_count).sum(),
+        Kind::Map(entries) => entries
+            .iter()
+            .map(|(k, v)| node_count(k) + node_count(v))
+            .sum(),
+    }
 }
 
 impl Builder {
@@ -156,6 +196,14 @@ impl MarkedEventReceiver for Builder {
                 };
                 self.push_node(node, anchor);
             }
+            Event::SequenceStart(..) | Event::MappingStart(..) if self.stack.len() >= MAX_DEPTH => {
+                self.refused = Some(SyntaxError {
+                    pos,
+                    message: format!(
+                        "nested deeper than {MAX_DEPTH} levels: a rule file never needs that many"
+                    ),
+                });
+            }
             Event::SequenceStart(anchor, _) => self.stack.push(Open::Seq(Vec::new(), pos, anchor)),
             Event::MappingStart(anchor, _) => {
                 self.stack.push(Open::Map(Vec::new(), None, pos, anchor))
@@ -192,6 +240,16 @@ impl MarkedEventReceiver for Builder {
                     .find(|(a, _)| *a == id)
                     .map(|(_, n)| n.clone());
                 if let Some(mut node) = target {
+                    self.aliased_nodes += node_count(&node);
+                    if self.aliased_nodes > MAX_ALIASED_NODES {
+                        self.refused = Some(SyntaxError {
+                            pos,
+                            message: format!(
+                                "aliases here expand to more than {MAX_ALIASED_NODES} values: write the rules out, or use fewer aliases of aliases"
+                            ),
+                        });
+                        return;
+                    }
                     node.pos = pos;
                     self.push_node(node, 0);
                 }
@@ -231,6 +289,28 @@ mod tests {
     fn empty_text_has_no_document() {
         assert!(parse("").unwrap().is_none());
         assert!(parse("# only a comment\n").unwrap().is_none());
+    }
+
+    #[test]
+    fn deep_nesting_and_alias_bombs_are_refused_not_a_crash() {
+        let deep = "- ".repeat(100_000) + "x\n";
+        let err = parse(&deep).unwrap_err();
+        assert!(err.message.contains("nested deeper"), "{}", err.message);
+        let flow = "[".repeat(10_000);
+        assert!(parse(&flow).is_err());
+        let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+        for (i, name) in ["b", "c", "d", "e", "f", "g"].iter().enumerate() {
+            let prev = ["a", "b", "c", "d", "e", "f"][i];
+            bomb.push_str(&format!(
+                "{name}: &{name} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"
+            ));
+        }
+        let err = parse(&bomb).unwrap_err();
+        assert!(err.message.contains("aliases"), "{}", err.message);
+        assert!(
+            parse("a: &x [1, 2]\nb: *x\n").is_ok(),
+            "a few aliases are fine"
+        );
     }
 
     #[test]

@@ -173,7 +173,7 @@ pub fn record(n: u64) -> AuditRecord {
         rule: Some("file-rename".into()),
         description: Some(format!("Renamed file f{n} to file-{n}.png")),
         actor: Some(auditgate_rules::Actor {
-            id: format!("u_{}", n % 7),
+            id: Some(format!("u_{}", n % 7)),
             source: "header.X-User-Id".into(),
         }),
         request: RequestInfo {
@@ -192,6 +192,7 @@ pub fn record(n: u64) -> AuditRecord {
         response: ResponseInfo { status: Some(200) },
         outcome: Outcome::Success,
         details,
+        capture: None,
         origin: None,
     }
 }

@@ -26,7 +26,7 @@ async fn the_page_in_a_browser() {
         r.operation =
             ["asset.rename", "asset.delete", "tag.add", "member.remove"][i as usize % 4].into();
         r.actor = Some(Actor {
-            id: format!("u_{}", i % 5),
+            id: Some(format!("u_{}", i % 5)),
             source: "header.X-User-Id".into(),
         });
         r.outcome = if i.is_multiple_of(7) {

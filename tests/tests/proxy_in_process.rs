@@ -76,7 +76,10 @@ fn the_proxy_runs_in_process_on_port_zero_and_flushes_when_told_to_stop() {
     let record = &records[0];
     assert_eq!(record.operation, "member.remove");
     assert_eq!(record.request.id, "req-in-process");
-    assert_eq!(record.actor.as_ref().unwrap().id, "admin_1");
+    assert_eq!(
+        record.actor.as_ref().unwrap().id.as_deref(),
+        Some("admin_1")
+    );
     assert_eq!(record.resources[0].id.as_deref(), Some("u_9"));
     assert_eq!(record.response.status, Some(removed.status));
     assert_eq!(record.outcome, Outcome::from_status(removed.status));

@@ -32,7 +32,7 @@ fn fixture(i: u64) -> AuditRecord {
     r.id = uuid::Uuid::now_v7();
     r.operation = OPERATIONS[i as usize % 4].to_owned();
     r.actor = Some(Actor {
-        id: format!("u_{}", i % 5),
+        id: Some(format!("u_{}", i % 5)),
         source: "header.X-User-Id".into(),
     });
     r.outcome = if i.is_multiple_of(7) {
@@ -132,7 +132,7 @@ async fn filters_pages_history_export_auth(store: &str) {
         ),
         (
             "actor=u_3",
-            Box::new(|r| r.actor.as_ref().unwrap().id == "u_3"),
+            Box::new(|r| r.actor.as_ref().unwrap().id.as_deref() == Some("u_3")),
         ),
         (
             "resource=f4",
@@ -156,7 +156,7 @@ async fn filters_pages_history_export_auth(store: &str) {
             "operation=asset.*&actor=u_2&outcome=success&since=2026-11-20T00:01:40Z",
             Box::new(move |r| {
                 r.operation.starts_with("asset.")
-                    && r.actor.as_ref().unwrap().id == "u_2"
+                    && r.actor.as_ref().unwrap().id.as_deref() == Some("u_2")
                     && r.outcome == Outcome::Success
                     && r.time >= since
             }),
@@ -307,10 +307,16 @@ async fn filters_pages_history_export_auth(store: &str) {
         "name=\"resource\"",
         "name=\"request_id\"",
         "name=\"since\"",
-        "/api/v1/export",
+        "src=\"/app.js\"",
     ] {
         assert!(html.contains(needle), "the page has {needle}");
     }
+    let script = auditgate_tests::http(&writer.addr, "GET", "/app.js", &[], b"").unwrap();
+    assert_eq!(script.status, 200);
+    assert!(
+        String::from_utf8_lossy(&script.body).contains("/api/v1/export"),
+        "the page's script downloads the export"
+    );
 
     // Gaps: none for the fixture; a record lost between 1..=3 shows up.
     assert_eq!(

@@ -45,7 +45,7 @@ fn record(template: &AuditRecord, i: u64) -> AuditRecord {
         + chrono::Duration::milliseconds(i as i64 * 20);
     r.operation = OPERATIONS[(i % 8) as usize].to_owned();
     if let Some(a) = r.actor.as_mut() {
-        a.id = format!("u_{}", i % 1000);
+        a.id = Some(format!("u_{}", i % 1000));
     }
     r.request.id = format!("req-{i}");
     r.resources[0].id = Some(format!("f{}", i % 50_000));

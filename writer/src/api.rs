@@ -1,8 +1,20 @@
 //! The query API: records, one record, a resource's history, export, gaps; `/metrics` and
-//! `/healthz`. Every `/api` call needs `Authorization: Bearer TOKEN`.
+//! `/healthz`; the audit-log page (`/`, `/app.js`, `/app.css`). Every `/api` call needs
+//! `Authorization: Bearer TOKEN`.
+//!
+//! - An `admin` token sees everything. A `viewer` token reaches `/api/v1/history` only (403
+//!   elsewhere), and each record it gets there is cut down to what the resource's history needs:
+//!   see [`for_viewer`].
+//! - Every answer carries `X-Content-Type-Options: nosniff`, `Referrer-Policy: no-referrer`,
+//!   `X-Frame-Options: DENY` and a Content-Security-Policy: the page's own ([`PAGE_CSP`]: its
+//!   script and styles are files of their own, nothing inline) or, on every other answer,
+//!   one that lets nothing load ([`API_CSP`]).
+//! - `/healthz` needs no token, so a failing store is answered `{"status":"unavailable"}`
+//!   without the error's text (which names hosts, users, files); the text goes to the log,
+//!   once per distinct error.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::Router;
 use axum::body::Body;
@@ -12,6 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chrono::{DateTime, Utc};
 use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::config::Role;
@@ -55,6 +68,47 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// The page's policy: its own script, styles and API only; no inline script or style, no
+/// plugins, no `<base>`, no form submissions, no framing (clickjacking).
+const PAGE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+                        img-src 'self' data:; connect-src 'self'; base-uri 'none'; \
+                        form-action 'none'; frame-ancestors 'none'";
+
+/// Every other answer (JSON, the export, metrics, errors) is data, never a document: should a
+/// browser render one anyway, nothing in it may load or run, nor may it be framed.
+const API_CSP: &str = "default-src 'none'; base-uri 'none'; form-action 'none'; \
+                       frame-ancestors 'none'";
+
+/// What a viewer keeps of a record's top-level fields, besides `request`, `response` and
+/// `resources` (cut down themselves) and `description` and `changes` (kept only when the
+/// record is about the asked resource alone). A list of what to keep rather than of what to
+/// drop: a field added to the record later stays an admin's until someone decides otherwise.
+const VIEWER_FIELDS: &[&str] = &[
+    "schema",
+    "id",
+    "time",
+    "duration_ms",
+    "service",
+    "tenant",
+    "operation",
+    "rule",
+    "stage",
+    "actor",
+    "outcome",
+];
+
+/// What a viewer keeps of `request`: not `client_ip`, `user_agent` or `location`.
+const VIEWER_REQUEST_FIELDS: &[&str] = &["id", "method", "path", "route"];
+
+/// What a viewer keeps of `response`.
+const VIEWER_RESPONSE_FIELDS: &[&str] = &["status"];
+
+/// The last store error `/healthz` logged: a probe every few seconds against a store that is
+/// down logs the error once, not once per probe (and again once it changes or after the store
+/// has answered in between). One per process, not per writer: this module's state is built by
+/// the crate root, and two writers in one process would at worst share the deduplication.
+static HEALTH_ERROR: Mutex<Option<String>> = Mutex::new(None);
+
 fn bad(message: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, message.into())
 }
@@ -70,12 +124,37 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/", get(index))
+        .route("/app.js", get(script))
+        .route("/app.css", get(style))
         .with_state(state)
+        .layer(axum::middleware::map_response(security_headers))
+}
+
+/// The headers every answer carries (see the module doc). A handler that sets its own
+/// Content-Security-Policy (the page and its files) keeps it.
+async fn security_headers(mut response: Response) -> Response {
+    let h = response.headers_mut();
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    if !h.contains_key(header::CONTENT_SECURITY_POLICY) {
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(API_CSP),
+        );
+    }
+    response
 }
 
 impl AppState {
-    /// 401 without a known token, 403 when its role is too small.
-    fn authorize(&self, headers: &HeaderMap, needs: Role) -> Result<(), ApiError> {
+    /// The token's role; 401 without a known token, 403 when its role is too small.
+    fn authorize(&self, headers: &HeaderMap, needs: Role) -> Result<Role, ApiError> {
         let token = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -102,7 +181,7 @@ impl AppState {
                 "this token's role (viewer) may only read resource history".into(),
             ));
         }
-        Ok(())
+        Ok(role)
     }
 }
 
@@ -228,13 +307,135 @@ async fn history(
     headers: HeaderMap,
     QueryParams(params): QueryParams<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    state.authorize(&headers, Role::Viewer)?;
+    let role = state.authorize(&headers, Role::Viewer)?;
     let mut query = parse_query(&params, FILTERS)?;
-    if query.resource.is_none() {
+    let Some(resource) = query.resource.clone() else {
         return Err(bad("history needs resource=ID_OR_PATH"));
-    }
+    };
     query.order = Order::OldestFirst;
-    Ok(page_response(state.store.query(&query).await?))
+    let mut page = state.store.query(&query).await?;
+    if role != Role::Admin {
+        page.records = for_viewer(&page.records, &resource);
+    }
+    Ok(page_response(page))
+}
+
+/// A page of `asked`'s history as a viewer sees it. Of each record it keeps what tells what
+/// happened to that resource, when, by whom, with which outcome ([`VIEWER_FIELDS`], `request`
+/// without `client_ip`, `user_agent` and `location`, `response.status`), and drops `details`,
+/// `origin`, `chain`, `capture` and every field not listed. `resources` keeps the entries that
+/// are the asked resource ([`asked_aliases`]); `description` and `changes`, which a rule may
+/// render from any of the record's resources, are kept only when every entry is.
+fn for_viewer(records: &[String], asked: &str) -> Vec<String> {
+    let parsed: Vec<Map<String, Value>> = records
+        .iter()
+        .filter_map(|json| match serde_json::from_str::<Value>(json) {
+            Ok(Value::Object(record)) => Some(record),
+            // Cannot happen (ingest parsed every stored record), and a record that cannot be
+            // cut down is not shown whole to a viewer.
+            _ => {
+                tracing::error!(
+                    "a stored record is not a JSON object: left out of a viewer's history"
+                );
+                None
+            }
+        })
+        .collect();
+    let aliases = asked_aliases(&parsed, asked);
+    parsed
+        .iter()
+        .map(|record| cut_down(record, asked, &aliases).to_string())
+        .collect()
+}
+
+/// The names the asked resource goes by in this page: `asked` itself, and the `path`,
+/// `previous_path` and `TYPE:ID` of every entry found to be it, until no entry adds one. An
+/// entry is it when its `id` is `asked` (the store matches a bare id), or one of those names of
+/// it is known: so the history of `/forest/tree.png` also names the entry of its delete that
+/// carried only `file:abc`, when the upload that linked the two is on the same page.
+fn asked_aliases(records: &[Map<String, Value>], asked: &str) -> HashSet<String> {
+    let mut aliases = HashSet::from([asked.to_owned()]);
+    loop {
+        let known = aliases.len();
+        for entry in records.iter().flat_map(entries) {
+            if is_asked(entry, asked, &aliases) {
+                aliases.extend(entry_names(entry));
+            }
+        }
+        // The set only grows, within the page's finite names: this ends.
+        if aliases.len() == known {
+            return aliases;
+        }
+    }
+}
+
+/// A record's `resources`, empty when absent.
+fn entries(record: &Map<String, Value>) -> &[Value] {
+    record
+        .get("resources")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+}
+
+/// A text field of a JSON object.
+fn text_field<'a>(value: &'a Value, name: &str) -> Option<&'a str> {
+    value.get(name).and_then(Value::as_str)
+}
+
+/// An entry's `path`, `previous_path` and `TYPE:ID`.
+fn entry_names(entry: &Value) -> Vec<String> {
+    let typed = match (text_field(entry, "type"), text_field(entry, "id")) {
+        (Some(kind), Some(id)) => Some(format!("{kind}:{id}")),
+        _ => None,
+    };
+    [
+        text_field(entry, "path").map(str::to_owned),
+        text_field(entry, "previous_path").map(str::to_owned),
+        typed,
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// Whether a resource entry is the asked resource (see [`asked_aliases`]).
+fn is_asked(entry: &Value, asked: &str, aliases: &HashSet<String>) -> bool {
+    text_field(entry, "id") == Some(asked)
+        || entry_names(entry).iter().any(|name| aliases.contains(name))
+}
+
+/// The fields `names` of an object, those it has.
+fn pick(from: &Map<String, Value>, names: &[&str]) -> Map<String, Value> {
+    names
+        .iter()
+        .filter_map(|name| from.get(*name).map(|v| ((*name).to_owned(), v.clone())))
+        .collect()
+}
+
+/// One record as a viewer sees it (see [`for_viewer`]).
+fn cut_down(record: &Map<String, Value>, asked: &str, aliases: &HashSet<String>) -> Value {
+    let mut out = pick(record, VIEWER_FIELDS);
+    for (name, keep) in [
+        ("request", VIEWER_REQUEST_FIELDS),
+        ("response", VIEWER_RESPONSE_FIELDS),
+    ] {
+        if let Some(Value::Object(part)) = record.get(name) {
+            out.insert(name.to_owned(), Value::Object(pick(part, keep)));
+        }
+    }
+    let all = entries(record);
+    let kept: Vec<Value> = all
+        .iter()
+        .filter(|entry| is_asked(entry, asked, aliases))
+        .cloned()
+        .collect();
+    let about_it_alone = !all.is_empty() && kept.len() == all.len();
+    out.insert("resources".to_owned(), Value::Array(kept));
+    if about_it_alone {
+        out.extend(pick(record, &["description", "changes"]));
+    }
+    Value::Object(out)
 }
 
 async fn export(
@@ -286,14 +487,30 @@ async fn operations(
     Ok(axum::Json(serde_json::json!({ "operations": operations })).into_response())
 }
 
+/// `{"status": "ok", "records": N}`, or 503 `{"status": "unavailable"}`: no token is needed,
+/// so the store's error (which can name hosts, users and files) is logged, not answered.
 async fn healthz(State(state): State<Arc<AppState>>) -> Response {
-    match state.store.count().await {
-        Ok(n) => axum::Json(serde_json::json!({"status": "ok", "records": n})).into_response(),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(serde_json::json!({"status": "store unavailable", "error": e.to_string()})),
-        )
-            .into_response(),
+    let counted = state.store.count().await;
+    let mut last = HEALTH_ERROR.lock().unwrap_or_else(PoisonError::into_inner);
+    match counted {
+        Ok(n) => {
+            if last.take().is_some() {
+                tracing::info!("healthz: the store answers again");
+            }
+            axum::Json(serde_json::json!({"status": "ok", "records": n})).into_response()
+        }
+        Err(e) => {
+            let error = e.to_string();
+            if last.as_deref() != Some(error.as_str()) {
+                tracing::error!(%error, "healthz: the store does not answer");
+                *last = Some(error);
+            }
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(serde_json::json!({"status": "unavailable"})),
+            )
+                .into_response()
+        }
     }
 }
 
@@ -311,15 +528,32 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
-/// The audit-log page: one self-contained HTML file; it signs in with an API token and uses
-/// the API above.
+/// The audit-log page: it signs in with an API token and uses the API above. Its script and
+/// styles are [`script`] and [`style`].
 async fn index() -> Response {
+    page_file("text/html; charset=utf-8", include_str!("page.html"))
+}
+
+/// The page's script, `/app.js`.
+async fn script() -> Response {
+    page_file("text/javascript; charset=utf-8", include_str!("page.js"))
+}
+
+/// The page's styles, `/app.css`.
+async fn style() -> Response {
+    page_file("text/css; charset=utf-8", include_str!("page.css"))
+}
+
+/// One of the page's files, under the page's policy; revalidated on each load, so that a new
+/// writer's page is never mixed with an old one's script.
+fn page_file(content_type: &'static str, body: &'static str) -> Response {
     (
         [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CONTENT_TYPE, content_type),
             (header::CACHE_CONTROL, "no-cache"),
+            (header::CONTENT_SECURITY_POLICY, PAGE_CSP),
         ],
-        include_str!("page.html"),
+        body,
     )
         .into_response()
 }

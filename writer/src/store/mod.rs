@@ -357,7 +357,9 @@ impl Row {
             time_us: record.time.timestamp_micros(),
             json,
             operation: indexed_owned(&record.operation),
-            actor: record.actor.as_ref().map(|a| indexed_owned(&a.id)),
+            actor: (record.actor.as_ref())
+                .and_then(|a| a.id.as_deref())
+                .map(indexed_owned),
             request_id: indexed_owned(&record.request.id),
             outcome: record.outcome.as_str(),
             status: record.response.status.map(i32::from),

@@ -1,0 +1,387 @@
+//! Reading a captured body the way upstreams read it, for `body/` and `response/` templates.
+//!
+//! Frameworks are lenient, and an audit that is stricter than the upstream it watches misses
+//! what the upstream applied. So a body is read as JSON after skipping a UTF-8 byte-order mark
+//! (as ASP.NET and Go's decoders do), with lone UTF-16 surrogate escapes taken as U+FFFD (as
+//! Python and JavaScript accept them), and numbers of any size (`1e400`) kept rather than refused; an
+//! `application/x-www-form-urlencoded` body is read as an object of its fields; and a body cut
+//! at the capture limit yields the members that were complete before the cut (a streaming
+//! parse reaches those), while the record says the body was truncated.
+//!
+//! ```
+//! use auditgate_rules::body::{read_body, BodyKind};
+//! let value = read_body(b"\xEF\xBB\xBF{\"name\":\"a\"}", BodyKind::Json, false).unwrap();
+//! assert_eq!(value["name"], "a");
+//! let cut = read_body(br#"{"fileIds":["f1","f2","f3"#, BodyKind::Json, true).unwrap();
+//! assert_eq!(cut["fileIds"], serde_json::json!(["f1", "f2"]));
+//! let form = read_body(b"name=tree+1.png&tag=a&tag=b", BodyKind::Form, false).unwrap();
+//! assert_eq!(form["name"], "tree 1.png");
+//! assert_eq!(form["tag"], serde_json::json!(["a", "b"]));
+//! ```
+
+use serde_json::{Map, Value};
+
+use crate::path::decode_param;
+
+/// How deep a value a template yields may nest. A record puts such a value three levels
+/// below its top (`details.NAME`), and the writer reads records with `serde_json`'s limit of
+/// 128 levels: a deeper subtree is replaced, here and not at the writer, by a marker string.
+pub const MAX_VALUE_DEPTH: usize = 64;
+
+/// What replaces a subtree nested deeper than [`MAX_VALUE_DEPTH`].
+pub const TOO_DEEP: &str = "…[nested too deep]";
+
+/// How a body is encoded, from its `Content-Type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    /// JSON, or anything that is not a form (upstreams often ignore the type).
+    Json,
+    /// `application/x-www-form-urlencoded`.
+    Form,
+}
+
+impl BodyKind {
+    /// The kind a `Content-Type` value names.
+    pub fn of(content_type: Option<&http::HeaderValue>) -> BodyKind {
+        let is_form = content_type
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|t| {
+                t.trim()
+                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+            });
+        if is_form {
+            BodyKind::Form
+        } else {
+            BodyKind::Json
+        }
+    }
+}
+
+/// The value of a captured body; `cut` says the bytes are only its start. `None` when the
+/// bytes hold no value an upstream would read.
+pub fn read_body(bytes: &[u8], kind: BodyKind, cut: bool) -> Option<Value> {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    match kind {
+        BodyKind::Form => Some(form_object(&String::from_utf8_lossy(bytes))),
+        BodyKind::Json => {
+            if let Ok(value) = serde_json::from_slice(bytes) {
+                return Some(value);
+            }
+            let repaired = repair_surrogates(bytes);
+            let bytes = repaired.as_deref().unwrap_or(bytes);
+            if cut {
+                serde_json::from_slice(&complete_prefix(bytes)?).ok()
+            } else if repaired.is_some() {
+                serde_json::from_slice(bytes).ok()
+            } else {
+                None
+            }
+        }
+    }
+}
+
+/// A form body's fields as an object: a field named more than once becomes an array of its
+/// values, in order.
+fn form_object(text: &str) -> Value {
+    let mut object = Map::new();
+    for pair in text.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let decode = |s: &str| decode_param(&s.replace('+', " ")).into_owned();
+        let (name, value) = (decode(name), Value::String(decode(value)));
+        match object.get_mut(&name) {
+            Some(Value::Array(values)) => values.push(value),
+            Some(first) => {
+                let first = first.take();
+                object.insert(name, Value::Array(vec![first, value]));
+            }
+            None => {
+                object.insert(name, value);
+            }
+        }
+    }
+    Value::Object(object)
+}
+
+/// The JSON text with every lone surrogate escape (`\ud800` not followed by a low surrogate,
+/// or a low one alone) written as `\ufffd`; `None` when there is none.
+fn repair_surrogates(bytes: &[u8]) -> Option<Vec<u8>> {
+    let hex4 = |at: usize| -> Option<u32> {
+        let digits = std::str::from_utf8(bytes.get(at..at + 4)?).ok()?;
+        u32::from_str_radix(digits, 16).ok()
+    };
+    let mut out: Option<Vec<u8>> = None;
+    let mut in_string = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if !in_string {
+            in_string = b == b'"';
+            if let Some(out) = &mut out {
+                out.push(b);
+            }
+            i += 1;
+            continue;
+        }
+        match b {
+            b'"' => in_string = false,
+            b'\\' if bytes.get(i + 1) == Some(&b'u') => {
+                if let Some(code) = hex4(i + 2) {
+                    let high = (0xD800..0xDC00).contains(&code);
+                    let low = (0xDC00..0xE000).contains(&code);
+                    let paired = high
+                        && bytes.get(i + 6) == Some(&b'\\')
+                        && bytes.get(i + 7) == Some(&b'u')
+                        && hex4(i + 8).is_some_and(|c| (0xDC00..0xE000).contains(&c));
+                    if paired {
+                        i += 12;
+                        continue;
+                    }
+                    if high || low {
+                        let out = out.get_or_insert_with(|| bytes[..i].to_vec());
+                        out.extend_from_slice(br"\ufffd");
+                        i += 6;
+                        continue;
+                    }
+                }
+                // Copied below, two bytes at a time, so that `\\u` is not read as an escape.
+                if let Some(out) = &mut out {
+                    out.extend_from_slice(&bytes[i..(i + 2).min(bytes.len())]);
+                }
+                i += 2;
+                continue;
+            }
+            b'\\' => {
+                if let Some(out) = &mut out {
+                    out.extend_from_slice(&bytes[i..(i + 2).min(bytes.len())]);
+                }
+                i += 2;
+                continue;
+            }
+            _ => {}
+        }
+        if let Some(out) = &mut out {
+            out.push(b);
+        }
+        i += 1;
+    }
+    out
+}
+
+/// The start of a JSON document cut anywhere, closed after its last complete value: the text
+/// up to the end of the last member or element that was whole, followed by the brackets still
+/// open. `None` when not even the outermost container was opened. A value cut in the middle
+/// (a string, a number, a literal) is left out, never guessed.
+fn complete_prefix(bytes: &[u8]) -> Option<Vec<u8>> {
+    // The open containers, innermost last: `{` or `[`.
+    let mut open: Vec<u8> = Vec::new();
+    // Where the text can be closed, and how deep it was then.
+    let mut cut: Option<(usize, usize)> = None;
+    // Inside an object, whether the next string is a key.
+    let mut key_next = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'{' | b'[' => {
+                if open.len() >= MAX_VALUE_DEPTH * 2 {
+                    break;
+                }
+                open.push(bytes[i]);
+                key_next = bytes[i] == b'{';
+                i += 1;
+                cut = Some((i, open.len()));
+            }
+            b'}' | b']' => {
+                open.pop();
+                i += 1;
+                if open.is_empty() {
+                    // Complete after all: nothing was cut.
+                    return Some(bytes[..i].to_vec());
+                }
+                cut = Some((i, open.len()));
+            }
+            b',' => {
+                key_next = open.last() == Some(&b'{');
+                i += 1;
+            }
+            b':' => i += 1,
+            b' ' | b'\t' | b'\r' | b'\n' => i += 1,
+            b'"' => {
+                let Some(end) = string_end(bytes, i + 1) else {
+                    break;
+                };
+                i = end;
+                if std::mem::take(&mut key_next) {
+                    continue;
+                }
+                cut = Some((i, open.len()));
+            }
+            _ => {
+                // A number or literal: complete only if something follows it.
+                let end = (i..bytes.len()).find(|&j| {
+                    matches!(bytes[j], b',' | b'}' | b']' | b' ' | b'\t' | b'\r' | b'\n')
+                });
+                let Some(end) = end else { break };
+                i = end;
+                cut = Some((i, open.len()));
+            }
+        }
+        if open.is_empty() {
+            break;
+        }
+    }
+    let (at, depth) = cut?;
+    if depth == 0 {
+        return None;
+    }
+    // The containers open at the cut: the first `depth` of those seen, as they were then.
+    let open = containers_at(&bytes[..at])?;
+    let mut text = bytes[..at].to_vec();
+    for bracket in open.iter().rev() {
+        text.push(if *bracket == b'{' { b'}' } else { b']' });
+    }
+    Some(text)
+}
+
+/// The index just after the closing quote of a string whose content starts at `from`.
+fn string_end(bytes: &[u8], mut from: usize) -> Option<usize> {
+    while from < bytes.len() {
+        match bytes[from] {
+            b'"' => return Some(from + 1),
+            b'\\' => from += 2,
+            _ => from += 1,
+        }
+    }
+    None
+}
+
+/// The containers open at the end of `bytes` (a prefix cut at a value boundary).
+fn containers_at(bytes: &[u8]) -> Option<Vec<u8>> {
+    let mut open = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'{' | b'[' => open.push(bytes[i]),
+            b'}' | b']' => {
+                open.pop();
+            }
+            b'"' => {
+                i = string_end(bytes, i + 1)?;
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    Some(open)
+}
+
+/// `value` with every subtree deeper than `max_depth` replaced by [`TOO_DEEP`].
+pub fn limit_depth(value: Value, max_depth: usize) -> Value {
+    fn deep(value: &Value, depth: usize, max: usize) -> bool {
+        match value {
+            Value::Array(items) => depth >= max || items.iter().any(|v| deep(v, depth + 1, max)),
+            Value::Object(map) => depth >= max || map.values().any(|v| deep(v, depth + 1, max)),
+            _ => false,
+        }
+    }
+    fn cut(value: Value, depth: usize, max: usize) -> Value {
+        match value {
+            Value::Array(_) | Value::Object(_) if depth >= max => Value::String(TOO_DEEP.into()),
+            Value::Array(items) => items.into_iter().map(|v| cut(v, depth + 1, max)).collect(),
+            Value::Object(map) => Value::Object(
+                map.into_iter()
+                    .map(|(k, v)| (k, cut(v, depth + 1, max)))
+                    .collect(),
+            ),
+            other => other,
+        }
+    }
+    // Almost every value is shallow: look before rebuilding.
+    if deep(&value, 0, max_depth) {
+        cut(value, 0, max_depth)
+    } else {
+        value
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn json(text: &str, cut: bool) -> Option<Value> {
+        read_body(text.as_bytes(), BodyKind::Json, cut)
+    }
+
+    #[test]
+    fn bodies_upstreams_accept_are_read() {
+        assert_eq!(json("\u{feff}{\"a\":1}", false), Some(json!({"a": 1})));
+        assert_eq!(
+            json(r#"{"name":"x\ud800y"}"#, false).unwrap()["name"],
+            "x\u{fffd}y"
+        );
+        assert_eq!(
+            json(r#"{"name":"\udc00"}"#, false).unwrap()["name"],
+            "\u{fffd}"
+        );
+        // A pair stays a pair; an escaped backslash before `u` is no escape.
+        assert_eq!(
+            json(r#"{"e":"\ud83d\ude00","b":"\\ud800"}"#, false),
+            Some(json!({"e": "😀", "b": "\\ud800"}))
+        );
+        let big = json(r#"{"n":1e400,"m":12345678901234567890123}"#, false).unwrap();
+        assert_eq!(big["n"].to_string(), "1e+400", "kept, not refused");
+        assert_eq!(big["m"].to_string(), "12345678901234567890123");
+        assert_eq!(json("not json", false), None);
+        assert_eq!(json("", false), None);
+    }
+
+    #[test]
+    fn a_cut_body_yields_what_was_complete_before_the_cut() {
+        let cases = [
+            (r#"{"a":"x","b":"partial"#, json!({"a": "x"})),
+            (r#"{"a":"x","b":12"#, json!({"a": "x"})),
+            (r#"{"a":"x","b""#, json!({"a": "x"})),
+            (r#"{"a":"x","#, json!({"a": "x"})),
+            (
+                r#"{"a":{"b":[1,2,{"c":"d"}"#,
+                json!({"a": {"b": [1, 2, {"c": "d"}]}}),
+            ),
+            (r#"{"s":"br}ace","t":"#, json!({"s": "br}ace"})),
+            (r#"{"#, json!({})),
+            (r#"[true,nul"#, json!([true])),
+        ];
+        for (text, want) in cases {
+            assert_eq!(json(text, true), Some(want), "{text}");
+        }
+        assert_eq!(json(r#""just a string cut"#, true), None);
+        assert_eq!(json("", true), None);
+    }
+
+    #[test]
+    fn forms_are_objects_of_their_fields() {
+        let form = read_body(b"a=1&b=x%20y&a=2&flag", BodyKind::Form, false).unwrap();
+        assert_eq!(form, json!({"a": ["1", "2"], "b": "x y", "flag": ""}));
+        let kind = BodyKind::of(Some(&http::HeaderValue::from_static(
+            "Application/X-WWW-Form-Urlencoded; charset=utf-8",
+        )));
+        assert_eq!(kind, BodyKind::Form);
+        assert_eq!(BodyKind::of(None), BodyKind::Json);
+    }
+
+    #[test]
+    fn deep_values_are_cut_at_the_depth_limit() {
+        let mut deep = json!("leaf");
+        for _ in 0..200 {
+            deep = json!([deep]);
+        }
+        let cut = limit_depth(deep, MAX_VALUE_DEPTH);
+        let text = serde_json::to_string(&cut).unwrap();
+        assert!(text.contains(TOO_DEEP));
+        // The marker has a bracket of its own.
+        assert_eq!(text.matches('[').count(), MAX_VALUE_DEPTH + 1);
+        let shallow = json!({"a": [1, {"b": 2}]});
+        assert_eq!(limit_depth(shallow.clone(), MAX_VALUE_DEPTH), shallow);
+    }
+}
