@@ -62,7 +62,7 @@
 //!
 //! let records = sink.records();
 //! assert_eq!(records[0].operation, "asset.delete");
-//! assert_eq!(records[0].actor.as_ref().unwrap().id, "u_123");
+//! assert_eq!(records[0].actor.as_ref().unwrap().id.as_deref(), Some("u_123"));
 //! assert_eq!(records[0].resources[0].id.as_deref(), Some("abc"));
 //! # Ok(()) }
 //! ```

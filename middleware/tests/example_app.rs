@@ -93,7 +93,7 @@ fn the_example_app_audits_into_redis() {
     assert_eq!(records[1].request.id, "req-rename");
     assert_eq!(records[1].details["new_name"], "oak.png");
     assert_eq!(
-        records[1].actor.as_ref().map(|a| a.id.as_str()),
+        records[1].actor.as_ref().and_then(|a| a.id.as_deref()),
         Some("u_alice")
     );
     assert_eq!(records[1].request.client_ip.as_deref(), Some("127.0.0.0"));
