@@ -20,12 +20,18 @@ const RULES: &str = r#"
 version: 1
 service: media-library
 defaults:
-  actor: ["{header.X-User-Id}"]
+  actor: ["{jwt/sub}", "{header.X-User-Id}"]
 rules:
   - operation: file.delete
     method: DELETE
     path: /v1/files/{fileId}
     resources: [{ type: file, id: "{path.fileId}" }]
+  - operation: tag.add
+    method: POST
+    path: /v1/files/addTags
+    when: { body: /fileIds }
+    resources: [{ type: file, id: "{body/fileIds}" }]
+    details: { tags: "{body/tags}" }
 "#;
 
 /// The records a filter selects, as the API answers them.
@@ -40,64 +46,221 @@ fn select(writer: &WriterProcess, query: &str) -> Vec<Value> {
     page.json()["records"].as_array().unwrap().clone()
 }
 
-/// NUL in a resource id and a 3 000-byte actor: PostgreSQL refuses NUL in text and index rows
-/// over 2 704 bytes, so either used to stop a PostgreSQL writer for good.
-fn hostile_values_are_stored_and_found(store: &str) {
+/// The one record a filter selects.
+fn one(writer: &WriterProcess, query: &str) -> Value {
+    let found = select(writer, query);
+    assert_eq!(found.len(), 1, "{query}: {found:#?}");
+    found[0].clone()
+}
+
+/// The ids of a record's resources.
+fn resource_ids(record: &Value) -> Vec<&str> {
+    record["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["id"].as_str())
+        .collect()
+}
+
+/// Every attack of issue 13 on values and bodies, through the proxy into `store`: each call the
+/// upstream applied is in the store, telling the truth about what could be read, and nothing is
+/// dead-lettered.
+///
+/// - NUL in a resource id and a 3 000-byte actor: PostgreSQL refuses NUL in text and index rows
+///   over 2 704 bytes, so either used to stop a PostgreSQL writer for good.
+/// - A lower-case method, which permissive upstreams apply as the upper-case one.
+/// - A bearer token the proxy rejects, beside an `X-User-Id` the same client wrote.
+/// - A body with a byte-order mark, with a lone surrogate and `1e400`, a form, a body over the
+///   capture limit (values before the cut, and a `when` whose pointer lies beyond it), and a
+///   value nested 126 deep (two levels short of the writer's parser limit, before the record
+///   adds its own).
+fn hostile_calls_are_stored_truthfully(store: &str) {
     let redis = RedisServer::start();
     let upstream = UpstreamProcess::start();
-    let proxy = ProxyProcess::start(&upstream.addr, &redis.url(), RULES, "");
+    let keys = tempfile::tempdir().unwrap();
+    let secret = keys.path().join("jwt.secret");
+    std::fs::write(&secret, "a shared secret of the test").unwrap();
+    let proxy = ProxyProcess::start(
+        &upstream.addr,
+        &redis.url(),
+        RULES,
+        &format!(
+            "capture_limit: 1024\njwt: {{ hs256_secret_file: {} }}\n",
+            secret.display()
+        ),
+    );
     let writer = WriterProcess::start(&redis.url(), store, "");
 
     let long_actor = "x".repeat(3000);
-    let calls: [(&str, &str); 3] = [
-        ("/v1/files/a%00b", "u_nul"),
-        ("/v1/files/abc", &long_actor),
-        ("/v1/files/after", "u_after"),
+    let json = ("Content-Type", "application/json");
+    let user = |id: &'static str| ("X-User-Id", id);
+    let deep = format!(
+        "{{\"fileIds\":[\"deep\"],\"tags\":{}\"leaf\"{}}}",
+        "[".repeat(126),
+        "]".repeat(126)
+    );
+    let past_limit = format!(
+        "{{\"fileIds\":[\"big1\",\"big2\"],\"tags\":[\"{}\"]}}",
+        "t".repeat(2000)
+    );
+    let pointer_past_limit = format!(
+        "{{\"tags\":[\"{}\"],\"fileIds\":[\"hidden\"]}}",
+        "t".repeat(2000)
+    );
+    let calls: Vec<(&str, &str, Vec<(&str, &str)>, Vec<u8>)> = vec![
+        ("DELETE", "/v1/files/a%00b", vec![user("u_nul")], vec![]),
+        (
+            "DELETE",
+            "/v1/files/abc",
+            vec![("X-User-Id", &long_actor)],
+            vec![],
+        ),
+        ("delete", "/v1/files/lower", vec![user("u_lower")], vec![]),
+        (
+            "DELETE",
+            "/v1/files/forged",
+            vec![("Authorization", "Bearer a.b.c"), user("alice")],
+            vec![],
+        ),
+        (
+            "POST",
+            "/v1/files/addTags",
+            vec![json, user("u_bom")],
+            b"\xEF\xBB\xBF{\"fileIds\":[\"bom1\"],\"tags\":[\"t\"]}".to_vec(),
+        ),
+        (
+            "POST",
+            "/v1/files/addTags",
+            vec![json, user("u_surrogate")],
+            br#"{"fileIds":["sur\ud800"],"tags":[1e400]}"#.to_vec(),
+        ),
+        (
+            "POST",
+            "/v1/files/addTags",
+            vec![
+                ("Content-Type", "application/x-www-form-urlencoded"),
+                user("u_form"),
+            ],
+            b"fileIds=form1&fileIds=form2&tags=red".to_vec(),
+        ),
+        (
+            "POST",
+            "/v1/files/addTags",
+            vec![json, user("u_big")],
+            past_limit.into_bytes(),
+        ),
+        (
+            "POST",
+            "/v1/files/addTags",
+            vec![json, user("u_hidden")],
+            pointer_past_limit.into_bytes(),
+        ),
+        (
+            "POST",
+            "/v1/files/addTags",
+            vec![json, user("u_deep")],
+            deep.into_bytes(),
+        ),
+        ("DELETE", "/v1/files/after", vec![user("u_after")], vec![]),
     ];
-    for (path, user) in calls {
-        let answer = http(&proxy.addr, "DELETE", path, &[("X-User-Id", user)], b"").unwrap();
-        assert_eq!(answer.status, 200, "{path}: the upstream answers");
+    let expected = calls.len() as u64;
+    for (method, path, headers, body) in &calls {
+        let answer = http(&proxy.addr, method, path, headers, body).unwrap();
+        assert!(
+            answer.status < 300,
+            "{method} {path}: the upstream applies it ({})",
+            answer.status
+        );
     }
     assert!(
-        wait_until(Duration::from_secs(15), || writer.count() == 3),
-        "{store}: {} of 3 records stored; writer log:\n{}",
+        wait_until(Duration::from_secs(15), || writer.count() == expected),
+        "{store}: {} of {expected} records stored; writer log:\n{}",
         writer.count(),
         std::fs::read_to_string(writer.dir.path().join("stderr.log")).unwrap_or_default()
     );
 
-    let nul = select(&writer, "resource=a%00b");
-    assert_eq!(nul.len(), 1, "{store}: the NUL id is found by its value");
+    let nul = one(&writer, "resource=a%00b");
     assert_eq!(
-        nul[0]["resources"][0]["id"], "a\u{0}b",
+        nul["resources"][0]["id"], "a\u{0}b",
         "kept whole in the JSON"
     );
-    assert_eq!(nul[0]["request"]["path"], "/v1/files/a%00b");
+    assert_eq!(nul["request"]["path"], "/v1/files/a%00b");
 
-    let long = select(&writer, &format!("actor={long_actor}"));
-    assert_eq!(
-        long.len(),
-        1,
-        "{store}: the long actor is found by its whole value"
-    );
-    assert_eq!(long[0]["actor"]["id"].as_str().unwrap().len(), 3000);
+    let long = one(&writer, &format!("actor={long_actor}"));
+    assert_eq!(long["actor"]["id"].as_str().unwrap().len(), 3000);
     assert!(
         select(&writer, &format!("actor={}", &long_actor[..2999])).is_empty(),
         "a value one byte shorter is another actor"
     );
 
-    assert_eq!(select(&writer, "actor=u_after").len(), 1);
+    let lower = one(&writer, "resource=lower");
+    assert_eq!(lower["operation"], "file.delete");
+    assert_eq!(lower["request"]["method"], "delete", "the method as sent");
+
+    let forged = one(&writer, "resource=forged");
+    assert_eq!(
+        forged["actor"],
+        serde_json::json!({"id": null, "source": "jwt rejected: malformed"}),
+        "the header beside a rejected token is not taken"
+    );
+    assert!(select(&writer, "actor=alice").is_empty());
+
+    assert_eq!(
+        one(&writer, "resource=bom1")["details"]["tags"],
+        serde_json::json!(["t"])
+    );
+    let surrogate = one(&writer, "actor=u_surrogate");
+    assert_eq!(resource_ids(&surrogate), ["sur\u{fffd}"]);
+    assert_eq!(surrogate["details"]["tags"][0].to_string(), "1e+400");
+
+    let form = one(&writer, "actor=u_form");
+    assert_eq!(resource_ids(&form), ["form1", "form2"]);
+    assert_eq!(form["details"]["tags"], "red");
+
+    let big = one(&writer, "actor=u_big");
+    assert_eq!(
+        resource_ids(&big),
+        ["big1", "big2"],
+        "values before the cut are read"
+    );
+    assert_eq!(
+        big["capture"],
+        serde_json::json!({"request_body": "truncated"})
+    );
+
+    let hidden = one(&writer, "actor=u_hidden");
+    assert_eq!(
+        hidden["operation"], "tag.add",
+        "a `when` that cannot be read still matches"
+    );
+    assert_eq!(
+        hidden["capture"],
+        serde_json::json!({"request_body": "truncated"})
+    );
+
+    let deep = one(&writer, "actor=u_deep");
+    assert_eq!(resource_ids(&deep), ["deep"]);
+    assert!(
+        deep["details"]["tags"]
+            .to_string()
+            .contains("nested too deep"),
+        "cut at capture, not at the writer"
+    );
+
+    assert_eq!(one(&writer, "actor=u_after")["operation"], "file.delete");
     assert_eq!(redis.len(DEAD), 0, "{store}: nothing is dead-lettered");
 }
 
 #[test]
-fn hostile_values_reach_a_sqlite_store() {
-    hostile_values_are_stored_and_found("sqlite://audit.db");
+fn hostile_calls_reach_a_sqlite_store_truthfully() {
+    hostile_calls_are_stored_truthfully("sqlite://audit.db");
 }
 
 #[test]
-fn hostile_values_reach_a_postgres_store() {
+fn hostile_calls_reach_a_postgres_store_truthfully() {
     let pg = PostgresServer::start();
-    hostile_values_are_stored_and_found(&pg.url());
+    hostile_calls_are_stored_truthfully(&pg.url());
 }
 
 /// Three records in one stream read, the middle one of an operation the store refuses.
