@@ -34,6 +34,9 @@ rules:
     details: { tags: "{body/tags}" }
 "#;
 
+/// One call of an attack: method, target, headers, body.
+type Attack<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, Vec<u8>);
+
 /// The records a filter selects, as the API answers them.
 fn select(writer: &WriterProcess, query: &str) -> Vec<Value> {
     let page = writer.get(&format!("/api/v1/records?{query}"));
@@ -108,7 +111,7 @@ fn hostile_calls_are_stored_truthfully(store: &str) {
         "{{\"tags\":[\"{}\"],\"fileIds\":[\"hidden\"]}}",
         "t".repeat(2000)
     );
-    let calls: Vec<(&str, &str, Vec<(&str, &str)>, Vec<u8>)> = vec![
+    let calls: Vec<Attack<'_>> = vec![
         ("DELETE", "/v1/files/a%00b", vec![user("u_nul")], vec![]),
         (
             "DELETE",
