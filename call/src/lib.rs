@@ -100,20 +100,49 @@ pub use refusal::Refusal;
 pub const DEFAULT_CAPTURE_LIMIT: usize = 64 * 1024;
 
 /// What every call of one host shares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallSettings {
     /// How many bytes of each body templates may read (default [`DEFAULT_CAPTURE_LIMIT`]).
     pub capture_limit: usize,
     /// How the client's address is recorded (default: anonymised).
     pub client_ip: ClientIpMode,
+    /// Headers that name the method an upstream acts on, whatever the request line says
+    /// (default [`DEFAULT_METHOD_OVERRIDE_HEADERS`]; empty to trust the request line only). A
+    /// call carrying one matches the rules as that method, and its record says so.
+    pub method_override_headers: Vec<HeaderName>,
 }
+
+/// The method-override headers frameworks honour: `X-HTTP-Method-Override` (ASP.NET, Express's
+/// method-override, Google APIs), `X-Method-Override` and `X-HTTP-Method` (OData, Spring).
+pub const DEFAULT_METHOD_OVERRIDE_HEADERS: [&str; 3] = [
+    "x-http-method-override",
+    "x-method-override",
+    "x-http-method",
+];
 
 impl Default for CallSettings {
     fn default() -> Self {
         CallSettings {
             capture_limit: DEFAULT_CAPTURE_LIMIT,
             client_ip: ClientIpMode::default(),
+            method_override_headers: DEFAULT_METHOD_OVERRIDE_HEADERS
+                .iter()
+                .map(|name| HeaderName::from_static(name))
+                .collect(),
         }
+    }
+}
+
+impl CallSettings {
+    /// The first method-override header the request carries with a method in it, and that
+    /// method. Honoured whatever the request line's method: an upstream that applies the
+    /// override to a `GET` is rarer than one that applies it to a `POST`, but an audit that
+    /// records one call too many is wrong in the safe direction.
+    fn method_override(&self, headers: &HeaderMap) -> Option<(&HeaderName, http::Method)> {
+        self.method_override_headers.iter().find_map(|name| {
+            let value = headers.get(name)?.as_bytes().trim_ascii();
+            Some((name, http::Method::from_bytes(value).ok()?))
+        })
     }
 }
 
@@ -203,6 +232,8 @@ pub struct AuditedCall<K: RecordSink> {
     sink: K,
     found: Match,
     method: http::Method,
+    /// The method-override header that named `method`, and the request line's method.
+    method_override: Option<(HeaderName, http::Method)>,
     uri: http::Uri,
     /// Only what the record reads: a browser's dozen headers are not copied per call.
     headers: HeaderMap,
@@ -232,7 +263,9 @@ impl<K: RecordSink + Clone> Begin<K> {
         settings: &CallSettings,
         request: RequestHead<'_>,
     ) -> Begin<K> {
-        let Some(found) = rules.matches(request.method, request.uri.path()) else {
+        let overridden = settings.method_override(request.headers);
+        let method = overridden.as_ref().map_or(request.method, |(_, m)| m);
+        let Some(found) = rules.matches(method, request.uri.path()) else {
             return Begin::Pass;
         };
         let time = Utc::now();
@@ -252,7 +285,8 @@ impl<K: RecordSink + Clone> Begin<K> {
         };
         Begin::Audit(AuditedCall {
             sink: sink.clone(),
-            method: request.method.clone(),
+            method: method.clone(),
+            method_override: overridden.map(|(name, _)| (name.clone(), request.method.clone())),
             uri: request.uri.clone(),
             headers: found.record_headers(request.headers),
             request_id,
@@ -284,9 +318,12 @@ impl<K: RecordSink> AuditedCall<K> {
         self.found.request_id_header()
     }
 
-    /// The request method.
+    /// The method of the request line: what HTTP itself goes by (an answer to `HEAD` has no
+    /// body, whatever a method-override header says the upstream did).
     pub fn method(&self) -> &http::Method {
-        &self.method
+        self.method_override
+            .as_ref()
+            .map_or(&self.method, |(_, sent)| sent)
     }
 
     /// The client's address, as the host determined it (the record keeps as much of it as
@@ -388,6 +425,8 @@ impl<K: RecordSink> AuditedCall<K> {
             .map_or((None, None), |b| b.contents(&self.response_encoding));
         let call = Call {
             method: &self.method,
+            method_override: (self.method_override.as_ref())
+                .map(|(header, sent)| (header.as_str(), sent.as_str())),
             uri: &self.uri,
             headers: &self.headers,
             request_body: request_body.as_deref(),

@@ -57,12 +57,24 @@ impl<K: RecordSink + Clone> AuditLayer<K> {
         self
     }
 
+    /// Headers that name the method the handler acts on, whatever the request line says
+    /// (default `X-HTTP-Method-Override`, `X-Method-Override`, `X-HTTP-Method`; none to trust
+    /// the request line only): a `POST` with `X-HTTP-Method-Override: DELETE` matches the
+    /// rules as a `DELETE`, and its record says so in `request.method_override`.
+    pub fn method_override_headers(
+        mut self,
+        names: impl IntoIterator<Item = http::HeaderName>,
+    ) -> Self {
+        self.settings_mut().call.method_override_headers = names.into_iter().collect();
+        self
+    }
+
     fn settings_mut(&mut self) -> &mut Settings {
         // Settings are only changed while building the layer, before it is cloned.
         if Arc::get_mut(&mut self.settings).is_none() {
             self.settings = Arc::new(Settings {
                 rules: self.settings.rules.clone(),
-                call: self.settings.call,
+                call: self.settings.call.clone(),
             });
         }
         match Arc::get_mut(&mut self.settings) {

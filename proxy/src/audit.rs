@@ -102,6 +102,7 @@ impl AuditProxy {
             call_settings: CallSettings {
                 capture_limit: config.capture_limit,
                 client_ip: config.client_ip,
+                method_override_headers: config.method_override_headers.clone(),
             },
             config,
             jwt,
@@ -161,6 +162,23 @@ impl AuditProxy {
     }
 }
 
+/// The answer to a request target that is not a path.
+const BAD_TARGET: &[u8] =
+    br#"{"error":"the request target must be a path (/...) or an http(s) URL"}"#;
+
+/// Whether a request target is one the rules can be matched against as the upstream reads it:
+/// origin-form (`/v1/files`) or absolute-form with an `http` or `https` scheme. Asterisk-form
+/// (`OPTIONS *`), authority-form (`CONNECT host:443`), a bare query and other schemes would
+/// reach the upstream as targets no rule path describes, so they are refused, not passed.
+fn is_path_target(target: &[u8]) -> bool {
+    let starts = |prefix: &[u8]| {
+        target
+            .get(..prefix.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+    };
+    target.first() == Some(&b'/') || starts(b"http://") || starts(b"https://")
+}
+
 fn strip_prefix_ignore_case<'t>(text: &'t str, prefix: &str) -> Option<&'t str> {
     let head = text.get(..prefix.len())?;
     head.eq_ignore_ascii_case(prefix)
@@ -179,6 +197,17 @@ impl ProxyHttp for AuditProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if !is_path_target(session.req_header().raw_path()) {
+            let body = Bytes::from_static(BAD_TARGET);
+            let mut response = ResponseHeader::build(400, Some(3))?;
+            response.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+            response.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+            session
+                .write_response_header(Box::new(response), false)
+                .await?;
+            session.write_response_body(Some(body), true).await?;
+            return Ok(true);
+        }
         let rules = self.rules.load();
         let head: &http::request::Parts = session.req_header();
         let begun = Begin::new(&rules, &self.sink, &self.call_settings, head.into());

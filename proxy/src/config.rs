@@ -64,6 +64,15 @@ pub struct ProxyConfig {
     /// the default, as nginx's `proxy_pass` does).
     #[serde(default)]
     pub preserve_host: bool,
+    /// Headers that name the method the upstream acts on, whatever the request line says: a
+    /// call carrying one matches the rules as that method, and its record says so
+    /// (`request.method_override`). Default `X-HTTP-Method-Override`, `X-Method-Override`,
+    /// `X-HTTP-Method`; `[]` trusts the request line only.
+    #[serde(
+        default = "default_method_override_headers",
+        deserialize_with = "header_names"
+    )]
+    pub method_override_headers: Vec<http::HeaderName>,
     /// Bytes of each body that `body/` and `response/` templates may read. Default 65536.
     #[serde(default = "default_capture_limit")]
     pub capture_limit: usize,
@@ -368,6 +377,25 @@ fn default_connect_ms() -> u64 {
 
 fn default_read_ms() -> u64 {
     60_000
+}
+
+fn default_method_override_headers() -> Vec<http::HeaderName> {
+    auditgate_call::CallSettings::default().method_override_headers
+}
+
+/// Header names, each checked.
+fn header_names<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<http::HeaderName>, D::Error> {
+    let names = Vec::<String>::deserialize(d)?;
+    names
+        .iter()
+        .map(|name| {
+            http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "`method_override_headers`: {name:?} is not a header name"
+                ))
+            })
+        })
+        .collect()
 }
 
 /// A list, or one item written without the list (`rules: rules.yaml`).

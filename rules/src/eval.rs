@@ -49,8 +49,11 @@ pub enum Claims<'a> {
 /// the rule asks for.
 #[derive(Debug, Clone)]
 pub struct Call<'a> {
-    /// The request method.
+    /// The request method, as the upstream acts on it (a method-override header's, when one
+    /// named it).
     pub method: &'a http::Method,
+    /// The method-override header that named `method`, and the request line's method.
+    pub method_override: Option<(&'a str, &'a str)>,
     /// The request target; its path is normalised, its query read by `query.` sources.
     pub uri: &'a http::Uri,
     /// The request headers.
@@ -93,6 +96,7 @@ impl<'a> Call<'a> {
     ) -> Call<'a> {
         Call {
             method,
+            method_override: None,
             uri,
             headers,
             request_body: None,
@@ -377,6 +381,7 @@ impl Match {
             request: RequestRef {
                 id: request_id,
                 method: call.method.as_str(),
+                method_override: call.method_override,
                 path: &self.path,
                 route: rule.map(|r| r.route.as_str()),
                 client_ip: call.client_ip.as_deref(),

@@ -118,8 +118,13 @@ pub struct Actor {
 pub struct RequestInfo {
     /// The request ID: read from the configured header, or a new UUIDv7.
     pub id: String,
-    /// The HTTP method.
+    /// The HTTP method, as the upstream acts on it: the request line's, or a method-override
+    /// header's (then `method_override` says so).
     pub method: String,
+    /// Set when a method-override header (`X-HTTP-Method-Override: DELETE` on a `POST`) named
+    /// the method: which header, and the method of the request line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method_override: Option<MethodOverride>,
     /// The normalised path (without the query).
     pub path: String,
     /// The matched rule's path pattern; absent for `unmatched` records.
@@ -131,6 +136,15 @@ pub struct RequestInfo {
     /// The `User-Agent` header.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_agent: Option<String>,
+}
+
+/// `request.method_override`: the header that named the method, and the request line's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MethodOverride {
+    /// The header, in lower case (`x-http-method-override`).
+    pub header: String,
+    /// The method of the request line (`POST`).
+    pub sent: String,
 }
 
 /// One resource a call touched.
@@ -310,6 +324,8 @@ pub struct RequestRef<'a> {
     pub id: Cow<'a, str>,
     /// See [`RequestInfo::method`].
     pub method: &'a str,
+    /// See [`RequestInfo::method_override`]: the header and the request line's method.
+    pub method_override: Option<(&'a str, &'a str)>,
     /// See [`RequestInfo::path`].
     pub path: &'a str,
     /// See [`RequestInfo::route`].
@@ -386,6 +402,12 @@ impl<'a> RecordRef<'a> {
         out.extend_from_slice(b",\"request\":{\"id\":");
         push_str(out, &request.id);
         field(out, b"method", request.method);
+        if let Some((header, sent)) = request.method_override {
+            out.extend_from_slice(b",\"method_override\":{\"header\":");
+            push_str(out, header);
+            field(out, b"sent", sent);
+            out.push(b'}');
+        }
         field(out, b"path", request.path);
         optional(out, b"route", request.route);
         optional(out, b"client_ip", request.client_ip);
@@ -455,6 +477,12 @@ impl<'a> RecordRef<'a> {
             request: RequestInfo {
                 id: self.request.id.into_owned(),
                 method: self.request.method.to_owned(),
+                method_override: self.request.method_override.map(|(header, sent)| {
+                    MethodOverride {
+                        header: header.to_owned(),
+                        sent: sent.to_owned(),
+                    }
+                }),
                 path: self.request.path.to_owned(),
                 route: self.request.route.map(str::to_owned),
                 client_ip: self.request.client_ip.map(str::to_owned),
@@ -669,6 +697,7 @@ mod tests {
             request: RequestRef {
                 id: "r".into(),
                 method: "GET",
+                method_override: Some(("x-http-method-override", "POST")),
                 path: "/",
                 route: None,
                 client_ip: None,

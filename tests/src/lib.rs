@@ -179,6 +179,7 @@ pub fn record(n: u64) -> AuditRecord {
         request: RequestInfo {
             id: id.to_string(),
             method: "PATCH".into(),
+            method_override: None,
             path: format!("/v1/files/f{n}/details"),
             route: Some("/v1/files/{fileId}/details".into()),
             client_ip: Some("203.0.113.0".into()),

@@ -374,3 +374,61 @@ fn a_record_sqlite_refuses_is_dead_lettered_and_the_writer_goes_on() {
         "evil operations are refused here",
     );
 }
+
+/// Targets and methods as the upstream reads them: a target that is not a path is refused
+/// before it reaches the upstream; an absolute-form target is matched by its path; a
+/// method-override header makes the call match as the method the upstream applies, and the
+/// record says so.
+#[test]
+fn targets_and_method_overrides_are_matched_as_the_upstream_reads_them() {
+    let redis = RedisServer::start();
+    let upstream = UpstreamProcess::start();
+    let proxy = ProxyProcess::start(&upstream.addr, &redis.url(), RULES, "");
+    for (method, target) in [
+        ("OPTIONS", "*"),
+        ("DELETE", "*"),
+        ("CONNECT", "upstream.example:443"),
+        ("DELETE", "ftp://host/v1/files/x"),
+    ] {
+        let answer = http(&proxy.addr, method, target, &[], b"").unwrap();
+        assert_eq!(answer.status, 400, "{method} {target} is refused");
+    }
+
+    // The authority agrees with `Host`, as HTTP/1.1 requires of a request to an origin.
+    let absolute = http(
+        &proxy.addr,
+        "DELETE",
+        &format!("http://{}/v1/files/absolute", proxy.addr),
+        &[("X-User-Id", "u_abs")],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(absolute.status, 200);
+    let overridden = http(
+        &proxy.addr,
+        "POST",
+        "/v1/files/overridden",
+        &[("X-HTTP-Method-Override", "DELETE"), ("X-User-Id", "u_ovr")],
+        b"",
+    )
+    .unwrap();
+    assert!(overridden.status < 300);
+
+    assert!(wait_until(Duration::from_secs(10), || redis
+        .len("auditgate:records")
+        == 2));
+    let records = redis.records("auditgate:records");
+    assert_eq!(records[0].request.path, "/v1/files/absolute");
+    assert_eq!(records[0].operation, "file.delete");
+    let r = &records[1];
+    assert_eq!(
+        r.operation, "file.delete",
+        "matched as the overriding method"
+    );
+    assert_eq!(r.request.method, "DELETE");
+    let how = r.request.method_override.as_ref().unwrap();
+    assert_eq!(
+        (how.header.as_str(), how.sent.as_str()),
+        ("x-http-method-override", "POST")
+    );
+}
