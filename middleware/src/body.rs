@@ -1,6 +1,7 @@
 //! The request and response bodies of audited calls: they pass every frame through
 //! unchanged, and copy the first bytes (up to the capture limit) for templates as they stream.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -12,25 +13,54 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 pin_project! {
-    /// The request body the inner service sees: the client's body, frame for frame.
+    /// The request body the inner service sees: the client's body, frame for frame. When the
+    /// layer has read its start before calling the service (a rule reads `body/`), those
+    /// frames come first, then the rest of the stream.
     #[derive(Debug)]
-    pub struct RequestBody<B> {
+    pub struct RequestBody<B: Body> {
         #[pin]
-        inner: B,
+        inner: Inner<B>,
         capture: Option<RequestCapture>,
+        // Frames read ahead, handed out before the stream is polled again.
+        replay: VecDeque<Result<Frame<B::Data>, B::Error>>,
+        // The stream ended while it was read ahead: it is not polled again.
+        ended: bool,
     }
 }
 
-impl<B> RequestBody<B> {
+pin_project! {
+    #[project = InnerProj]
+    #[derive(Debug)]
+    enum Inner<B> {
+        // The client's body, as the server gave it.
+        Direct { #[pin] body: B },
+        // The same body after the layer read its start: boxed to move it into the request.
+        ReadAhead { body: Pin<Box<B>> },
+    }
+}
+
+impl<B: Body> RequestBody<B> {
     pub(crate) fn passthrough(inner: B) -> Self {
-        RequestBody {
-            inner,
-            capture: None,
-        }
+        RequestBody::capturing(inner, None)
     }
 
     pub(crate) fn capturing(inner: B, capture: Option<RequestCapture>) -> Self {
-        RequestBody { inner, capture }
+        RequestBody {
+            inner: Inner::Direct { body: inner },
+            capture,
+            replay: VecDeque::new(),
+            ended: false,
+        }
+    }
+
+    /// The body after [`ReadAhead`] read its start: `read.frames` first, then the stream.
+    pub(crate) fn after_read_ahead(read: ReadAhead<B>) -> Self {
+        RequestBody {
+            inner: Inner::ReadAhead { body: read.body },
+            capture: Some(read.capture),
+            replay: read.frames,
+            ended: read.ended,
+        }
     }
 }
 
@@ -43,7 +73,17 @@ impl<B: Body> Body for RequestBody<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
-        let frame = ready!(this.inner.poll_frame(cx));
+        if let Some(frame) = this.replay.pop_front() {
+            // Captured when it was read ahead.
+            return Poll::Ready(Some(frame));
+        }
+        if *this.ended {
+            return Poll::Ready(None);
+        }
+        let frame = match this.inner.project() {
+            InnerProj::Direct { body } => ready!(body.poll_frame(cx)),
+            InnerProj::ReadAhead { body } => ready!(body.as_mut().poll_frame(cx)),
+        };
         if let (Some(capture), Some(Ok(frame))) = (this.capture.as_ref(), &frame)
             && let Some(data) = frame.data_ref()
         {
@@ -53,11 +93,95 @@ impl<B: Body> Body for RequestBody<B> {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.replay.is_empty()
+            && (self.ended
+                || match &self.inner {
+                    Inner::Direct { body } => body.is_end_stream(),
+                    Inner::ReadAhead { body } => body.is_end_stream(),
+                })
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let replayed: u64 = (self.replay.iter())
+            .filter_map(|frame| frame.as_ref().ok()?.data_ref())
+            .map(|data| data.remaining() as u64)
+            .sum();
+        if self.ended {
+            return SizeHint::with_exact(replayed);
+        }
+        let rest = match &self.inner {
+            Inner::Direct { body } => body.size_hint(),
+            Inner::ReadAhead { body } => body.size_hint(),
+        };
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower().saturating_add(replayed));
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper.saturating_add(replayed));
+        }
+        hint
+    }
+}
+
+/// The start of a request body, read before the inner service is called because a rule reads
+/// the body (`body/` or `when: { body }`): a handler that answers before reading it (an
+/// authorisation check), or never reads it, still has its call recorded with the body's
+/// values. At most the capture limit is read ahead (plus the rest of the frame that crosses
+/// it); the handler then gets the same frames, followed by the rest of the stream.
+pub(crate) struct ReadAhead<B: Body> {
+    body: Pin<Box<B>>,
+    capture: RequestCapture,
+    frames: VecDeque<Result<Frame<B::Data>, B::Error>>,
+    read: usize,
+    limit: usize,
+    ended: bool,
+}
+
+impl<B: Body> std::fmt::Debug for ReadAhead<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadAhead")
+            .field("read", &self.read)
+            .field("limit", &self.limit)
+            .field("ended", &self.ended)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: Body> ReadAhead<B> {
+    pub(crate) fn new(body: B, capture: RequestCapture, limit: usize) -> Self {
+        ReadAhead {
+            body: Box::pin(body),
+            capture,
+            frames: VecDeque::new(),
+            read: 0,
+            limit,
+            ended: false,
+        }
+    }
+
+    /// Reads until the limit, the body's end or its first error (which the handler gets in
+    /// its turn, as it would have).
+    pub(crate) fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        while !self.ended && self.read <= self.limit {
+            if self.body.is_end_stream() {
+                self.ended = true;
+                break;
+            }
+            match ready!(self.body.as_mut().poll_frame(cx)) {
+                None => self.ended = true,
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        self.read += data.remaining();
+                        self.capture.push_buf(data);
+                    }
+                    self.frames.push_back(Ok(frame));
+                }
+                Some(Err(e)) => {
+                    self.frames.push_back(Err(e));
+                    self.ended = true;
+                }
+            }
+        }
+        Poll::Ready(())
     }
 }
 

@@ -7,26 +7,31 @@ use std::task::{Context, Poll, ready};
 use auditgate_call::{AuditedCall, Refusal};
 use auditgate_queue::RecordSink;
 use auditgate_rules::Outcome;
-use http::{HeaderName, HeaderValue, Response, StatusCode};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
 use pin_project_lite::pin_project;
+use tower_service::Service;
 
-use crate::body::ResponseBody;
+use crate::body::{ReadAhead, RequestBody, ResponseBody};
 
 pin_project! {
-    /// The response future of [`Audit`](crate::Audit).
+    /// The response future of [`Audit`](crate::Audit): `F` is the inner service's future, `S`
+    /// the service and `B` the request body (for a call whose body is read before the service
+    /// is called).
     #[derive(Debug)]
-    pub struct ResponseFuture<F, K: RecordSink> {
+    pub struct ResponseFuture<F, S, B: Body, K: RecordSink> {
         #[pin]
-        kind: Kind<F, K>,
+        kind: Kind<F, S, B, K>,
     }
 }
 
 pin_project! {
     #[project = KindProj]
     #[derive(Debug)]
-    enum Kind<F, K: RecordSink> {
+    enum Kind<F, S, B: Body, K: RecordSink> {
         Passthrough { #[pin] future: F },
+        // Reading the request body's start; the service is called once it is read.
+        Reading { reading: Option<Box<Reading<S, B, K>>> },
         Audited {
             #[pin]
             future: F,
@@ -37,7 +42,17 @@ pin_project! {
     }
 }
 
-impl<F, K: RecordSink> ResponseFuture<F, K> {
+/// A call waiting for its request body's start (see [`ReadAhead`]).
+#[derive(Debug)]
+struct Reading<S, B: Body, K: RecordSink> {
+    service: S,
+    parts: http::request::Parts,
+    read: ReadAhead<B>,
+    call: AuditedCall<K>,
+    request_id: Option<(HeaderName, HeaderValue)>,
+}
+
+impl<F, S, B: Body, K: RecordSink> ResponseFuture<F, S, B, K> {
     pub(crate) fn passthrough(future: F) -> Self {
         ResponseFuture {
             kind: Kind::Passthrough { future },
@@ -58,6 +73,27 @@ impl<F, K: RecordSink> ResponseFuture<F, K> {
         }
     }
 
+    /// Reads the start of the request body, then calls `service` with it.
+    pub(crate) fn reading(
+        service: S,
+        parts: http::request::Parts,
+        read: ReadAhead<B>,
+        call: AuditedCall<K>,
+        request_id: Option<(HeaderName, HeaderValue)>,
+    ) -> Self {
+        ResponseFuture {
+            kind: Kind::Reading {
+                reading: Some(Box::new(Reading {
+                    service,
+                    parts,
+                    read,
+                    call,
+                    request_id,
+                })),
+            },
+        }
+    }
+
     pub(crate) fn refused(refusal: Refusal) -> Self {
         ResponseFuture {
             kind: Kind::Refused {
@@ -67,16 +103,42 @@ impl<F, K: RecordSink> ResponseFuture<F, K> {
     }
 }
 
-impl<F, B, E, K> Future for ResponseFuture<F, K>
+impl<F, S, ReqBody, ResBody, E, K> Future for ResponseFuture<F, S, ReqBody, K>
 where
-    F: Future<Output = Result<Response<B>, E>>,
-    B: Body,
+    S: Service<Request<RequestBody<ReqBody>>, Future = F>,
+    F: Future<Output = Result<Response<ResBody>, E>>,
+    ReqBody: Body,
+    ResBody: Body,
     K: RecordSink,
 {
-    type Output = Result<Response<ResponseBody<B, K>>, E>;
+    type Output = Result<Response<ResponseBody<ResBody, K>>, E>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let KindProj::Reading { reading } = self.as_mut().project().kind.project() {
+            let Some(waiting) = reading.as_mut() else {
+                unreachable!("a ResponseFuture is not polled after it completed");
+            };
+            ready!(waiting.read.poll_read(cx));
+            let Some(waiting) = reading.take() else {
+                unreachable!("checked above");
+            };
+            let Reading {
+                mut service,
+                parts,
+                read,
+                call,
+                request_id,
+            } = *waiting;
+            let request = Request::from_parts(parts, RequestBody::after_read_ahead(read));
+            let future = service.call(request);
+            self.as_mut().project().kind.set(Kind::Audited {
+                future,
+                call: Some(call),
+                request_id,
+            });
+        }
         match self.project().kind.project() {
+            KindProj::Reading { .. } => unreachable!("left above"),
             KindProj::Passthrough { future } => {
                 let result = ready!(future.poll(cx));
                 Poll::Ready(result.map(|r| r.map(ResponseBody::passthrough)))

@@ -9,7 +9,7 @@ use http::{HeaderValue, Request, Response};
 use http_body::Body;
 use tower_service::Service;
 
-use crate::body::{RequestBody, ResponseBody};
+use crate::body::{ReadAhead, RequestBody, ResponseBody};
 use crate::future::ResponseFuture;
 use crate::layer::Settings;
 use crate::{RequestId, VerifiedClaims};
@@ -23,15 +23,19 @@ pub struct Audit<S, K> {
     pub(crate) sink: K,
 }
 
+/// The inner service is `Clone` because a call whose rule reads the request body is handed to
+/// the service only once the body's start is read: that call takes the service that was made
+/// ready, and a clone takes its place (the pattern tower's own middleware follows).
 impl<S, K, ReqBody, ResBody> Service<Request<ReqBody>> for Audit<S, K>
 where
-    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
+    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>> + Clone,
+    ReqBody: Body,
     ResBody: Body,
     K: RecordSink + Clone,
 {
     type Response = Response<ResponseBody<ResBody, K>>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future, K>;
+    type Future = ResponseFuture<S::Future, S, ReqBody, K>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -69,13 +73,20 @@ where
         if let Some(claims) = parts.extensions.get::<VerifiedClaims>() {
             call.set_claims(CallerClaims::Verified(claims.0.clone()));
         }
-        let capture = call.request_capture();
-        let request = Request::from_parts(parts, RequestBody::capturing(body, capture));
-        ResponseFuture::audited(
-            self.inner.call(request),
-            call,
-            header_value.map(|v| (header, v)),
-        )
+        let request_id = header_value.map(|v| (header, v));
+        match call.request_capture() {
+            // The rule reads the body: read its start before the handler can answer without it.
+            Some(capture) if !body.is_end_stream() => {
+                let clone = self.inner.clone();
+                let ready = std::mem::replace(&mut self.inner, clone);
+                let read = ReadAhead::new(body, capture, settings.call.capture_limit);
+                ResponseFuture::reading(ready, parts, read, call, request_id)
+            }
+            capture => {
+                let request = Request::from_parts(parts, RequestBody::capturing(body, capture));
+                ResponseFuture::audited(self.inner.call(request), call, request_id)
+            }
+        }
     }
 }
 

@@ -708,3 +708,146 @@ async fn a_bare_hyper_server_records_the_client_address_and_a_hang_up() {
     assert_eq!(r.outcome, Outcome::Aborted);
     assert_eq!(r.response.status, Some(200));
 }
+
+/// Handlers that never read the body, and one that refuses before reading it: the layer reads
+/// the body's start itself when a rule reads `body/`, over a real connection, so the record
+/// still names the files (and a PATCH whose `when: { body }` the handler never looks at is
+/// still recorded); a handler that does read the body gets all of it, unchanged.
+#[tokio::test]
+async fn the_layer_reads_the_body_its_rule_needs_before_the_handler_answers() {
+    let sink = MemorySink::new();
+    let app = Router::new()
+        .route(
+            "/v1/files/addTags",
+            // An authorisation check that answers before the body is read.
+            post(|| async { (StatusCode::FORBIDDEN, "not yours") }),
+        )
+        .route(
+            "/v1/files/{file_id}/details",
+            // Accepts the rename without reading it (a queue takes it, say).
+            patch(|| async { StatusCode::ACCEPTED }),
+        )
+        .route(
+            "/v1/files",
+            post(|body: Bytes| async move { format!("{}", body.len()) }),
+        )
+        .layer(AuditLayer::new(rules(), sink.clone()).capture_limit(64));
+    let addr = serve(app).await;
+
+    let tags = r#"{"fileIds":["f1","f2"],"tags":["red"]}"#;
+    let answer = exchange(
+        addr,
+        &format!(
+            "POST /v1/files/addTags HTTP/1.1\r\nHost: api\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nX-User-Id: u_1\r\nConnection: close\r\n\r\n{tags}",
+            tags.len()
+        ),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    let r = only(&sink);
+    assert_eq!(r.operation, "tag.add");
+    assert_eq!(r.outcome, Outcome::Failure);
+    let ids: Vec<_> = r.resources.iter().map(|x| x.id.clone().unwrap()).collect();
+    assert_eq!(ids, ["f1", "f2"], "the files of a refused call are named");
+
+    let rename = r#"{"name":"oak.png","filePath":"/forest/oak.png"}"#;
+    let answer = exchange(
+        addr,
+        &format!(
+            "PATCH /v1/files/abc/details HTTP/1.1\r\nHost: api\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{rename}",
+            rename.len()
+        ),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    let r = only(&sink);
+    assert_eq!(
+        r.operation, "asset.rename",
+        "`when: {{ body }}` is read by the layer"
+    );
+    assert_eq!(r.details["new_name"], "oak.png");
+
+    // Longer than the capture limit, in several chunks: the handler gets every byte, the
+    // record what was complete within the limit.
+    let big = format!(r#"{{"fileIds":["g1"],"tags":["{}"]}}"#, "x".repeat(10_000));
+    let answer = exchange(
+        addr,
+        &format!(
+            "POST /v1/files/addTags HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\n\
+             Connection: close\r\n\r\n{:x}\r\n{}\r\n{:x}\r\n{}\r\n0\r\n\r\n",
+            20,
+            &big[..20],
+            big.len() - 20,
+            &big[20..]
+        ),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    let r = only(&sink);
+    let ids: Vec<_> = r.resources.iter().map(|x| x.id.clone().unwrap()).collect();
+    assert_eq!(ids, ["g1"]);
+    assert_eq!(
+        r.capture.and_then(|c| c.request_body),
+        Some(auditgate_rules::BodyNote::Truncated)
+    );
+}
+
+/// A handler that reads the body after the layer read its start gets the body whole.
+#[tokio::test]
+async fn a_body_read_ahead_reaches_the_handler_whole() {
+    let sink = MemorySink::new();
+    let app = Router::new()
+        .route(
+            "/v1/files/addTags",
+            post(
+                |body: Bytes| async move { (StatusCode::OK, format!("{:016x}", checksum(&body))) },
+            ),
+        )
+        .layer(AuditLayer::new(rules(), sink.clone()).capture_limit(1024));
+    let body = format!(r#"{{"fileIds":["h1"],"tags":["{}"]}}"#, "y".repeat(100_000));
+    let (status, _, answer) = send(
+        app,
+        Request::post("/v1/files/addTags")
+            .header("content-type", "application/json")
+            .body(Body::from_stream(futures_util::stream::iter(
+                body.as_bytes()
+                    .chunks(700)
+                    .map(|c| Ok::<_, Infallible>(Bytes::copy_from_slice(c)))
+                    .collect::<Vec<_>>(),
+            )))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        String::from_utf8_lossy(&answer),
+        format!("{:016x}", checksum(body.as_bytes()))
+    );
+    let r = only(&sink);
+    let ids: Vec<_> = r.resources.iter().map(|x| x.id.clone().unwrap()).collect();
+    assert_eq!(ids, ["h1"]);
+}
+
+/// A method-override header makes the call match as the method the handler applies.
+#[tokio::test]
+async fn a_method_override_matches_as_the_overriding_method() {
+    let sink = MemorySink::new();
+    let app = Router::new()
+        .route("/v1/files/{file_id}", post(|| async { "deleted" }))
+        .layer(AuditLayer::new(rules(), sink.clone()));
+    let (status, _, _) = send(
+        app,
+        Request::post("/v1/files/f9")
+            .header("x-http-method-override", "DELETE")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let r = only(&sink);
+    assert_eq!(r.operation, "asset.delete");
+    assert_eq!(r.request.method, "DELETE");
+    assert_eq!(r.request.method_override.unwrap().sent, "POST");
+}
