@@ -411,3 +411,58 @@ async fn shutdown_right_after_enqueue_sends_everything_and_later_records_are_spo
     assert!(wait_until(Duration::from_secs(10), || redis.len(STREAM) == 51));
     next.shutdown().await;
 }
+
+/// The `calls` of `cmdstat_xadd` in `INFO commandstats`: every XADD Redis received.
+fn xadd_calls(redis: &RedisServer) -> u64 {
+    let mut conn = redis.connection().unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut conn)
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_xadd:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// One shard key holds a string (a wrong-typed key, as a careless operator leaves one): each
+/// XADD to it fails with WRONGTYPE while the others in the same pipeline succeed. Only the
+/// failed commands are dealt with, and a permanent refusal is counted as dropped, not re-sent:
+/// the other shard holds each of its records once, and Redis sees each XADD once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_that_fails_in_part_is_not_resent_whole_nor_forever() {
+    let redis = RedisServer::start();
+    let mut conn = redis.connection().unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(format!("{STREAM}:{{1}}"))
+        .arg("not a stream")
+        .query(&mut conn)
+        .unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let queue = RedisQueue::start(
+        QueueConfig::new(redis.url())
+            .shards(2)
+            .spool(spool.path(), 1 << 20),
+    )
+    .unwrap();
+    for n in 0..100 {
+        queue.enqueue(record(n)).unwrap();
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let stats = queue.stats();
+            stats.sent + stats.dropped == 100
+        }),
+        "{:?}",
+        queue.stats()
+    );
+    // Long enough for a retry loop to show (the flusher turns every ~100 ms).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stats = queue.stats();
+    assert_eq!((stats.sent, stats.dropped), (50, 50), "{stats:?}");
+    assert_eq!(redis.len(&format!("{STREAM}:{{0}}")), 50, "no duplicates");
+    assert_eq!(xadd_calls(&redis), 100, "each XADD sent once");
+    queue.shutdown().await;
+    assert_eq!(xadd_calls(&redis), 100);
+}

@@ -201,14 +201,18 @@ impl Flusher {
             }
             let payloads = std::mem::take(&mut self.held);
             match &mut conn {
-                Connection::Up(c) if !self.spool_pending() => {
-                    if let Err(e) = self.send(c, &payloads).await {
+                Connection::Up(c) if !self.spool_pending() => match self.send(c, payloads).await {
+                    Err((e, payloads)) => {
                         self.lost_connection(&mut conn, &e);
                         self.held = payloads;
-                    } else {
-                        self.shared.counters.sent.add(payloads.len() as u64);
                     }
-                }
+                    Ok(delivered) => {
+                        self.shared.counters.sent.add(delivered.added as u64);
+                        // What failed for now waits in the spool rather than spinning here.
+                        self.held = delivered.retry;
+                        self.held_to_spool();
+                    }
+                },
                 _ => {
                     self.held = payloads;
                     self.held_to_spool();

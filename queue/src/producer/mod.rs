@@ -100,7 +100,7 @@ pub struct Flusher {
 /// A pipelined batch Redis has not answered yet.
 #[derive(Debug)]
 struct InFlight {
-    task: tokio::task::JoinHandle<redis::RedisResult<()>>,
+    task: tokio::task::JoinHandle<redis::RedisResult<batch::Replies>>,
     payloads: Vec<Vec<u8>>,
     started: Instant,
 }

@@ -49,13 +49,20 @@ impl Flusher {
         let end = (done + self.batch).min(segment.records.len());
         let chunk: Vec<Vec<u8>> = segment.records[done..end].to_vec();
         // A segment with no valid record (all of it torn or damaged) has nothing to send.
-        if !chunk.is_empty()
-            && let Err(e) = self.send(conn, &chunk).await
-        {
-            self.replaying = Some((segment, done));
-            return Err(e);
+        if !chunk.is_empty() {
+            match self.send(conn, chunk).await {
+                Err((e, _)) => {
+                    self.replaying = Some((segment, done));
+                    return Err(e);
+                }
+                Ok(delivered) => {
+                    self.shared.counters.replayed.add(delivered.added as u64);
+                    // What Redis failed to add for now goes behind the spool, not again with
+                    // the ones it added.
+                    self.held.extend(delivered.retry);
+                }
+            }
         }
-        self.shared.counters.replayed.add(chunk.len() as u64);
         if end < segment.records.len() {
             self.replaying = Some((segment, end));
             return Ok(());
