@@ -414,11 +414,11 @@ async fn shutdown_right_after_enqueue_sends_everything_and_later_records_are_spo
 
 /// The `calls` of `cmdstat_xadd` in `INFO commandstats`: every XADD Redis received.
 fn xadd_calls(redis: &RedisServer) -> u64 {
-    let mut conn = redis.connection().unwrap();
+    let mut conn = redis.connection().expect("connect to redis");
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query(&mut conn)
-        .unwrap();
+        .expect("INFO commandstats");
     info.lines()
         .find_map(|l| l.strip_prefix("cmdstat_xadd:calls="))
         .and_then(|rest| rest.split(',').next())
