@@ -114,7 +114,7 @@ pub(crate) fn run(rules: &Path, spec: &Path, base_path: Option<&str>) -> anyhow:
 
 /// The mutating operations of an OpenAPI 3 or Swagger 2 description (YAML or JSON).
 fn operations(text: &str, base_path: Option<&str>) -> anyhow::Result<Vec<ApiOperation>> {
-    let spec: Value = serde_yaml::from_str(text).context("not YAML or JSON")?;
+    let spec: Value = serde_yaml_ng::from_str(text).context("not YAML or JSON")?;
     if spec.get("openapi").is_none() && spec.get("swagger").is_none() {
         bail!("not an OpenAPI description: it has no `openapi:` (3.x) or `swagger:` (2.0) key");
     }

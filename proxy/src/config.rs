@@ -213,7 +213,7 @@ impl ProxyConfig {
 
     /// Parses config text, naming `path` in messages.
     pub fn from_yaml(path: &Path, text: &str) -> Result<ProxyConfig, ConfigError> {
-        let config: ProxyConfig = serde_yaml::from_str(text).map_err(|e| {
+        let config: ProxyConfig = serde_yaml_ng::from_str(text).map_err(|e| {
             let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
             ConfigError::Syntax {
                 path: path.to_path_buf(),

@@ -868,16 +868,16 @@ mod tests {
 
     #[test]
     fn the_config_names_issuer_and_audience_as_one_or_a_list() {
-        let c: JwtConfig = serde_yaml::from_str(
+        let c: JwtConfig = serde_yaml_ng::from_str(
             "jwks_file: k.json\nissuer: https://id.example\naudience: [orders, admin]\n",
         )
         .unwrap();
         assert_eq!(c.issuer.unwrap(), ["https://id.example"]);
         assert_eq!(c.audience.unwrap(), ["orders", "admin"]);
-        let c: JwtConfig = serde_yaml::from_str("hs256_secret_file: k\n").unwrap();
+        let c: JwtConfig = serde_yaml_ng::from_str("hs256_secret_file: k\n").unwrap();
         assert_eq!((c.issuer, c.audience), (None, None));
         let text = "jwks_file: k.json\naudience: {a: 1}\n";
-        let err = serde_yaml::from_str::<JwtConfig>(text).unwrap_err();
+        let err = serde_yaml_ng::from_str::<JwtConfig>(text).unwrap_err();
         assert!(err.to_string().contains("audience: orders-api"), "{err}");
 
         let text = "listen: 127.0.0.1:8080\nupstream: http://127.0.0.1:3000\nrules: [rules.yaml]\nredis: { url: \"redis://127.0.0.1:6379\" }\njwt: { jwks_file: k.json, issuer: [] }\n";

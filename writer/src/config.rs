@@ -70,7 +70,7 @@ impl WriterConfig {
             path: path.to_owned(),
             source,
         })?;
-        let mut config: WriterConfig = serde_yaml::from_str(&text).map_err(|e| {
+        let mut config: WriterConfig = serde_yaml_ng::from_str(&text).map_err(|e| {
             let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
             let message = e.to_string();
             let message = message.split(" at line ").next().unwrap_or_default();
