@@ -250,6 +250,7 @@ pub struct AuditedCall<K: RecordSink> {
     /// The response's `Content-Encoding` lines, kept when its body is captured.
     response_encoding: Vec<HeaderValue>,
     status: Option<u16>,
+    grpc_status: Option<u32>,
     emitted: bool,
 }
 
@@ -300,6 +301,7 @@ impl<K: RecordSink + Clone> Begin<K> {
             response_body: found.needs_response_body().then(|| BodyCapture::new(limit)),
             response_encoding: Vec::new(),
             status: None,
+            grpc_status: None,
             emitted: false,
             found,
         })
@@ -384,6 +386,23 @@ impl<K: RecordSink> AuditedCall<K> {
         if self.response_body.is_some() {
             self.response_encoding = encoding_lines(headers);
         }
+        // A gRPC error with no message to send back comes as headers only ("trailers-only").
+        self.read_grpc_status(headers);
+    }
+
+    /// The response's trailers: a gRPC call's outcome is its `grpc-status`, sent here.
+    pub fn response_trailers(&mut self, trailers: &HeaderMap) {
+        self.read_grpc_status(trailers);
+    }
+
+    fn read_grpc_status(&mut self, headers: &HeaderMap) {
+        if let Some(code) = headers
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok())
+        {
+            self.grpc_status = Some(code);
+        }
     }
 
     /// Copies the next bytes of the response body, up to the capture limit.
@@ -432,6 +451,7 @@ impl<K: RecordSink> AuditedCall<K> {
             request_body: request_body.as_deref(),
             request_body_note,
             status: self.status,
+            grpc_status: self.grpc_status,
             response_body: response_body.as_deref(),
             response_body_note,
             outcome,

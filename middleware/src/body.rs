@@ -271,6 +271,9 @@ where
                 let frame = ready!(inner.as_mut().poll_frame(cx));
                 match &frame {
                     Some(Ok(frame)) => {
+                        if let (Some(c), Some(trailers)) = (call.as_mut(), frame.trailers_ref()) {
+                            c.response_trailers(trailers);
+                        }
                         if let (Some(c), Some(data)) = (call.as_mut(), frame.data_ref()) {
                             c.response_buf(data);
                             if let Some(left) = remaining.as_mut() {

@@ -66,6 +66,8 @@ pub struct Call<'a> {
     pub request_body_note: Option<BodyNote>,
     /// The status the client got; `None` when none was sent.
     pub status: Option<u16>,
+    /// A gRPC call's `grpc-status`, when its answer carried one (`0` is OK).
+    pub grpc_status: Option<u32>,
     /// The response body as captured, like `request_body`.
     pub response_body: Option<&'a [u8]>,
     /// Like `request_body_note`, for the response body.
@@ -102,6 +104,7 @@ impl<'a> Call<'a> {
             request_body: None,
             request_body_note: None,
             status: None,
+            grpc_status: None,
             response_body: None,
             response_body_note: None,
             outcome: None,
@@ -350,10 +353,14 @@ impl Match {
             Some(id) => Cow::Borrowed(id),
             None => Cow::Owned(self.request_id(call.headers)),
         };
-        let outcome = call.outcome.unwrap_or(match call.status {
-            Some(status) => Outcome::from_status(status),
-            None => Outcome::Aborted,
-        });
+        let outcome = call
+            .outcome
+            .unwrap_or(match (call.status, call.grpc_status) {
+                // A gRPC call that failed is answered 200 with its status in `grpc-status`.
+                (Some(status), Some(code)) if status < 400 && code != 0 => Outcome::Failure,
+                (Some(status), _) => Outcome::from_status(status),
+                (None, _) => Outcome::Aborted,
+            });
         let reads = chosen.map(|c| self.rules.inner.body_reads[c.rule as usize]);
         let capture = Capture {
             request_body: reads
@@ -393,6 +400,7 @@ impl Match {
             resources,
             response: ResponseInfo {
                 status: call.status,
+                grpc_status: call.grpc_status,
             },
             outcome,
             details,

@@ -166,6 +166,10 @@ pub struct Resource {
 pub struct ResponseInfo {
     /// The status the client got; absent when it got none (aborted before the head).
     pub status: Option<u16>,
+    /// A gRPC call's `grpc-status` (from its trailers, or its headers for a trailers-only
+    /// answer): gRPC answers HTTP 200 to a failed call too, so this says how it went.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<u32>,
 }
 
 /// How a call ended.
@@ -427,6 +431,10 @@ impl<'a> RecordRef<'a> {
         match self.response.status {
             Some(status) => push_u64(out, status.into()),
             None => out.extend_from_slice(b"null"),
+        }
+        if let Some(code) = self.response.grpc_status {
+            key(out, b"grpc_status");
+            push_u64(out, code.into());
         }
         out.push(b'}');
         field(out, b"outcome", self.outcome.as_str());
@@ -704,7 +712,10 @@ mod tests {
                 user_agent: None,
             },
             resources: Vec::new(),
-            response: ResponseInfo { status: None },
+            response: ResponseInfo {
+                status: None,
+                grpc_status: Some(7),
+            },
             outcome: Outcome::Aborted,
             details: Vec::new(),
             capture: Some(Capture {
@@ -722,6 +733,18 @@ mod tests {
             json["capture"],
             serde_json::json!({"request_body": "truncated"})
         );
+        assert_eq!(
+            json["response"],
+            serde_json::json!({"status": null, "grpc_status": 7})
+        );
+        assert_eq!(
+            json["request"]["method_override"],
+            serde_json::json!({"header": "x-http-method-override", "sent": "POST"})
+        );
+        // The owned record reads what was written.
+        let owned: AuditRecord = serde_json::from_value(json).unwrap();
+        assert_eq!(owned.response.grpc_status, Some(7));
+        assert_eq!(owned.request.method_override.unwrap().sent, "POST");
     }
 
     #[test]

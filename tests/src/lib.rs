@@ -190,7 +190,10 @@ pub fn record(n: u64) -> AuditRecord {
             id: Some(format!("f{n}")),
             path: Some(format!("/forest/file-{n}.png")),
         }],
-        response: ResponseInfo { status: Some(200) },
+        response: ResponseInfo {
+            status: Some(200),
+            grpc_status: None,
+        },
         outcome: Outcome::Success,
         details,
         capture: None,
