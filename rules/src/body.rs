@@ -370,6 +370,61 @@ mod tests {
         assert_eq!(BodyKind::of(None), BodyKind::Json);
     }
 
+    /// Whether `read` is what a cut can leave of `whole`: equal scalars (never a scalar cut
+    /// short), the first elements of an array, some members of an object, each in turn a part.
+    fn part_of(read: &Value, whole: &Value) -> bool {
+        match (read, whole) {
+            (Value::Array(r), Value::Array(w)) => {
+                r.len() <= w.len() && r.iter().zip(w).all(|(r, w)| part_of(r, w))
+            }
+            (Value::Object(r), Value::Object(w)) => r
+                .iter()
+                .all(|(k, v)| w.get(k).is_some_and(|w| part_of(v, w))),
+            (r, w) => r == w,
+        }
+    }
+
+    proptest::proptest! {
+        /// Any bytes, read whole or as the start of a longer body, as JSON or as a form: no
+        /// panic, and whatever is read survives serialising (what the record does with it).
+        #[test]
+        fn any_bytes_are_read_without_a_panic(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+            form: bool,
+            cut: bool,
+        ) {
+            let kind = if form { BodyKind::Form } else { BodyKind::Json };
+            if let Some(value) = read_body(&bytes, kind, cut) {
+                let value = limit_depth(value, MAX_VALUE_DEPTH);
+                serde_json::to_string(&value).unwrap();
+            }
+        }
+
+        /// The start of any JSON document reads as a part of it: nothing made up, nothing cut
+        /// short.
+        #[test]
+        fn the_start_of_a_document_reads_as_its_complete_part(
+            keys in proptest::collection::vec("[a-z]{1,4}", 1..8),
+            cut_at in 0usize..200,
+        ) {
+            let doc: serde_json::Map<String, Value> = keys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| (k.clone(), json!([i, {"k": k}])))
+                .collect();
+            let text = serde_json::to_string(&Value::Object(doc.clone())).unwrap();
+            let cut = &text.as_bytes()[..cut_at.min(text.len())];
+            if let Some(read) = read_body(cut, BodyKind::Json, true) {
+                proptest::prop_assert!(
+                    part_of(&read, &Value::Object(doc)),
+                    "{} read as {}",
+                    String::from_utf8_lossy(cut),
+                    read
+                );
+            }
+        }
+    }
+
     #[test]
     fn deep_values_are_cut_at_the_depth_limit() {
         let mut deep = json!("leaf");
