@@ -137,7 +137,8 @@ impl CallSettings {
     /// The first method-override header the request carries with a method in it, and that
     /// method. Honoured whatever the request line's method: an upstream that applies the
     /// override to a `GET` is rarer than one that applies it to a `POST`, but an audit that
-    /// records one call too many is wrong in the safe direction.
+    /// records one call too many is wrong in the safe direction (and [`Begin::new`] falls
+    /// back to the request line's method when no rule audits the overriding one).
     fn method_override(&self, headers: &HeaderMap) -> Option<(&HeaderName, http::Method)> {
         self.method_override_headers.iter().find_map(|name| {
             let value = headers.get(name)?.as_bytes().trim_ascii();
@@ -264,11 +265,21 @@ impl<K: RecordSink + Clone> Begin<K> {
         settings: &CallSettings,
         request: RequestHead<'_>,
     ) -> Begin<K> {
-        let overridden = settings.method_override(request.headers);
-        let method = overridden.as_ref().map_or(request.method, |(_, m)| m);
-        let Some(found) = rules.matches(method, request.uri.path()) else {
+        let path = request.uri.path();
+        // The overriding method when the rules audit it; else the request line's, so that an
+        // override naming a method no rule audits (`POST` with `X-HTTP-Method-Override: GET`)
+        // cannot carry past the audit a call an upstream ignoring the header applies as `POST`.
+        let (found, overridden) = match settings.method_override(request.headers) {
+            Some((name, method)) => match rules.matches(&method, path) {
+                Some(found) => (Some(found), Some((name, method))),
+                None => (rules.matches(request.method, path), None),
+            },
+            None => (rules.matches(request.method, path), None),
+        };
+        let Some(found) = found else {
             return Begin::Pass;
         };
+        let method = overridden.as_ref().map_or(request.method, |(_, m)| m);
         let time = Utc::now();
         let started = Instant::now();
         let request_id = found.request_id_at(request.headers, time);

@@ -851,3 +851,30 @@ async fn a_method_override_matches_as_the_overriding_method() {
     assert_eq!(r.request.method, "DELETE");
     assert_eq!(r.request.method_override.unwrap().sent, "POST");
 }
+
+/// An override naming a method no rule audits does not carry the call past the audit: a
+/// handler that ignores the header applies the request line's method, which is recorded.
+#[tokio::test]
+async fn an_override_to_an_unaudited_method_is_recorded_as_sent() {
+    let sink = MemorySink::new();
+    let app = Router::new()
+        .route(
+            "/v1/files/addTags",
+            post(|| async { StatusCode::NO_CONTENT }),
+        )
+        .layer(AuditLayer::new(rules(), sink.clone()));
+    let (status, _, _) = send(
+        app,
+        Request::post("/v1/files/addTags")
+            .header("x-http-method-override", "GET")
+            .header("content-type", "application/json")
+            .body(Body::from(r#"{"fileIds":["k1"],"tags":["x"]}"#))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let r = only(&sink);
+    assert_eq!(r.operation, "tag.add");
+    assert_eq!(r.request.method, "POST");
+    assert!(r.request.method_override.is_none());
+}

@@ -384,14 +384,20 @@ fn targets_and_method_overrides_are_matched_as_the_upstream_reads_them() {
     let redis = RedisServer::start();
     let upstream = UpstreamProcess::start();
     let proxy = ProxyProcess::start(&upstream.addr, &redis.url(), RULES, "");
-    for (method, target) in [
-        ("OPTIONS", "*"),
-        ("DELETE", "*"),
-        ("CONNECT", "upstream.example:443"),
-        ("DELETE", "ftp://host/v1/files/x"),
+    // `ours`: refused by auditgate's check, which says why. pingora itself refuses CONNECT
+    // and an absolute target whose authority is not the `Host`, before any filter runs.
+    let foreign = format!("ftp://{}/v1/files/x", proxy.addr);
+    for (method, target, ours) in [
+        ("OPTIONS", "*", true),
+        ("DELETE", "*", true),
+        ("DELETE", foreign.as_str(), true),
+        ("CONNECT", "upstream.example:443", false),
+        ("DELETE", "ftp://host/v1/files/x", false),
     ] {
         let answer = http(&proxy.addr, method, target, &[], b"").unwrap();
         assert_eq!(answer.status, 400, "{method} {target} is refused");
+        let says = String::from_utf8_lossy(&answer.body).contains("request target must be a path");
+        assert_eq!(says, ours, "{method} {target}: who refused it");
     }
 
     // The authority agrees with `Host`, as HTTP/1.1 requires of a request to an origin.
