@@ -34,6 +34,7 @@ mod config;
 mod consumer;
 mod error;
 mod metrics;
+mod origin_file;
 pub mod producer;
 mod sink;
 pub mod spool;

@@ -1,5 +1,6 @@
 //! What the proxy and the layer hand records to.
 
+use crate::origin_file::Reservation;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -62,6 +63,8 @@ impl<T: RecordSink> RecordSink for Arc<T> {
 pub(crate) struct OriginStamp {
     origin: OriginJson,
     seq: AtomicU64,
+    /// With a spool: the name and sequence kept across restarts (see `origin_file`).
+    reservation: Option<Reservation>,
 }
 
 impl OriginStamp {
@@ -69,6 +72,35 @@ impl OriginStamp {
         OriginStamp {
             origin: OriginJson::new(kind, instance),
             seq: AtomicU64::new(0),
+            reservation: None,
+        }
+    }
+
+    /// A stamp that continues the reservation's name and sequence: the first record gets
+    /// the number after `used`.
+    pub(crate) fn resuming(kind: &str, reservation: Reservation, used: u64) -> OriginStamp {
+        OriginStamp {
+            origin: OriginJson::new(kind, reservation.instance()),
+            seq: AtomicU64::new(used),
+            reservation: Some(reservation),
+        }
+    }
+
+    /// Reserves the next block of numbers when the current one is half used (the flusher's
+    /// turn, off the request path).
+    pub(crate) fn reserve_ahead(&self) {
+        if let Some(r) = &self.reservation {
+            r.reserve_ahead(self.seq.load(Ordering::Relaxed));
+        }
+    }
+
+    /// On a clean shutdown: only the numbers used stay reserved, so the next start leaves no
+    /// gap.
+    pub(crate) fn release(&self) {
+        if let Some(r) = &self.reservation
+            && let Err(e) = r.release(self.seq.load(Ordering::Relaxed))
+        {
+            tracing::warn!(error = %e, "cannot record the last origin.seq used; the next start skips the rest of its block");
         }
     }
 
@@ -77,7 +109,11 @@ impl OriginStamp {
     }
 
     fn next_seq(&self) -> u64 {
-        self.seq.fetch_add(1, Ordering::Relaxed) + 1
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(r) = &self.reservation {
+            r.cover(seq);
+        }
+        seq
     }
 
     /// The record's JSON with this producer's `origin` and the next `seq`.

@@ -173,9 +173,46 @@ async fn a_killed_producer_leaves_a_spool_that_the_next_one_replays() {
         "replayed {} of 500",
         redis.len(STREAM)
     );
+    // The restarted producer continues the dead one's name and sequence, past what the crash
+    // may have used: a record lost in that crash would lie in a gap of this one instance.
+    let after = record(9_999);
+    let after_id = after.id;
+    queue.enqueue(after).unwrap();
     queue.shutdown().await;
-    assert_eq!(ids(&redis.records(STREAM)), sent);
+    let records = redis.records(STREAM);
+    let (replayed, new): (Vec<_>, Vec<_>) = records.iter().partition(|r| r.id != after_id);
+    assert_eq!(ids(&redis.records(STREAM)).len(), 501);
     assert_eq!(queue.stats().replayed, 500);
+    let origin = |r: &auditgate_rules::AuditRecord| r.origin.clone().unwrap();
+    let instances: HashSet<String> = records.iter().map(|r| origin(r).instance).collect();
+    assert_eq!(
+        instances.len(),
+        1,
+        "one instance across the crash: {instances:?}"
+    );
+    let last_before = replayed.iter().map(|r| origin(r).seq).max().unwrap();
+    assert_eq!(last_before, 500);
+    assert!(
+        origin(new[0]).seq > last_before,
+        "the sequence goes on past the crash: {} after {last_before}",
+        origin(new[0]).seq
+    );
+
+    // A clean stop leaves no gap: the next start takes the next number.
+    drop(queue); // the spool's lock goes with it
+    let next =
+        RedisQueue::start(QueueConfig::new(redis.url()).spool(spool.path(), 1 << 30)).unwrap();
+    let clean = record(10_000);
+    let clean_id = clean.id;
+    next.enqueue(clean).unwrap();
+    next.shutdown().await;
+    let clean = redis
+        .records(STREAM)
+        .into_iter()
+        .find(|r| r.id == clean_id)
+        .unwrap();
+    assert_eq!(origin(&clean).seq, origin(new[0]).seq + 1);
+    assert_eq!(origin(&clean).instance, origin(new[0]).instance);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

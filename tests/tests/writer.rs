@@ -324,8 +324,10 @@ async fn filters_pages_history_export_auth(store: &str) {
         serde_json::json!([])
     );
     let mut conn = redis.connection().unwrap();
+    let mut newest = None;
     for seq in [1u64, 2, 4] {
         let mut r = record(seq);
+        newest = Some(r.time);
         r.origin = Some(Origin {
             kind: "proxy".into(),
             instance: "gappy".into(),
@@ -340,9 +342,12 @@ async fn filters_pages_history_export_auth(store: &str) {
             .unwrap();
     }
     assert!(wait_until(Duration::from_secs(10), || writer.count() == 303));
+    let last_seen = newest
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     assert_eq!(
         writer.get("/api/v1/gaps").json()["gaps"],
-        serde_json::json!([{ "instance": "gappy", "from": 3, "to": 3 }])
+        serde_json::json!([{ "instance": "gappy", "from": 3, "to": 3, "last_seen": last_seen }])
     );
 }
 

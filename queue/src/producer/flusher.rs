@@ -49,6 +49,7 @@ impl Flusher {
             }
             self.connect_if_due(&mut conn).await;
             self.sync_spool();
+            self.shared.stamp.reserve_ahead();
             match self.next_step(&conn) {
                 Step::Replay => self.replay(&mut conn, &mut batch).await,
                 Step::SendHeld => self.send_held(&mut conn).await,
@@ -60,6 +61,7 @@ impl Flusher {
             }
         }
         self.drain(conn).await;
+        self.shared.stamp.release();
         self.done.send_replace(true);
     }
 

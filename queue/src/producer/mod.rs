@@ -41,6 +41,7 @@ mod spool_handover;
 use crate::config::QueueConfig;
 use crate::error::QueueError;
 use crate::metrics::{Counters, QueueStats};
+use crate::origin_file::Reservation;
 use crate::sink::{Accepted, Dropped, OriginStamp, RecordSink, default_instance};
 use crate::spool::{SegmentRecords, Spool};
 use crate::throttle::Throttle;
@@ -143,12 +144,28 @@ impl RedisQueue {
         let (tx, rx) = mpsc::channel(config.buffer);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (done_tx, done_rx) = watch::channel(false);
-        let instance = config.instance.clone().unwrap_or_else(default_instance);
+        // With a spool, the directory keeps the name and the sequence across restarts, so a
+        // crash's losses show as a gap of this instance; without one, a name per start.
+        let stamp = match &config.spool {
+            Some(s) => {
+                let (reservation, used) =
+                    Reservation::open(&s.dir, config.instance.as_deref(), default_instance)
+                        .map_err(|source| QueueError::Spool {
+                            path: s.dir.clone(),
+                            source,
+                        })?;
+                OriginStamp::resuming(&config.origin_kind, reservation, used)
+            }
+            None => OriginStamp::new(
+                &config.origin_kind,
+                &config.instance.clone().unwrap_or_else(default_instance),
+            ),
+        };
         let shared = Arc::new(Shared {
             tx,
             capacity: config.buffer,
             spool,
-            stamp: OriginStamp::new(&config.origin_kind, &instance),
+            stamp,
             counters: Counters::new(),
             redis_up: AtomicBool::new(false),
             stopping: AtomicBool::new(false),

@@ -93,6 +93,27 @@ pub struct Gap {
     pub from: i64,
     /// Last missing `origin.seq`.
     pub to: i64,
+    /// When the instance's newest stored record was made (RFC 3339, UTC): an instance still
+    /// running is seen again and again; a gap behind one last seen long ago is what a crash
+    /// or a removed instance left. A producer with a spool continues its instance after a
+    /// crash, skipping the rest of its reserved block of numbers, so a gap it left is an
+    /// upper bound of the records lost.
+    pub last_seen: String,
+}
+
+impl Gap {
+    /// A gap from its row: instance, first and last missing seq, the instance's newest time.
+    pub(crate) fn of(instance: String, from: i64, to: i64, last_us: i64) -> Gap {
+        let last_seen = DateTime::<Utc>::from_timestamp_micros(last_us)
+            .unwrap_or_default()
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        Gap {
+            instance,
+            from,
+            to,
+            last_seen,
+        }
+    }
 }
 
 /// A store error: the database said no, or the data is not what it should be.
@@ -507,15 +528,20 @@ pub(crate) fn page_sql(query: &Query, dialect: &Dialect) -> (String, Vec<Param>)
     (sql, params)
 }
 
-/// Missing `origin.seq` ranges per instance, above what retention deleted. The same SQL runs
-/// on SQLite and PostgreSQL.
+/// Missing `origin.seq` ranges per instance, above what retention deleted from that instance
+/// (`origin_floor`), with the time of the instance's newest record. The same SQL runs on
+/// SQLite and PostgreSQL.
 pub(crate) const GAPS_SQL: &str = "WITH s AS (
-    SELECT origin_instance AS instance, origin_seq AS seq,
+    SELECT origin_instance AS instance, origin_seq AS seq, time_us,
            LAG(origin_seq) OVER (PARTITION BY origin_instance ORDER BY origin_seq) AS prev
     FROM records WHERE origin_instance IS NOT NULL
+), seen AS (
+    SELECT instance, MAX(time_us) AS last_us FROM s GROUP BY instance
 )
-SELECT s.instance, COALESCE(s.prev, f.seq, 0) + 1 AS gap_from, s.seq - 1 AS gap_to
+SELECT s.instance, COALESCE(s.prev, f.seq, 0) + 1 AS gap_from, s.seq - 1 AS gap_to,
+       seen.last_us
 FROM s LEFT JOIN origin_floor f ON f.instance = s.instance
+JOIN seen ON seen.instance = s.instance
 WHERE s.seq > COALESCE(s.prev, f.seq, 0) + 1
 ORDER BY s.instance, gap_from";
 

@@ -520,11 +520,7 @@ impl Store for PostgresStore {
         let rows = self.reader.query(GAPS_SQL, &[]).await?;
         Ok(rows
             .iter()
-            .map(|r| Gap {
-                instance: r.get(0),
-                from: r.get(1),
-                to: r.get(2),
-            })
+            .map(|r| Gap::of(r.get(0), r.get(1), r.get(2), r.get(3)))
             .collect())
     }
 

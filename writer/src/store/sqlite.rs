@@ -379,11 +379,7 @@ impl Store for SqliteStore {
             let mut stmt = conn.prepare_cached(GAPS_SQL)?;
             let gaps = stmt
                 .query_map([], |r| {
-                    Ok(Gap {
-                        instance: r.get(0)?,
-                        from: r.get(1)?,
-                        to: r.get(2)?,
-                    })
+                    Ok(Gap::of(r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(gaps)
