@@ -19,7 +19,7 @@ mod postgres;
 mod sqlite;
 
 pub use postgres::PostgresStore;
-pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteStore, Synchronous};
 
 /// A filter on `operation`: exact, or every operation under a prefix (`asset.*`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,7 +126,9 @@ pub enum StoreError {
     #[error("postgres: {}", describe_postgres(.0))]
     Postgres(#[from] tokio_postgres::Error),
     /// The `store:` setting is not a store this writer knows.
-    #[error("store {0:?}: use sqlite://PATH or postgres://USER@HOST/DB")]
+    #[error(
+        "store {0:?}: use sqlite://PATH (optionally ?synchronous=normal) or postgres://USER@HOST/DB"
+    )]
     Url(String),
     /// Anything else (a worker thread gone, a bad value).
     #[error("{0}")]
@@ -312,8 +314,14 @@ pub trait Store: Send + Sync + 'static {
 
 /// Opens the store a `store:` URL names, creating or migrating its schema.
 pub async fn open(url: &str) -> Result<Box<dyn Store>, StoreError> {
-    if let Some(path) = url.strip_prefix("sqlite://") {
-        Ok(Box::new(SqliteStore::open(path)?))
+    if let Some(rest) = url.strip_prefix("sqlite://") {
+        let (path, options) = rest.split_once('?').unwrap_or((rest, ""));
+        let synchronous = match options {
+            "" | "synchronous=full" => Synchronous::Full,
+            "synchronous=normal" => Synchronous::Normal,
+            _ => return Err(StoreError::Url(url.to_owned())),
+        };
+        Ok(Box::new(SqliteStore::open_with(path, synchronous)?))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(Box::new(PostgresStore::connect(url).await?))
     } else {
@@ -582,6 +590,19 @@ pub(crate) fn array_chunk(records: &[String], first: &mut bool) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn sqlite_urls_name_their_durability() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = |q: &str| format!("sqlite://{}{q}", dir.path().join("a.db").display());
+        assert!(open(&at("")).await.is_ok());
+        assert!(open(&at("?synchronous=normal")).await.is_ok());
+        assert!(open(&at("?synchronous=full")).await.is_ok());
+        let Err(e) = open(&at("?synchronous=off")).await else {
+            panic!("an unknown option is refused")
+        };
+        assert!(e.to_string().contains("?synchronous=normal"), "{e}");
+    }
 
     #[test]
     fn indexed_values_are_valid_everywhere_and_stay_distinct() {

@@ -147,8 +147,17 @@ impl Drop for Checkpointer {
 impl SqliteStore {
     /// Opens (creating) the file and its schema.
     pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open_with(path, Synchronous::Full)
+    }
+
+    /// [`SqliteStore::open`] with the commit durability to use.
+    pub fn open_with(
+        path: impl AsRef<Path>,
+        synchronous: Synchronous,
+    ) -> Result<SqliteStore, StoreError> {
         let path = path.as_ref().to_path_buf();
         let mut writer = connect(&path).map_err(|e| open_error(&path, e))?;
+        writer.pragma_update(None, "synchronous", synchronous.pragma())?;
         migrate(&mut writer)?;
         writer.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)?;
         // A WAL that grew during a backlog is cut back to this size once it restarts.
@@ -215,10 +224,36 @@ fn open_error(path: &Path, e: StoreError) -> StoreError {
     ))
 }
 
+/// How durable a commit is once it returns (`PRAGMA synchronous`).
+///
+/// The writer acknowledges a record to Redis, and deletes it there, once its commit has
+/// returned: from then on the store is its only copy. `Full` (the default) syncs the WAL at
+/// every commit, so an acknowledged record survives a power cut of the writer's machine;
+/// `Normal` syncs only at checkpoints, so it survives a crash of the writer process but a power
+/// cut can take the last commits with it. Commits are grouped (up to 16 384 records each), so
+/// `Full` costs one fsync per commit, not per record: see docs/benchmarks.md for the figure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Synchronous {
+    /// `PRAGMA synchronous = FULL`.
+    #[default]
+    Full,
+    /// `PRAGMA synchronous = NORMAL`: `sqlite://PATH?synchronous=normal`.
+    Normal,
+}
+
+impl Synchronous {
+    fn pragma(self) -> &'static str {
+        match self {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+        }
+    }
+}
+
 fn connect(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path)?;
-    // WAL: readers never wait for the writer; NORMAL sync is durable across process crashes
-    // (the writer acknowledges Redis only after commit returns).
+    // WAL: readers never wait for the writer. The writer's connection sets its durability
+    // (`Synchronous`); the others only read or checkpoint.
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
