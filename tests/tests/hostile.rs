@@ -438,3 +438,83 @@ fn targets_and_method_overrides_are_matched_as_the_upstream_reads_them() {
         ("x-http-method-override", "POST")
     );
 }
+
+/// Stops the proxy with `signal` while Redis accepts connections but executes no write
+/// (`CLIENT PAUSE … WRITE`: a fork, a failover, a partition that does not reset), after 20
+/// audited calls were answered; then a new proxy starts on the same spool once Redis resumes.
+/// Every record ends in the stream, once each, under one instance with no gap in its sequence:
+/// what the stop could not send went to the spool, and nothing is lost or unreported.
+fn a_stop_with_redis_paused_loses_nothing(signal: &str) {
+    let redis = RedisServer::start();
+    let upstream = UpstreamProcess::start();
+    let spool = tempfile::tempdir().unwrap();
+    let extra = format!("spool: {{ dir: {} }}\n", spool.path().display());
+    let mut proxy = ProxyProcess::start(&upstream.addr, &redis.url(), RULES, &extra);
+    let mut conn = redis.connection().unwrap();
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(60_000)
+        .arg("WRITE")
+        .query(&mut conn)
+        .unwrap();
+    for n in 0..20 {
+        let path = format!("/v1/files/paused-{n}");
+        let answer = http(&proxy.addr, "DELETE", &path, &[("X-User-Id", "u_p")], b"").unwrap();
+        assert_eq!(
+            answer.status, 200,
+            "open rules keep serving while Redis stalls"
+        );
+    }
+    let _ = std::process::Command::new("kill")
+        .args([signal, &proxy.child.0.id().to_string()])
+        .status();
+    let status = proxy.child.0.wait().unwrap();
+    assert!(status.success(), "{signal}: {status}\n{}", proxy.stderr());
+    let _: () = redis::cmd("CLIENT")
+        .arg("UNPAUSE")
+        .query(&mut conn)
+        .unwrap();
+
+    let next = ProxyProcess::start(&upstream.addr, &redis.url(), RULES, &extra);
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let ids: std::collections::HashSet<_> = redis
+                .records("auditgate:records")
+                .iter()
+                .map(|r| r.id)
+                .collect();
+            ids.len() == 20
+        }),
+        "{signal}: {} records in the stream\nfirst proxy:\n{}\nsecond proxy:\n{}",
+        redis.len("auditgate:records"),
+        proxy.stderr(),
+        next.stderr()
+    );
+    let records = redis.records("auditgate:records");
+    let mut seqs: Vec<u64> = records
+        .iter()
+        .map(|r| r.origin.as_ref().unwrap().seq)
+        .collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(
+        seqs,
+        (1..=20).collect::<Vec<_>>(),
+        "{signal}: no gap, nothing lost"
+    );
+    let instances: std::collections::HashSet<_> = records
+        .iter()
+        .map(|r| r.origin.as_ref().unwrap().instance.clone())
+        .collect();
+    assert_eq!(instances.len(), 1);
+}
+
+#[test]
+fn sigterm_with_redis_paused_loses_nothing() {
+    a_stop_with_redis_paused_loses_nothing("-TERM");
+}
+
+#[test]
+fn sigint_with_redis_paused_loses_nothing() {
+    a_stop_with_redis_paused_loses_nothing("-INT");
+}
