@@ -83,8 +83,8 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
-use auditgate_queue::RecordSink;
-use auditgate_rules::{Call, Claims, ClientIpMode, Match, OnQueueFailure, Outcome, RuleSet};
+use auditgate_queue::{Durable, RecordSink};
+use auditgate_rules::{Call, Claims, ClientIpMode, Match, OnQueueFailure, Outcome, RuleSet, Stage};
 use bytes::Buf;
 use chrono::{DateTime, Utc};
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -110,7 +110,13 @@ pub struct CallSettings {
     /// (default [`DEFAULT_METHOD_OVERRIDE_HEADERS`]; empty to trust the request line only). A
     /// call carrying one matches the rules as that method, and its record says so.
     pub method_override_headers: Vec<HeaderName>,
+    /// How long a `closed` call waits for its received record to be durable before it is
+    /// refused with 503 and never forwarded (default [`DEFAULT_CLOSED_TIMEOUT`]).
+    pub closed_timeout: std::time::Duration,
 }
+
+/// The default of [`CallSettings::closed_timeout`]: 2 s.
+pub const DEFAULT_CLOSED_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The method-override headers frameworks honour: `X-HTTP-Method-Override` (ASP.NET, Express's
 /// method-override, Google APIs), `X-Method-Override` and `X-HTTP-Method` (OData, Spring).
@@ -125,6 +131,7 @@ impl Default for CallSettings {
         CallSettings {
             capture_limit: DEFAULT_CAPTURE_LIMIT,
             client_ip: ClientIpMode::default(),
+            closed_timeout: DEFAULT_CLOSED_TIMEOUT,
             method_override_headers: DEFAULT_METHOD_OVERRIDE_HEADERS
                 .iter()
                 .map(|name| HeaderName::from_static(name))
@@ -253,6 +260,11 @@ pub struct AuditedCall<K: RecordSink> {
     status: Option<u16>,
     grpc_status: Option<u32>,
     emitted: bool,
+    /// The record's `id`, fixed at the start: a `closed` call's received record and its
+    /// complete record are one record to the store.
+    record_id: uuid::Uuid,
+    /// The received record's `origin.seq`, which the complete record takes too.
+    origin_seq: Option<u64>,
 }
 
 impl<K: RecordSink + Clone> Begin<K> {
@@ -314,6 +326,8 @@ impl<K: RecordSink + Clone> Begin<K> {
             status: None,
             grpc_status: None,
             emitted: false,
+            record_id: auditgate_rules::uuid_at(time),
+            origin_seq: None,
             found,
         })
     }
@@ -430,6 +444,68 @@ impl<K: RecordSink> AuditedCall<K> {
         }
     }
 
+    /// Whether a matching rule says `on_queue_failure: closed`: the host makes the call's
+    /// received record durable ([`AuditedCall::make_received_durable`]) before it forwards
+    /// the call, and refuses the call ([`AuditedCall::refuse`]) when that does not happen in
+    /// [`CallSettings::closed_timeout`].
+    pub fn is_closed(&self) -> bool {
+        self.found.on_queue_failure() == OnQueueFailure::Closed
+    }
+
+    /// Hands the sink the call's received record (`"stage": "received"`, outcome `unknown`,
+    /// no response yet) to make durable; the host awaits the answer, bounded by
+    /// [`CallSettings::closed_timeout`], and on `Ok(seq)` passes `seq` to
+    /// [`AuditedCall::received_is_durable`]. The complete record follows when the call ends,
+    /// with the same `id`, and replaces the received one in the store.
+    pub fn make_received_durable(&self) -> Durable {
+        let call = Call {
+            method: &self.method,
+            method_override: (self.method_override.as_ref())
+                .map(|(header, sent)| (header.as_str(), sent.as_str())),
+            record_id: Some(self.record_id),
+            body_pending: true,
+            client_ip: self.client_ip.and_then(|ip| self.client_ip_mode.render(ip)),
+            claims: self.claims(),
+            request_id: Some(&self.request_id),
+            time: self.time,
+            outcome: Some(Outcome::Unknown),
+            ..Call::new(&self.method, &self.uri, &self.headers)
+        };
+        match self.found.record_ref(&call) {
+            Some(mut record) => {
+                record.stage = Some(Stage::Received);
+                self.sink.enqueue_durable(record)
+            }
+            // No record to make (no rule's `when` holds without the body): nothing to wait for.
+            None => Durable::ready(Ok(0)),
+        }
+    }
+
+    /// The received record is durable under `seq` (`0`: the sink stamps none): the complete
+    /// record takes the same `origin.seq`.
+    pub fn received_is_durable(&mut self, seq: u64) {
+        self.origin_seq = (seq != 0).then_some(seq);
+    }
+
+    /// Refuses the call (its received record could not be made durable in time): the
+    /// record says the call was answered 503 by auditgate itself and never forwarded, and
+    /// the host sends the returned refusal.
+    pub fn refuse(mut self) -> Refusal {
+        self.status = Some(503);
+        let refusal = Refusal::new(self.request_id_header().clone(), self.request_id.clone());
+        self.emit(Some(Outcome::Error));
+        refusal
+    }
+
+    fn claims(&self) -> Claims<'_> {
+        match &self.claims {
+            CallerClaims::Unverified => Claims::Unverified,
+            CallerClaims::Verified(claims) => Claims::Verified(claims),
+            CallerClaims::Rejected(reason) => Claims::Rejected(reason),
+            CallerClaims::Absent => Claims::Absent,
+        }
+    }
+
     /// Ends the call and emits its record. `None` lets the status decide the outcome
     /// (`success` below 400, `failure` from 400, `aborted` when no answer was sent);
     /// [`Outcome::Error`] says the upstream gave no answer, [`Outcome::Aborted`] that the
@@ -467,17 +543,15 @@ impl<K: RecordSink> AuditedCall<K> {
             response_body_note,
             outcome,
             client_ip: self.client_ip.and_then(|ip| self.client_ip_mode.render(ip)),
-            claims: match &self.claims {
-                CallerClaims::Unverified => Claims::Unverified,
-                CallerClaims::Verified(claims) => Claims::Verified(claims),
-                CallerClaims::Rejected(reason) => Claims::Rejected(reason),
-                CallerClaims::Absent => Claims::Absent,
-            },
+            claims: self.claims(),
             request_id: Some(&self.request_id),
             time: self.time,
             duration: self.started.elapsed(),
+            record_id: Some(self.record_id),
+            body_pending: false,
         };
-        if let Some(record) = self.found.record_ref(&call) {
+        if let Some(mut record) = self.found.record_ref(&call) {
+            record.origin_seq = self.origin_seq;
             // A record the sink cannot take is counted there (`auditgate_queue_dropped_total`);
             // the response has been sent, so there is nothing else to do with the refusal.
             let _ = self.sink.enqueue_ref(record);

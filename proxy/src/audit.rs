@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use auditgate_call::{AuditedCall, Begin, CallSettings, CallerClaims};
+use auditgate_call::{AuditedCall, Begin, CallSettings, CallerClaims, Refusal};
 use auditgate_queue::{RedisQueue, Throttle};
 use auditgate_rules::{Outcome, RuleSet};
 use bytes::Bytes;
@@ -103,6 +103,7 @@ impl AuditProxy {
                 capture_limit: config.capture_limit,
                 client_ip: config.client_ip,
                 method_override_headers: config.method_override_headers.clone(),
+                closed_timeout: Duration::from_millis(config.closed_timeout_ms),
             },
             config,
             jwt,
@@ -151,6 +152,19 @@ impl AuditProxy {
             format!("/{rest}")
         };
         response.insert_header(http::header::LOCATION, relative)
+    }
+
+    /// Answers a call its record could not be kept for with the refusal's 503; the upstream
+    /// is never called.
+    async fn refuse(&self, session: &mut Session, refusal: Refusal) -> Result<bool> {
+        self.metrics.refused.increment(1);
+        let (parts, body) = refusal.into_response().into_parts();
+        let response = ResponseHeader::from(parts);
+        session
+            .write_response_header(Box::new(response), false)
+            .await?;
+        session.write_response_body(Some(body), true).await?;
+        Ok(true)
     }
 
     /// A warning about failing requests, at most every 10 s: the log shows that something is
@@ -213,16 +227,7 @@ impl ProxyHttp for AuditProxy {
         let begun = Begin::new(&rules, &self.sink, &self.call_settings, head.into());
         let mut call = match begun {
             Begin::Pass => return Ok(false),
-            Begin::Refuse(refusal) => {
-                self.metrics.refused.increment(1);
-                let (parts, body) = refusal.into_response().into_parts();
-                let response = ResponseHeader::from(parts);
-                session
-                    .write_response_header(Box::new(response), false)
-                    .await?;
-                session.write_response_body(Some(body), true).await?;
-                return Ok(true);
-            }
+            Begin::Refuse(refusal) => return self.refuse(session, refusal).await,
             Begin::Audit(call) => call,
         };
         session
@@ -237,6 +242,14 @@ impl ProxyHttp for AuditProxy {
                     Verdict::NoToken => CallerClaims::Absent,
                 },
             );
+        }
+        // A `closed` call is forwarded only once its received record is durable.
+        if call.is_closed() {
+            let durable = call.make_received_durable();
+            match tokio::time::timeout(self.call_settings.closed_timeout, durable).await {
+                Ok(Ok(seq)) => call.received_is_durable(seq),
+                _ => return self.refuse(session, call.refuse()).await,
+            }
         }
         ctx.audit = Some(Box::new(call));
         Ok(false)

@@ -73,6 +73,11 @@ pub struct ProxyConfig {
         deserialize_with = "header_names"
     )]
     pub method_override_headers: Vec<http::HeaderName>,
+    /// How long a call to an `on_queue_failure: closed` rule waits for its received record to
+    /// be durable (acknowledged by Redis, or fsync'd to the spool) before it is refused with
+    /// 503 and never forwarded. Default 2000.
+    #[serde(default = "default_closed_timeout_ms")]
+    pub closed_timeout_ms: u64,
     /// Bytes of each body that `body/` and `response/` templates may read. Default 65536.
     #[serde(default = "default_capture_limit")]
     pub capture_limit: usize,
@@ -377,6 +382,10 @@ fn default_connect_ms() -> u64 {
 
 fn default_read_ms() -> u64 {
     60_000
+}
+
+fn default_closed_timeout_ms() -> u64 {
+    2_000
 }
 
 fn default_method_override_headers() -> Vec<http::HeaderName> {

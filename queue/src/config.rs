@@ -63,6 +63,10 @@ pub struct QueueConfig {
     pub instance: Option<String>,
     /// How long a pipelined batch may take before the connection is given up. Default 5 s.
     pub response_timeout: Duration,
+    /// How long a `closed` call's received record waits for Redis's acknowledgement before
+    /// it is written to the spool instead (see [`RecordSink::enqueue_durable`](crate::RecordSink::enqueue_durable)).
+    /// Default 1 s: half the hosts' default `closed_timeout_ms`, which bounds the whole wait.
+    pub durable_redis_wait: Duration,
     /// How long `shutdown()` may spend replaying the spool before leaving the rest on disk
     /// for the next run. Default 10 s.
     pub shutdown_timeout: Duration,
@@ -117,6 +121,7 @@ impl QueueConfig {
             origin_kind: "layer".to_owned(),
             instance: None,
             response_timeout: Duration::from_secs(5),
+            durable_redis_wait: Duration::from_secs(1),
             shutdown_timeout: Duration::from_secs(10),
         }
     }

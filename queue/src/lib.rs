@@ -45,5 +45,5 @@ pub use consumer::{Consumer, ConsumerConfig, Delivery};
 pub use error::QueueError;
 pub use metrics::{QueueStats, names as metric_names};
 pub use producer::{Flusher, RedisQueue};
-pub use sink::{Accepted, Dropped, MemorySink, RecordSink, hostname};
+pub use sink::{Accepted, Dropped, Durable, MemorySink, NotDurable, RecordSink, hostname};
 pub use throttle::Throttle;

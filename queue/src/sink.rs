@@ -42,6 +42,63 @@ pub trait RecordSink: Send + Sync + 'static {
     /// has room, or the spool has room. A rule with `on_queue_failure: closed` refuses the
     /// request when this is false.
     fn can_accept(&self) -> bool;
+
+    /// Makes a record durable before the caller acts on it — a `closed` call's received
+    /// record, before the call is forwarded — and says when it is: the returned [`Durable`]
+    /// resolves to `Ok(seq)` (the `origin.seq` stamped, for the complete record to share)
+    /// once Redis acknowledged the record or the spool has it on disk. The caller decides how
+    /// long to wait. The default, for sinks with nothing slower than memory, enqueues it and
+    /// resolves at once.
+    fn enqueue_durable(&self, record: RecordRef<'_>) -> Durable {
+        Durable::ready(self.enqueue_ref(record).map(|_| 0).map_err(|_| NotDurable))
+    }
+}
+
+/// A record that could not be made durable (Redis did not acknowledge it and the spool could
+/// not take it), or the sink stopped first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the audit record could not be made durable")]
+pub struct NotDurable;
+
+/// The answer of [`RecordSink::enqueue_durable`]: a future of the record's `origin.seq`.
+#[derive(Debug)]
+pub struct Durable(DurableState);
+
+#[derive(Debug)]
+enum DurableState {
+    Ready(Option<Result<u64, NotDurable>>),
+    Waiting(tokio::sync::oneshot::Receiver<bool>, u64),
+}
+
+impl Durable {
+    /// An answer known at once.
+    pub fn ready(result: Result<u64, NotDurable>) -> Durable {
+        Durable(DurableState::Ready(Some(result)))
+    }
+
+    /// An answer a task gives later (`true`: durable) for the record stamped `seq`.
+    pub(crate) fn waiting(rx: tokio::sync::oneshot::Receiver<bool>, seq: u64) -> Durable {
+        Durable(DurableState::Waiting(rx, seq))
+    }
+}
+
+impl std::future::Future for Durable {
+    type Output = Result<u64, NotDurable>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        use std::task::Poll;
+        match &mut self.0 {
+            DurableState::Ready(result) => Poll::Ready(result.take().unwrap_or(Err(NotDurable))),
+            DurableState::Waiting(rx, seq) => match std::pin::Pin::new(rx).poll(cx) {
+                Poll::Ready(Ok(true)) => Poll::Ready(Ok(*seq)),
+                Poll::Ready(_) => Poll::Ready(Err(NotDurable)),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
 }
 
 impl<T: RecordSink> RecordSink for Arc<T> {
@@ -51,6 +108,10 @@ impl<T: RecordSink> RecordSink for Arc<T> {
 
     fn enqueue_ref(&self, record: RecordRef<'_>) -> Result<Accepted, Dropped> {
         (**self).enqueue_ref(record)
+    }
+
+    fn enqueue_durable(&self, record: RecordRef<'_>) -> Durable {
+        (**self).enqueue_durable(record)
     }
 
     fn can_accept(&self) -> bool {
@@ -125,9 +186,16 @@ impl OriginStamp {
     /// [`OriginStamp::encode`] for a borrowed record: the same bytes, written directly
     /// ([`RecordRef::write_json_with_origin`]).
     pub(crate) fn encode_ref(&self, record: &RecordRef<'_>) -> Vec<u8> {
+        self.encode_ref_seq(record).0
+    }
+
+    /// [`OriginStamp::encode_ref`], and the `origin.seq` it stamped (the record's own
+    /// `origin_seq` when it has one).
+    pub(crate) fn encode_ref_seq(&self, record: &RecordRef<'_>) -> (Vec<u8>, u64) {
         let mut json = Vec::with_capacity(1024);
-        record.write_json_with_origin(&mut json, &self.origin, self.next_seq());
-        json
+        let seq = record.origin_seq.unwrap_or_else(|| self.next_seq());
+        record.write_json_with_origin(&mut json, &self.origin, seq);
+        (json, seq)
     }
 
     /// Sets the record's `origin`, for sinks that keep records rather than their JSON.

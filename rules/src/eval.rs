@@ -87,6 +87,12 @@ pub struct Call<'a> {
     pub time: DateTime<Utc>,
     /// From arrival to the end of the response.
     pub duration: Duration,
+    /// The record's `id`, when the caller fixed it at the call's start (a `closed` call's
+    /// received record and its complete record share one); else a new UUIDv7 of `time`.
+    pub record_id: Option<Uuid>,
+    /// The request body has not been read yet (the received record of a `closed` call): a
+    /// `when: { body }` cannot be judged, and holds.
+    pub body_pending: bool,
 }
 
 impl<'a> Call<'a> {
@@ -113,6 +119,8 @@ impl<'a> Call<'a> {
             request_id: None,
             time: Utc::now(),
             duration: Duration::ZERO,
+            record_id: None,
+            body_pending: false,
         }
     }
 }
@@ -377,7 +385,7 @@ impl Match {
         Some(RecordRef {
             capture: (!capture.is_empty()).then_some(capture),
             schema: SCHEMA_VERSION,
-            id: uuid_at(call.time),
+            id: call.record_id.unwrap_or_else(|| uuid_at(call.time)),
             time: call.time,
             duration_ms: (call.duration.as_secs_f64() * 1_000_000.0).round() / 1000.0,
             service: &file.service,
@@ -403,6 +411,8 @@ impl Match {
                 grpc_status: call.grpc_status,
             },
             outcome,
+            stage: None,
+            origin_seq: None,
             details,
         })
     }
@@ -418,7 +428,7 @@ pub(crate) fn read_request_id<'h>(
 }
 
 /// A UUIDv7 whose timestamp is the request's arrival, so ids sort by time.
-fn uuid_at(time: DateTime<Utc>) -> Uuid {
+pub fn uuid_at(time: DateTime<Utc>) -> Uuid {
     let secs = u64::try_from(time.timestamp()).unwrap_or(0);
     let ts = uuid::Timestamp::from_unix(uuid::NoContext, secs, time.timestamp_subsec_nanos());
     Uuid::new_v7(ts)
@@ -440,7 +450,7 @@ fn body_note(
 fn when_holds(when: &When, lookup: &CallLookup<'_>) -> bool {
     // A body that was not read whole cannot say a pointer is absent: the rule is taken, and
     // its record says what was cut (`capture`), rather than the call going unrecorded.
-    let body_unknown = lookup.call.request_body_note.is_some();
+    let body_unknown = lookup.call.request_body_note.is_some() || lookup.call.body_pending;
     when.body
         .as_ref()
         .is_none_or(|ptr| body_unknown || lookup.body().and_then(|b| pointer(b, ptr)).is_some())

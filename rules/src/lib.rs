@@ -72,13 +72,13 @@ pub use coverage::{Coverage, Recorded, RuleInfo};
 pub use error::{Diagnostic, RulesError};
 pub use eval::{
     Call, Claims, ClientIpMode, MAX_VALUE_BYTES, Match, UNMATCHED_OPERATION, bearer_token,
-    decode_bearer_claims,
+    decode_bearer_claims, uuid_at,
 };
 pub use model::{OnQueueFailure, Unmatched};
 pub use path::normalize_path;
 pub use record::{
     Actor, ActorRef, AuditRecord, BodyNote, Capture, MethodOverride, Origin, OriginJson, Outcome,
-    RecordRef, RequestInfo, RequestRef, Resource, ResourceRef, ResponseInfo, SCHEMA_VERSION,
+    RecordRef, RequestInfo, RequestRef, Resource, ResourceRef, ResponseInfo, SCHEMA_VERSION, Stage,
 };
 
 use load::FileReader;

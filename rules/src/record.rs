@@ -53,6 +53,10 @@ pub struct AuditRecord {
     pub response: ResponseInfo,
     /// How the call ended.
     pub outcome: Outcome,
+    /// `received` for the record a `closed` call makes durable before it is forwarded;
+    /// absent on the complete record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<Stage>,
     /// The rule's `details`, each omitted when its source was missing.
     #[serde(default)]
     pub details: Map<String, Value>,
@@ -184,6 +188,18 @@ pub enum Outcome {
     Error,
     /// The client went away before the response completed.
     Aborted,
+    /// A `closed` call's received record whose complete record never came (the producer died
+    /// between forwarding the call and its end): the call may or may not have happened.
+    Unknown,
+}
+
+/// `stage`: a record made before the call was forwarded (`closed` rules), replaced in the store
+/// by the complete record of the same `id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    /// The call was received and is about to be forwarded; no response yet.
+    Received,
 }
 
 impl Outcome {
@@ -203,6 +219,7 @@ impl Outcome {
             Outcome::Failure => "failure",
             Outcome::Error => "error",
             Outcome::Aborted => "aborted",
+            Outcome::Unknown => "unknown",
         }
     }
 }
@@ -305,6 +322,11 @@ pub struct RecordRef<'a> {
     pub response: ResponseInfo,
     /// See [`AuditRecord::outcome`].
     pub outcome: Outcome,
+    /// See [`AuditRecord::stage`].
+    pub stage: Option<Stage>,
+    /// The `origin.seq` a sink is to stamp, when the record must share its received record's
+    /// (a `closed` call's two records are one record to the store); `None` for the next one.
+    pub origin_seq: Option<u64>,
     /// In name order, without repeats (the order of the JSON object `write_json` writes):
     /// private to the crate so that it stays so.
     pub(crate) details: Vec<(&'a str, Value)>,
@@ -438,6 +460,9 @@ impl<'a> RecordRef<'a> {
         }
         out.push(b'}');
         field(out, b"outcome", self.outcome.as_str());
+        if self.stage == Some(Stage::Received) {
+            field(out, b"stage", "received");
+        }
         out.extend_from_slice(b",\"details\":{");
         for (i, (name, value)) in self.details.iter().enumerate() {
             if i > 0 {
@@ -507,6 +532,7 @@ impl<'a> RecordRef<'a> {
                 .collect(),
             response: self.response,
             outcome: self.outcome,
+            stage: self.stage,
             details: self
                 .details
                 .into_iter()
@@ -717,6 +743,8 @@ mod tests {
                 grpc_status: Some(7),
             },
             outcome: Outcome::Aborted,
+            stage: Some(Stage::Received),
+            origin_seq: None,
             details: Vec::new(),
             capture: Some(Capture {
                 request_body: Some(BodyNote::Truncated),

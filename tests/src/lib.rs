@@ -195,6 +195,7 @@ pub fn record(n: u64) -> AuditRecord {
             grpc_status: None,
         },
         outcome: Outcome::Success,
+        stage: None,
         details,
         capture: None,
         origin: None,

@@ -653,9 +653,12 @@ fn sigterm_under_load_loses_no_record() {
         completed.len()
     );
     let spool = proxy.dir.path().join("spool");
+    // Segments (`.seg`) beyond their 8-byte header; `ORIGIN` names the producer.
     let left: u64 = std::fs::read_dir(&spool)
         .unwrap()
-        .filter_map(|e| e.ok()?.metadata().ok())
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "seg"))
+        .filter_map(|e| e.metadata().ok())
         .filter(|m| m.len() > 8)
         .map(|m| m.len())
         .sum();

@@ -606,3 +606,68 @@ fn a_writer_whose_sqlite_folder_is_missing_says_so_once() {
     );
     assert_eq!(stderr.matches("cannot open").count(), 1, "{stderr}");
 }
+
+/// A `closed` call's two records, as the store keeps them: the complete record replaces its
+/// received one (same `id`), whichever of the two arrives first, in one batch or two; a
+/// received record whose complete one never came stays, with outcome `unknown`.
+async fn received_records_are_replaced_by_complete_ones(store: &str) {
+    let redis = RedisServer::start();
+    let writer = WriterProcess::start(&redis.url(), store, "");
+    let received = |mut r: AuditRecord| {
+        r.stage = Some(auditgate_rules::Stage::Received);
+        r.outcome = Outcome::Unknown;
+        r.response.status = None;
+        r.details.clear();
+        r
+    };
+    let add = |records: &[&AuditRecord]| {
+        let mut conn = redis.connection().unwrap();
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for r in records {
+            pipe.cmd("XADD")
+                .arg("auditgate:records")
+                .arg("*")
+                .arg("record")
+                .arg(serde_json::to_string(r).unwrap())
+                .ignore();
+        }
+        pipe.query::<()>(&mut conn).unwrap();
+    };
+    let (first, second, third, lone) = (record(1), record(2), record(3), record(4));
+    add(&[&received(first.clone())]);
+    assert!(wait_until(Duration::from_secs(10), || writer.count() == 1));
+    add(&[&first]); // later, in a batch of its own
+    add(&[&received(second.clone()), &second]); // both in one batch
+    add(&[&third]);
+    assert!(wait_until(Duration::from_secs(10), || writer.count() == 3));
+    add(&[&received(third.clone())]); // the received one after the complete one
+    add(&[&received(lone.clone())]); // never completed
+    assert!(wait_until(Duration::from_secs(10), || writer.count() == 4));
+    let get = |r: &AuditRecord| writer.get(&format!("/api/v1/records/{}", r.id)).json();
+    for complete in [&first, &second, &third] {
+        let stored = get(complete);
+        assert_eq!(stored["outcome"], "success", "{store}: {stored}");
+        assert!(stored.get("stage").is_none(), "{store}: {stored}");
+        assert_eq!(stored["details"]["new_name"], complete.details["new_name"]);
+    }
+    let stored = get(&lone);
+    assert_eq!(
+        (stored["outcome"].as_str(), stored["stage"].as_str()),
+        (Some("unknown"), Some("received"))
+    );
+    let unknown = writer.get("/api/v1/records?outcome=unknown").json();
+    assert_eq!(unknown["records"].as_array().unwrap().len(), 1, "{store}");
+    assert_eq!(redis.len("auditgate:records:dead"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_replaces_received_records_with_complete_ones() {
+    received_records_are_replaced_by_complete_ones("sqlite://audit.db").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_replaces_received_records_with_complete_ones() {
+    let pg = PostgresServer::start();
+    received_records_are_replaced_by_complete_ones(&pg.url()).await;
+}

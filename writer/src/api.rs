@@ -257,7 +257,7 @@ fn parse_query(params: &HashMap<String, String>, allowed: &[&str]) -> Result<Que
 
 fn parse_outcome(text: &str) -> Option<auditgate_rules::Outcome> {
     use auditgate_rules::Outcome::*;
-    [Success, Failure, Error, Aborted]
+    [Success, Failure, Error, Aborted, Unknown]
         .into_iter()
         .find(|o| o.as_str() == text)
 }

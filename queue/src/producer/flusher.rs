@@ -33,6 +33,16 @@ enum Step {
 impl Flusher {
     /// Runs until [`RedisQueue::shutdown`](super::RedisQueue::shutdown): sends, spools, reconnects, replays.
     pub async fn run(mut self) {
+        if let Some(rx) = self.durable_rx.take() {
+            tokio::spawn(super::durable::run(
+                self.shared.clone(),
+                self.client.clone(),
+                self.keys.clone(),
+                self.durable_wait,
+                rx,
+                self.shutdown.clone(),
+            ));
+        }
         let mut conn = Connection::Down {
             retry_at: Instant::now(),
             backoff: MIN_BACKOFF,

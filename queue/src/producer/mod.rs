@@ -35,6 +35,7 @@ use tokio::sync::{mpsc, watch};
 
 mod batch;
 mod connection;
+mod durable;
 mod flusher;
 mod spool_handover;
 
@@ -42,7 +43,9 @@ use crate::config::QueueConfig;
 use crate::error::QueueError;
 use crate::metrics::{Counters, QueueStats};
 use crate::origin_file::Reservation;
-use crate::sink::{Accepted, Dropped, OriginStamp, RecordSink, default_instance};
+use crate::sink::{
+    Accepted, Dropped, Durable, NotDurable, OriginStamp, RecordSink, default_instance,
+};
 use crate::spool::{SegmentRecords, Spool};
 use crate::throttle::Throttle;
 
@@ -96,6 +99,10 @@ pub struct Flusher {
     held: Vec<Vec<u8>>,
     /// Batches sent and not yet answered, oldest first; at most [`MAX_IN_FLIGHT`].
     in_flight: VecDeque<InFlight>,
+    /// The durable task's queue, until [`Flusher::run`] starts the task.
+    durable_rx: Option<mpsc::Receiver<durable::Waiting>>,
+    /// How long the durable task waits for Redis before it spools.
+    durable_wait: Duration,
 }
 
 /// A pipelined batch Redis has not answered yet.
@@ -120,6 +127,8 @@ struct Shared {
     /// "Records dropped" warnings, at most one every 10 s.
     drop_warnings: Throttle,
     shutdown_timeout: Duration,
+    /// Received records of `closed` calls, to the durable task (see `durable.rs`).
+    durable_tx: mpsc::Sender<durable::Waiting>,
 }
 
 impl RedisQueue {
@@ -142,6 +151,7 @@ impl RedisQueue {
             None => None,
         };
         let (tx, rx) = mpsc::channel(config.buffer);
+        let (durable_tx, durable_rx) = mpsc::channel(durable::WAITING);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (done_tx, done_rx) = watch::channel(false);
         // With a spool, the directory keeps the name and the sequence across restarts, so a
@@ -173,6 +183,7 @@ impl RedisQueue {
             done: done_rx,
             drop_warnings: Throttle::new(Duration::from_secs(10)),
             shutdown_timeout: config.shutdown_timeout,
+            durable_tx,
         });
         if let Some(spool) = &shared.spool {
             shared.counters.set_spool_bytes(lock(spool).bytes());
@@ -192,6 +203,8 @@ impl RedisQueue {
             replaying: None,
             held: Vec::new(),
             in_flight: VecDeque::new(),
+            durable_rx: Some(durable_rx),
+            durable_wait: config.durable_redis_wait,
         };
         Ok((RedisQueue { shared }, flusher))
     }
@@ -240,6 +253,21 @@ impl RedisQueue {
 }
 
 impl RecordSink for RedisQueue {
+    fn enqueue_durable(&self, record: RecordRef<'_>) -> Durable {
+        if self.shared.stopping.load(Ordering::Relaxed) {
+            return Durable::ready(Err(NotDurable));
+        }
+        self.shared.counters.enqueued.increment();
+        let (payload, seq) = self.shared.stamp.encode_ref_seq(&record);
+        drop(record);
+        let (ack, answer) = tokio::sync::oneshot::channel();
+        match self.shared.durable_tx.try_send((payload, ack)) {
+            Ok(()) => Durable::waiting(answer, seq),
+            // More closed calls waiting than a round takes: refused, not queued further.
+            Err(_) => Durable::ready(Err(NotDurable)),
+        }
+    }
+
     fn enqueue(&self, mut record: AuditRecord) -> Result<Accepted, Dropped> {
         self.shared.counters.enqueued.increment();
         // Serialised here, on the caller's thread: the record's many small allocations are

@@ -401,6 +401,28 @@ impl Row {
     pub(crate) fn all(records: &[Incoming]) -> Vec<Row> {
         records.iter().map(Row::of).collect()
     }
+
+    /// The rows with one per `id`: the complete record where a received one (outcome
+    /// `unknown`) has it too, else the first.
+    pub(crate) fn one_per_id(rows: Vec<Row>) -> Vec<Row> {
+        let mut kept: Vec<Row> = Vec::with_capacity(rows.len());
+        let mut at: std::collections::HashMap<String, usize> =
+            std::collections::HashMap::with_capacity(rows.len());
+        for row in rows {
+            match at.get(&row.id) {
+                Some(&i) => {
+                    if kept[i].outcome == "unknown" && row.outcome != "unknown" {
+                        kept[i] = row;
+                    }
+                }
+                None => {
+                    at.insert(row.id.clone(), kept.len());
+                    kept.push(row);
+                }
+            }
+        }
+        kept
+    }
 }
 
 impl Cursor {

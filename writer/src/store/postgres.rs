@@ -379,7 +379,10 @@ async fn page(client: &Client, query: &Query) -> Result<Page, StoreError> {
 
 /// Inserts one part of a batch in one transaction; returns how many records were new.
 async fn insert_part(client: &Mutex<Client>, records: &[Incoming]) -> Result<usize, StoreError> {
-    let rows = Row::all(records);
+    // One row per `id`: `ON CONFLICT DO UPDATE` refuses a command that would touch one row
+    // twice, which a batch holding a record twice (a redelivery), or a received record and
+    // its complete one, would.
+    let rows = Row::one_per_id(Row::all(records));
     // Two statements a batch, whatever its size: the columns go over as arrays.
     let mut ids = Vec::with_capacity(rows.len());
     let mut times = Vec::with_capacity(rows.len());
@@ -409,7 +412,11 @@ async fn insert_part(client: &Mutex<Client>, records: &[Incoming]) -> Result<usi
         .query(
             "INSERT INTO records (id, time_us, record, operation, actor, request_id, outcome, status, origin_instance, origin_seq)
              SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int[], $9::text[], $10::bigint[])
-             ON CONFLICT (time_us, id) DO NOTHING
+             ON CONFLICT (time_us, id) DO UPDATE SET record = EXCLUDED.record,
+                 operation = EXCLUDED.operation, actor = EXCLUDED.actor,
+                 request_id = EXCLUDED.request_id, outcome = EXCLUDED.outcome,
+                 status = EXCLUDED.status
+             WHERE records.outcome = 'unknown' AND EXCLUDED.outcome <> 'unknown'
              RETURNING seq, id",
             &[&ids, &times, &jsons, &operations, &actors, &request_ids, &outcomes, &statuses, &instances, &seqs],
         )

@@ -312,24 +312,37 @@ impl Store for SqliteStore {
             let tx = conn.transaction()?;
             let mut inserted = 0;
             {
+                // A record whose `id` is stored already is a redelivery, ignored; except that a
+                // complete record replaces its received one (a `closed` call's record made
+                // before it was forwarded, outcome `unknown`), whichever of the two came first.
                 let mut insert = tx.prepare_cached(
                     "INSERT INTO records (id, time_us, record, operation, actor, request_id, outcome, status, origin_instance, origin_seq)
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                     ON CONFLICT (id) DO UPDATE SET record = excluded.record,
+                         operation = excluded.operation, actor = excluded.actor,
+                         request_id = excluded.request_id, outcome = excluded.outcome,
+                         status = excluded.status
+                     WHERE records.outcome = 'unknown' AND excluded.outcome <> 'unknown'
+                     RETURNING seq",
                 )?;
                 let mut resource = tx.prepare_cached(
                     "INSERT OR IGNORE INTO resources (bucket, key, record_seq) VALUES (?, ?, ?)",
                 )?;
                 let mut buckets = Vec::new();
                 for r in &rows {
-                    let changed = insert.execute(params![
-                        r.id, r.time_us, r.json, r.operation, r.actor, r.request_id, r.outcome,
-                        r.status, r.instance, r.origin_seq
-                    ])?;
-                    if changed == 0 {
+                    let stored: Option<i64> = insert
+                        .query_row(
+                            params![
+                                r.id, r.time_us, r.json, r.operation, r.actor, r.request_id,
+                                r.outcome, r.status, r.instance, r.origin_seq
+                            ],
+                            |row| row.get(0),
+                        )
+                        .optional()?;
+                    let Some(record_seq) = stored else {
                         continue; // already stored: exactly once
-                    }
+                    };
                     inserted += 1;
-                    let record_seq = tx.last_insert_rowid();
                     let bucket = record_seq >> BUCKET_BITS;
                     if buckets.last() != Some(&bucket) {
                         buckets.push(bucket);
