@@ -46,6 +46,10 @@ impl RecordSink for Encode {
     fn can_accept(&self) -> bool {
         true
     }
+
+    fn enqueue_durable(&self, record: RecordRef<'_>) -> auditgate_queue::Durable {
+        auditgate_queue::Durable::enqueued(self.enqueue_ref(record))
+    }
 }
 
 /// Runs a future that never waits (everything here is ready at once).

@@ -134,6 +134,10 @@ impl RecordSink for Discard {
     fn can_accept(&self) -> bool {
         true
     }
+
+    fn enqueue_durable(&self, record: RecordRef<'_>) -> auditgate_queue::Durable {
+        auditgate_queue::Durable::enqueued(self.enqueue_ref(record))
+    }
 }
 
 async fn upload(State(lib): State<Shared>, Json(body): Json<Value>) -> (StatusCode, Json<Value>) {

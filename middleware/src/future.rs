@@ -4,8 +4,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use auditgate_call::{AuditedCall, Refusal};
-use auditgate_queue::RecordSink;
+use auditgate_call::{AuditedCall, Refusal, RequestCapture};
+use auditgate_queue::{Durable, RecordSink};
 use auditgate_rules::Outcome;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
@@ -30,8 +30,9 @@ pin_project! {
     #[derive(Debug)]
     enum Kind<F, S, B: Body, K: RecordSink> {
         Passthrough { #[pin] future: F },
-        // Reading the request body's start; the service is called once it is read.
-        Reading { reading: Option<Box<Reading<S, B, K>>> },
+        // Waiting for the received record to be durable, or reading the request body's start;
+        // the service is called after.
+        Waiting { waiting: Option<Box<Waiting<S, B, K>>> },
         Audited {
             #[pin]
             future: F,
@@ -42,14 +43,57 @@ pin_project! {
     }
 }
 
-/// A call waiting for its request body's start (see [`ReadAhead`]).
+/// A call not yet handed to the service: a `closed` call waiting for its received record to be
+/// durable (bounded by the settings' `closed_timeout`, then refused with 503), and a call whose
+/// rule reads the body waiting for the body's start (see [`ReadAhead`]).
 #[derive(Debug)]
-struct Reading<S, B: Body, K: RecordSink> {
-    service: S,
-    parts: http::request::Parts,
-    read: ReadAhead<B>,
-    call: AuditedCall<K>,
-    request_id: Option<(HeaderName, HeaderValue)>,
+pub(crate) struct Waiting<S, B: Body, K: RecordSink> {
+    pub(crate) service: S,
+    pub(crate) parts: http::request::Parts,
+    pub(crate) body: Option<WaitingBody<B>>,
+    pub(crate) durable: Option<(Durable, Pin<Box<tokio::time::Sleep>>)>,
+    pub(crate) call: Option<AuditedCall<K>>,
+    pub(crate) request_id: Option<(HeaderName, HeaderValue)>,
+}
+
+/// The request body of a waiting call.
+#[derive(Debug)]
+pub(crate) enum WaitingBody<B: Body> {
+    /// Passed on as it is, with its capture (if a rule reads it).
+    Plain(B, Option<RequestCapture>),
+    /// Its start is read before the service is called.
+    ReadAhead(ReadAhead<B>),
+}
+
+/// What a waiting call does next.
+enum Next {
+    Call,
+    Refuse,
+}
+
+impl<S, B: Body, K: RecordSink> Waiting<S, B, K> {
+    /// Waits for durability, then for the body's start.
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Next> {
+        if let Some((durable, timeout)) = &mut self.durable {
+            match Pin::new(durable).poll(cx) {
+                Poll::Ready(Ok(seq)) => {
+                    if let Some(call) = self.call.as_mut() {
+                        call.received_is_durable(seq);
+                    }
+                    self.durable = None;
+                }
+                Poll::Ready(Err(_)) => return Poll::Ready(Next::Refuse),
+                Poll::Pending => {
+                    ready!(timeout.as_mut().poll(cx));
+                    return Poll::Ready(Next::Refuse);
+                }
+            }
+        }
+        if let Some(WaitingBody::ReadAhead(read)) = &mut self.body {
+            ready!(read.poll_read(cx));
+        }
+        Poll::Ready(Next::Call)
+    }
 }
 
 impl<F, S, B: Body, K: RecordSink> ResponseFuture<F, S, B, K> {
@@ -73,23 +117,11 @@ impl<F, S, B: Body, K: RecordSink> ResponseFuture<F, S, B, K> {
         }
     }
 
-    /// Reads the start of the request body, then calls `service` with it.
-    pub(crate) fn reading(
-        service: S,
-        parts: http::request::Parts,
-        read: ReadAhead<B>,
-        call: AuditedCall<K>,
-        request_id: Option<(HeaderName, HeaderValue)>,
-    ) -> Self {
+    /// Waits as `waiting` says, then calls its service.
+    pub(crate) fn waiting(waiting: Waiting<S, B, K>) -> Self {
         ResponseFuture {
-            kind: Kind::Reading {
-                reading: Some(Box::new(Reading {
-                    service,
-                    parts,
-                    read,
-                    call,
-                    request_id,
-                })),
+            kind: Kind::Waiting {
+                waiting: Some(Box::new(waiting)),
             },
         }
     }
@@ -114,31 +146,46 @@ where
     type Output = Result<Response<ResponseBody<ResBody, K>>, E>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if let KindProj::Reading { reading } = self.as_mut().project().kind.project() {
-            let Some(waiting) = reading.as_mut() else {
+        if let KindProj::Waiting { waiting } = self.as_mut().project().kind.project() {
+            let Some(w) = waiting.as_mut() else {
                 unreachable!("a ResponseFuture is not polled after it completed");
             };
-            ready!(waiting.read.poll_read(cx));
-            let Some(waiting) = reading.take() else {
+            let next = ready!(w.poll_ready(cx));
+            let Some(w) = waiting.take() else {
                 unreachable!("checked above");
             };
-            let Reading {
+            let Waiting {
                 mut service,
                 parts,
-                read,
+                body,
                 call,
                 request_id,
-            } = *waiting;
-            let request = Request::from_parts(parts, RequestBody::after_read_ahead(read));
-            let future = service.call(request);
-            self.as_mut().project().kind.set(Kind::Audited {
-                future,
-                call: Some(call),
-                request_id,
-            });
+                ..
+            } = *w;
+            let (Some(call), Some(body)) = (call, body) else {
+                unreachable!("a waiting call has its call and body until it moves on");
+            };
+            let next_kind = match next {
+                // Never handed to the service: the record says so, the client gets the 503.
+                Next::Refuse => Kind::Refused {
+                    refusal: Some(call.refuse()),
+                },
+                Next::Call => {
+                    let body = match body {
+                        WaitingBody::Plain(body, capture) => RequestBody::capturing(body, capture),
+                        WaitingBody::ReadAhead(read) => RequestBody::after_read_ahead(read),
+                    };
+                    Kind::Audited {
+                        future: service.call(Request::from_parts(parts, body)),
+                        call: Some(call),
+                        request_id,
+                    }
+                }
+            };
+            self.as_mut().project().kind.set(next_kind);
         }
         match self.project().kind.project() {
-            KindProj::Reading { .. } => unreachable!("left above"),
+            KindProj::Waiting { .. } => unreachable!("left above"),
             KindProj::Passthrough { future } => {
                 let result = ready!(future.poll(cx));
                 Poll::Ready(result.map(|r| r.map(ResponseBody::passthrough)))

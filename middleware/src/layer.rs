@@ -69,6 +69,13 @@ impl<K: RecordSink + Clone> AuditLayer<K> {
         self
     }
 
+    /// How long a call to an `on_queue_failure: closed` rule waits for its received record to
+    /// be durable before it is refused with 503 and the handler is never called (default 2 s).
+    pub fn closed_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.settings_mut().call.closed_timeout = timeout;
+        self
+    }
+
     fn settings_mut(&mut self) -> &mut Settings {
         // Settings are only changed while building the layer, before it is cloned.
         if Arc::get_mut(&mut self.settings).is_none() {

@@ -11,6 +11,7 @@ use tower_service::Service;
 
 use crate::body::{ReadAhead, RequestBody, ResponseBody};
 use crate::future::ResponseFuture;
+use crate::future::{Waiting, WaitingBody};
 use crate::layer::Settings;
 use crate::{RequestId, VerifiedClaims};
 
@@ -74,19 +75,34 @@ where
             call.set_claims(CallerClaims::Verified(claims.0.clone()));
         }
         let request_id = header_value.map(|v| (header, v));
-        match call.request_capture() {
+        // A `closed` call waits for its received record to be durable before the handler runs.
+        let durable = call.is_closed().then(|| {
+            (
+                call.make_received_durable(),
+                Box::pin(tokio::time::sleep(settings.call.closed_timeout)),
+            )
+        });
+        let body = match call.request_capture() {
             // The rule reads the body: read its start before the handler can answer without it.
             Some(capture) if !body.is_end_stream() => {
-                let clone = self.inner.clone();
-                let ready = std::mem::replace(&mut self.inner, clone);
-                let read = ReadAhead::new(body, capture, settings.call.capture_limit);
-                ResponseFuture::reading(ready, parts, read, call, request_id)
+                WaitingBody::ReadAhead(ReadAhead::new(body, capture, settings.call.capture_limit))
             }
+            capture if durable.is_some() => WaitingBody::Plain(body, capture),
             capture => {
                 let request = Request::from_parts(parts, RequestBody::capturing(body, capture));
-                ResponseFuture::audited(self.inner.call(request), call, request_id)
+                return ResponseFuture::audited(self.inner.call(request), call, request_id);
             }
-        }
+        };
+        let clone = self.inner.clone();
+        let ready = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture::waiting(Waiting {
+            service: ready,
+            parts,
+            body: Some(body),
+            durable,
+            call: Some(call),
+            request_id,
+        })
     }
 }
 

@@ -513,7 +513,71 @@ async fn closed_rules_answer_503_without_calling_the_handler_when_the_sink_refus
     .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(calls.load(Ordering::SeqCst), 1);
-    assert_eq!(only(&sink).operation, "secret.update");
+    // A closed call's received record first (made durable before the handler ran), then its
+    // complete record under the same id.
+    let records = sink.take();
+    assert_eq!(records.len(), 2, "{records:#?}");
+    let (received, complete) = (&records[0], &records[1]);
+    assert_eq!(received.stage, Some(auditgate_rules::Stage::Received));
+    assert_eq!(received.outcome, Outcome::Unknown);
+    assert_eq!(received.response.status, None);
+    assert_eq!(complete.stage, None);
+    assert_eq!(complete.outcome, Outcome::Success);
+    assert_eq!(complete.id, received.id, "one record to the store");
+    assert_eq!(complete.operation, "secret.update");
+}
+
+/// A closed call whose received record is not durable within `closed_timeout` is refused with
+/// 503, and the handler never runs: a sink that never answers stands for a stalled Redis.
+#[tokio::test]
+async fn a_closed_call_not_durable_in_time_is_refused_before_the_handler() {
+    #[derive(Clone)]
+    struct Stalled(MemorySink);
+    impl auditgate_queue::RecordSink for Stalled {
+        fn enqueue(
+            &self,
+            r: AuditRecord,
+        ) -> Result<auditgate_queue::Accepted, auditgate_queue::Dropped> {
+            self.0.enqueue(r)
+        }
+        fn can_accept(&self) -> bool {
+            true
+        }
+        fn enqueue_durable(&self, _: auditgate_rules::RecordRef<'_>) -> auditgate_queue::Durable {
+            // Never resolves while the sender lives.
+            let (tx, rx) = tokio::sync::oneshot::channel::<bool>();
+            std::mem::forget(tx);
+            auditgate_queue::Durable::from_channel(rx)
+        }
+    }
+    let sink = MemorySink::new();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let app = Router::new()
+        .route(
+            "/api/repos/{*rest}",
+            put(move || {
+                c.fetch_add(1, Ordering::SeqCst);
+                async { "stored" }
+            }),
+        )
+        .layer(
+            AuditLayer::new(rules(), Stalled(sink.clone()))
+                .closed_timeout(Duration::from_millis(200)),
+        );
+    let started = std::time::Instant::now();
+    let (status, _, _) = send(
+        app,
+        Request::put("/api/repos/acme/site/secrets/TOKEN")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    assert_eq!(calls.load(Ordering::SeqCst), 0, "the handler never ran");
+    let r = only(&sink);
+    assert_eq!((r.outcome, r.response.status), (Outcome::Error, Some(503)));
 }
 
 /// A body that arrives in `chunks` pieces of `size` bytes each.

@@ -183,6 +183,8 @@ pub fn run(
         .origin_kind("proxy");
     queue_config.redis = config.redis.clone();
     queue_config.shutdown_timeout = grace / 2;
+    // A closed call's received record waits for Redis half its time, then for the spool.
+    queue_config.durable_redis_wait = Duration::from_millis(config.closed_timeout_ms) / 2;
     let (queue, flusher) = RedisQueue::new(queue_config)?;
     let queue = Arc::new(queue);
 

@@ -98,6 +98,11 @@ impl RecordSink for CountedQueue {
     fn can_accept(&self) -> bool {
         self.0.can_accept()
     }
+
+    fn enqueue_durable(&self, record: RecordRef<'_>) -> auditgate_queue::Durable {
+        // Counted with its complete record, which follows under the same id.
+        self.0.enqueue_durable(record)
+    }
 }
 
 /// Installs the Prometheus recorder for the whole process: once, first, by the binary (a

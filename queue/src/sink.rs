@@ -45,13 +45,12 @@ pub trait RecordSink: Send + Sync + 'static {
 
     /// Makes a record durable before the caller acts on it — a `closed` call's received
     /// record, before the call is forwarded — and says when it is: the returned [`Durable`]
-    /// resolves to `Ok(seq)` (the `origin.seq` stamped, for the complete record to share)
-    /// once Redis acknowledged the record or the spool has it on disk. The caller decides how
-    /// long to wait. The default, for sinks with nothing slower than memory, enqueues it and
-    /// resolves at once.
-    fn enqueue_durable(&self, record: RecordRef<'_>) -> Durable {
-        Durable::ready(self.enqueue_ref(record).map(|_| 0).map_err(|_| NotDurable))
-    }
+    /// resolves to `Ok(seq)` (the `origin.seq` stamped, for the complete record to share;
+    /// `0` when the sink stamps none) once Redis acknowledged the record or the spool has it
+    /// on disk. The caller decides how long to wait. No default: a sink that wraps another
+    /// must pass this on, or `closed` would silently mean less. A sink with nothing more
+    /// durable than its `enqueue` answers [`Durable::enqueued`].
+    fn enqueue_durable(&self, record: RecordRef<'_>) -> Durable;
 }
 
 /// A record that could not be made durable (Redis did not acknowledge it and the spool could
@@ -76,9 +75,21 @@ impl Durable {
         Durable(DurableState::Ready(Some(result)))
     }
 
+    /// The answer of a sink whose `enqueue` is as durable as it gets (memory, a test's sink):
+    /// durable when enqueued.
+    pub fn enqueued(result: Result<Accepted, Dropped>) -> Durable {
+        Durable::ready(result.map(|_| 0).map_err(|_| NotDurable))
+    }
+
     /// An answer a task gives later (`true`: durable) for the record stamped `seq`.
     pub(crate) fn waiting(rx: tokio::sync::oneshot::Receiver<bool>, seq: u64) -> Durable {
         Durable(DurableState::Waiting(rx, seq))
+    }
+
+    /// An answer another sink's task gives later on `rx` (`true`: durable), for a sink that
+    /// stamps no sequence.
+    pub fn from_channel(rx: tokio::sync::oneshot::Receiver<bool>) -> Durable {
+        Durable::waiting(rx, 0)
     }
 }
 
@@ -309,6 +320,10 @@ impl RecordSink for MemorySink {
 
     fn can_accept(&self) -> bool {
         self.inner.accepting.load(Ordering::SeqCst)
+    }
+
+    fn enqueue_durable(&self, record: RecordRef<'_>) -> Durable {
+        Durable::enqueued(self.enqueue_ref(record))
     }
 }
 

@@ -32,6 +32,11 @@ rules:
     when: { body: /fileIds }
     resources: [{ type: file, id: "{body/fileIds}" }]
     details: { tags: "{body/tags}" }
+  - operation: secret.update
+    method: PUT
+    path: /api/repos/{*repo}/secrets/{key}
+    resources: [{ type: secret, id: "{path.key}" }]
+    on_queue_failure: closed
 "#;
 
 /// One call of an attack: method, target, headers, body.
@@ -613,4 +618,108 @@ fn records_lost_in_a_crash_lie_inside_a_reported_gap() {
         after > 41,
         "the new proxy continues past the dead one's numbers: {after}"
     );
+}
+
+/// Issue 14's scenario for `closed` rules: Redis stalls, 40 concurrent calls to a `closed`
+/// rule and 40 to an `open` one are all answered 2xx, the proxy is killed with SIGKILL, Redis
+/// resumes and a new proxy starts on the same spool. Every `closed` call that got a 2xx is in
+/// the store (its received record was on disk before the upstream was called; the complete one
+/// died with the proxy, so it shows as outcome `unknown`), and every `open` record that is not
+/// lies inside a range `/api/v1/gaps` reports.
+#[test]
+fn closed_calls_answered_2xx_survive_a_crash_with_redis_stalled() {
+    let redis = RedisServer::start();
+    let upstream = UpstreamProcess::start();
+    let writer = WriterProcess::start(&redis.url(), "sqlite://audit.db", "");
+    let spool = tempfile::tempdir().unwrap();
+    // A generous bound, for a loaded test machine: half of it for Redis, then the spool.
+    let extra = format!(
+        "spool: {{ dir: {} }}\nclosed_timeout_ms: 4000\n",
+        spool.path().display()
+    );
+    let mut proxy = ProxyProcess::start(&upstream.addr, &redis.url(), RULES, &extra);
+    let mut conn = redis.connection().unwrap();
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(60_000)
+        .arg("WRITE")
+        .query(&mut conn)
+        .unwrap();
+    let addr = proxy.addr.clone();
+    let closed: Vec<_> = (0..40)
+        .map(|n| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                let path = format!("/api/repos/acme/site/secrets/key-{n}");
+                http(&addr, "PUT", &path, &[("X-User-Id", "u_s")], b"")
+                    .unwrap()
+                    .status
+            })
+        })
+        .collect();
+    let closed: Vec<u16> = closed.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(
+        closed.iter().all(|s| *s == 200),
+        "closed calls are answered once their received record is on disk: {closed:?}"
+    );
+    for n in 0..40 {
+        let path = format!("/v1/files/open-{n}");
+        let answer = http(&proxy.addr, "DELETE", &path, &[("X-User-Id", "u_o")], b"").unwrap();
+        assert_eq!(answer.status, 200);
+    }
+    proxy.child.0.kill().unwrap(); // SIGKILL
+    proxy.child.0.wait().unwrap();
+    let _: () = redis::cmd("CLIENT")
+        .arg("UNPAUSE")
+        .query(&mut conn)
+        .unwrap();
+    let next = ProxyProcess::start(&upstream.addr, &redis.url(), RULES, &extra);
+
+    let secrets = |w: &WriterProcess| {
+        let page = w
+            .get("/api/v1/records?operation=secret.update&limit=1000")
+            .json();
+        page["records"].as_array().unwrap().clone()
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || secrets(&writer).len() == 40),
+        "{} of the 40 closed calls are in the store; stream {}, dead {}, spool {:?}\nfirst:\n{}\nnext:\n{}",
+        secrets(&writer).len(),
+        redis.len("auditgate:records"),
+        redis.len(DEAD),
+        std::fs::read_dir(spool.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect::<Vec<_>>(),
+        proxy.stderr(),
+        next.stderr()
+    );
+    for r in secrets(&writer) {
+        assert!(
+            r["outcome"] == "unknown" || r["outcome"] == "success",
+            "a received record stays, outcome unknown, unless its complete one came: {r}"
+        );
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let all = writer.get("/api/v1/records?limit=1000").json()["records"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let gaps = writer.get("/api/v1/gaps").json()["gaps"].clone();
+    let stored: std::collections::HashSet<u64> = all
+        .iter()
+        .map(|r| r["origin"]["seq"].as_u64().unwrap())
+        .collect();
+    let highest = stored.iter().copied().max().unwrap();
+    for seq in 1..=highest {
+        let in_a_gap = gaps
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["from"].as_u64().unwrap() <= seq && seq <= g["to"].as_u64().unwrap());
+        assert!(
+            stored.contains(&seq) || in_a_gap,
+            "origin.seq {seq} is neither stored nor in a gap: {gaps}"
+        );
+    }
 }

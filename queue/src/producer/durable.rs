@@ -24,6 +24,9 @@ pub(crate) type Waiting = (Vec<u8>, oneshot::Sender<bool>);
 /// refused rather than queued behind more than a round can take.
 pub(crate) const WAITING: usize = 4096;
 
+/// How long rounds skip Redis after it failed to answer one in time.
+const SKIP_REDIS_FOR: Duration = Duration::from_secs(1);
+
 /// Runs until the queue shuts down.
 pub(crate) async fn run(
     shared: Arc<Shared>,
@@ -35,6 +38,9 @@ pub(crate) async fn run(
 ) {
     let mut conn: Option<MultiplexedConnection> = None;
     let mut next_key = 0;
+    // After Redis failed to answer in time, rounds go straight to the spool for a while:
+    // calls that queued behind a slow round must not wait for Redis a second time.
+    let mut skip_redis_until: Option<tokio::time::Instant> = None;
     let mut round: Vec<Waiting> = Vec::new();
     loop {
         // Ends with the queue's shutdown: its waiters then learn their record is not durable
@@ -47,6 +53,10 @@ pub(crate) async fn run(
             break;
         }
         let mut left: Vec<Waiting> = Vec::new();
+        if skip_redis_until.is_some_and(|until| tokio::time::Instant::now() < until) {
+            spool_and_sync(&shared, std::mem::take(&mut round)).await;
+            continue;
+        }
         let added = tokio::time::timeout(redis_wait, async {
             if conn.is_none() {
                 let config = AsyncConnectionConfig::new()
@@ -91,6 +101,7 @@ pub(crate) async fn run(
             // may still add some later; the writer keeps one record per `id`.
             _ => {
                 conn = None;
+                skip_redis_until = Some(tokio::time::Instant::now() + SKIP_REDIS_FOR);
                 left.append(&mut round);
             }
         }
