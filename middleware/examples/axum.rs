@@ -18,7 +18,9 @@
 //! ```
 //!
 //! Options: `--listen ADDR` (default 127.0.0.1:3000), `--redis URL` (default
-//! redis://127.0.0.1:6379), `--rules PATH`, `--spool DIR` (default ./spool), and, for
+//! redis://127.0.0.1:6379), `--rules PATH`, `--spool DIR` (default ./spool),
+//! `--closed-timeout-ms N` (default 2000: how long a `closed` rule's call waits for its
+//! received record to be durable before it is refused), and, for
 //! comparing throughput (`scripts/bench middleware`): `--no-audit` to serve the same API
 //! without the layer, `--discard` to serialise each record as the Redis queue does and then
 //! drop it, which tells the layer's own cost from the cost of delivering to Redis.
@@ -67,6 +69,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut spool = "./spool".to_owned();
     let mut audit = true;
     let mut discard = false;
+    let mut closed_timeout_ms: u64 = 2_000;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or(format!("{arg} needs a value"));
@@ -77,6 +80,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--spool" => spool = value()?,
             "--no-audit" => audit = false,
             "--discard" => discard = true,
+            "--closed-timeout-ms" => closed_timeout_ms = value()?.parse()?,
             other => return Err(format!("unknown option {other}").into()),
         }
     }
@@ -99,8 +103,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let rules = RuleSet::load(&rules)?;
-    let queue = RedisQueue::start(QueueConfig::new(redis).spool(spool, 1 << 30))?;
-    let app = app.layer(AuditLayer::new(rules, queue.clone()));
+    let closed_timeout = std::time::Duration::from_millis(closed_timeout_ms);
+    let mut config = QueueConfig::new(redis).spool(spool, 1 << 30);
+    // A closed call's received record waits for Redis half its time, then for the spool.
+    config.durable_redis_wait = closed_timeout / 2;
+    let queue = RedisQueue::start(config)?;
+    let app = app.layer(AuditLayer::new(rules, queue.clone()).closed_timeout(closed_timeout));
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),

@@ -723,3 +723,158 @@ fn closed_calls_answered_2xx_survive_a_crash_with_redis_stalled() {
         );
     }
 }
+
+/// The same crash for a service using the layer (the example axum app, `closed` `tag.add` and
+/// `open` `tag.remove`): Redis stalls, calls of both kinds are answered 200, the service is
+/// killed with SIGKILL and restarted on its spool. Every `closed` call is in the store, and
+/// every `origin.seq` up to the highest stored is stored or inside a reported gap.
+#[test]
+fn a_layer_service_killed_with_redis_stalled_keeps_its_closed_calls() {
+    let redis = RedisServer::start();
+    let writer = WriterProcess::start(&redis.url(), "sqlite://audit.db", "");
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.yaml");
+    std::fs::write(
+        &rules,
+        r#"
+version: 1
+service: media-library
+defaults: { actor: ["{header.X-User-Id}"] }
+rules:
+  - operation: tag.add
+    method: POST
+    path: /v1/files/addTags
+    resources: [{ type: file, id: "{body/fileIds}" }]
+    on_queue_failure: closed
+  - operation: tag.remove
+    method: POST
+    path: /v1/files/removeTags
+    resources: [{ type: file, id: "{body/fileIds}" }]
+"#,
+    )
+    .unwrap();
+    let spool = dir.path().join("spool");
+    let start = || {
+        let mut child = std::process::Command::new(example_bin("axum"))
+            .args(["--listen", "127.0.0.1:0", "--redis", &redis.url()])
+            .arg("--rules")
+            .arg(&rules)
+            .arg("--spool")
+            .arg(&spool)
+            .args(["--closed-timeout-ms", "4000"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let addr = auditgate_tests::wait_for_line(&mut child, "listening on http://");
+        (auditgate_tests::ChildGuard(child), addr)
+    };
+    let (mut service, addr) = start();
+    let json = ("Content-Type", "application/json");
+    let upload = http(
+        &addr,
+        "POST",
+        "/v1/files",
+        &[json],
+        br#"{"fileName":"a.png","folder":"/x"}"#,
+    )
+    .unwrap();
+    let file_id = upload.json()["fileId"].as_str().unwrap().to_owned();
+    let mut conn = redis.connection().unwrap();
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(60_000)
+        .arg("WRITE")
+        .query(&mut conn)
+        .unwrap();
+    let closed: Vec<_> = (0..20)
+        .map(|n| {
+            let (addr, file_id) = (addr.clone(), file_id.clone());
+            std::thread::spawn(move || {
+                let body = format!(r#"{{"fileIds":["{file_id}"],"tags":["t{n}"]}}"#);
+                let headers = [("Content-Type", "application/json"), ("X-User-Id", "u_l")];
+                http(
+                    &addr,
+                    "POST",
+                    "/v1/files/addTags",
+                    &headers,
+                    body.as_bytes(),
+                )
+                .unwrap()
+                .status
+            })
+        })
+        .collect();
+    let closed: Vec<u16> = closed.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(closed.iter().all(|s| *s == 200), "{closed:?}");
+    for n in 0..20 {
+        let body = format!(r#"{{"fileIds":["{file_id}"],"tags":["t{n}"]}}"#);
+        let answer = http(
+            &addr,
+            "POST",
+            "/v1/files/removeTags",
+            &[json],
+            body.as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(answer.status, 200);
+    }
+    service.0.kill().unwrap(); // SIGKILL
+    service.0.wait().unwrap();
+    let _: () = redis::cmd("CLIENT")
+        .arg("UNPAUSE")
+        .query(&mut conn)
+        .unwrap();
+    let _restarted = start();
+
+    let added = || {
+        writer
+            .get("/api/v1/records?operation=tag.add&limit=1000")
+            .json()["records"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || added() == 20),
+        "{} of the 20 closed calls are in the store",
+        added()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let all = writer.get("/api/v1/records?limit=1000").json()["records"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let gaps = writer.get("/api/v1/gaps").json()["gaps"].clone();
+    let stored: std::collections::HashSet<u64> = all
+        .iter()
+        .map(|r| r["origin"]["seq"].as_u64().unwrap())
+        .collect();
+    for seq in 1..=stored.iter().copied().max().unwrap() {
+        let in_a_gap = gaps
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["from"].as_u64().unwrap() <= seq && seq <= g["to"].as_u64().unwrap());
+        assert!(
+            stored.contains(&seq) || in_a_gap,
+            "origin.seq {seq}: {gaps}"
+        );
+    }
+}
+
+/// A binary of a workspace example (`target/<profile>/examples/NAME`), which `cargo test`
+/// builds with the tests.
+fn example_bin(name: &str) -> std::path::PathBuf {
+    let mut dir = std::env::current_exe().unwrap();
+    dir.pop();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo test --workspace` (which builds the examples)",
+        path.display()
+    );
+    path
+}
