@@ -129,6 +129,8 @@ struct Shared {
     shutdown_timeout: Duration,
     /// Received records of `closed` calls, to the durable task (see `durable.rs`).
     durable_tx: mpsc::Sender<durable::Waiting>,
+    /// The spool's bound, for `can_accept` when the spool is busy.
+    spool_max_bytes: u64,
 }
 
 impl RedisQueue {
@@ -184,6 +186,7 @@ impl RedisQueue {
             drop_warnings: Throttle::new(Duration::from_secs(10)),
             shutdown_timeout: config.shutdown_timeout,
             durable_tx,
+            spool_max_bytes: config.spool.as_ref().map_or(0, |s| s.max_bytes),
         });
         if let Some(spool) = &shared.spool {
             shared.counters.set_spool_bytes(lock(spool).bytes());
@@ -290,10 +293,18 @@ impl RecordSink for RedisQueue {
         if buffer_room && shared.redis_up.load(Ordering::Relaxed) {
             return true;
         }
-        shared
-            .spool
-            .as_ref()
-            .is_some_and(|s| lock(s).has_room_for(TYPICAL_RECORD))
+        shared.spool.as_ref().is_some_and(|s| match s.try_lock() {
+            Ok(spool) => spool.has_room_for(TYPICAL_RECORD),
+            Err(std::sync::TryLockError::Poisoned(p)) => {
+                p.into_inner().has_room_for(TYPICAL_RECORD)
+            }
+            // The flusher holds the spool (an fsync, a segment read for replay): the
+            // request thread does not wait for it, and goes by the last size it saw.
+            Err(std::sync::TryLockError::WouldBlock) => {
+                shared.counters.snapshot().spool_bytes + crate::spool::entry_bytes(TYPICAL_RECORD)
+                    <= shared.spool_max_bytes
+            }
+        })
     }
 }
 
