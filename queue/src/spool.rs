@@ -71,7 +71,13 @@ pub struct Spool {
     next_number: u64,
     total_bytes: u64,
     entries: u64,
+    /// When the file system last refused a write (ENOSPC, EIO), until a write succeeds.
+    write_failed_at: Option<std::time::Instant>,
 }
+
+/// After a refused write, how long the spool counts as unable to keep records for callers that
+/// must know (`closed` rules) before one of them may try again.
+const WRITE_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 struct Segment {
@@ -157,6 +163,7 @@ impl Spool {
             next_number,
             total_bytes,
             entries: 0,
+            write_failed_at: None,
         })
     }
 
@@ -180,9 +187,20 @@ impl Spool {
                 .is_none_or(|a| a.segment.bytes <= MAGIC.len() as u64)
     }
 
-    /// Whether an entry of `payload_len` bytes would fit.
+    /// Whether an entry of `payload_len` bytes would fit within `max_bytes`.
     pub fn has_room_for(&self, payload_len: usize) -> bool {
         self.total_bytes + entry_bytes(payload_len) + self.rollover_cost() <= self.max_bytes
+    }
+
+    /// Whether an entry of `payload_len` bytes would be kept: it fits, and the file system did
+    /// not refuse the last write (a full disk is full whatever `max_bytes` says). A second
+    /// after a refusal this is true again, so that one caller tries, and learns whether the
+    /// disk has room now.
+    pub fn would_keep(&self, payload_len: usize) -> bool {
+        self.has_room_for(payload_len)
+            && self
+                .write_failed_at
+                .is_none_or(|at| at.elapsed() >= WRITE_RETRY_AFTER)
     }
 
     /// Entries appended since the spool was opened.
@@ -230,12 +248,14 @@ impl Spool {
             // A partial write leaves a torn entry that readers skip; start a fresh segment so
             // later entries are not hidden behind it.
             self.seal().ok();
+            self.write_failed_at = Some(std::time::Instant::now());
             return Err(e.into());
         }
         active.segment.bytes += entry.len() as u64;
         active.dirty = true;
         self.total_bytes += entry.len() as u64;
         self.entries += 1;
+        self.write_failed_at = None;
         Ok(())
     }
 
@@ -298,11 +318,22 @@ impl Spool {
     fn start_segment(&mut self) -> Result<&mut Active, AppendError> {
         let number = self.next_number;
         let path = self.segment_path(number);
-        let mut file = OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(&path)?;
-        file.write_all(MAGIC)?;
+        let created = OpenOptions::new().create_new(true).append(true).open(&path);
+        let mut file = match created {
+            Ok(file) => file,
+            Err(e) => {
+                self.write_failed_at = Some(std::time::Instant::now());
+                return Err(e.into());
+            }
+        };
+        if let Err(e) = file.write_all(MAGIC) {
+            // A segment without its header would be in the way of the next one, which takes
+            // the same number once the disk has room again.
+            drop(file);
+            let _ = std::fs::remove_file(&path);
+            self.write_failed_at = Some(std::time::Instant::now());
+            return Err(e.into());
+        }
         self.next_number += 1;
         self.total_bytes += MAGIC.len() as u64;
         Ok(self.active.insert(Active {

@@ -503,3 +503,79 @@ async fn a_pipeline_that_fails_in_part_is_not_resent_whole_nor_forever() {
     queue.shutdown().await;
     assert_eq!(xadd_calls(&redis), 100);
 }
+
+/// Unmounts a tmpfs when the test ends, however it ends (lazily: a file may still be open).
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// The spool on a tiny tmpfs, as a full disk: writes fail with ENOSPC. A record the disk
+/// refuses is counted as dropped, `can_accept` (what `closed` rules ask) is false while the
+/// disk refuses, and once space is freed spooling resumes — a segment the full disk left
+/// half-made does not stand in the way of the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_closed_calls_until_space_is_freed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .arg(dir.path())
+        .status();
+    // Mounting needs root, as the PostgreSQL tests' runuser does: scripts/test runs as root.
+    assert!(
+        mounted.is_ok_and(|s| s.success()),
+        "mounting a 64 KiB tmpfs (needs root)"
+    );
+    let _unmount = Unmount(dir.path().to_owned());
+    let filler = dir.path().join("filler");
+    std::fs::write(&filler, vec![0u8; 40 * 1024]).unwrap();
+    let dead_redis = format!("redis://127.0.0.1:{}", free_port());
+    let queue =
+        RedisQueue::start(QueueConfig::new(dead_redis).spool(dir.path().join("spool"), 1 << 30))
+            .unwrap();
+    assert!(queue.can_accept());
+    for n in 0..200 {
+        let _ = queue.enqueue(record(n));
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || queue.stats().dropped > 0),
+        "the full disk refuses records: {:?}",
+        queue.stats()
+    );
+    let stats = queue.stats();
+    assert!(
+        stats.spooled > 0 && stats.spooled + stats.dropped <= 200,
+        "{stats:?}"
+    );
+    assert!(
+        !queue.can_accept(),
+        "a disk that refuses writes is full for closed rules"
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    // A second after the last refusal, a caller may try again.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(
+        queue.can_accept(),
+        "space freed: closed rules are accepted again"
+    );
+    let before = queue.stats();
+    for n in 1000..1005 {
+        queue.enqueue(record(n)).unwrap();
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || queue.stats().spooled
+            >= before.spooled + 5),
+        "spooling resumes: {:?}",
+        queue.stats()
+    );
+    assert_eq!(
+        queue.stats().dropped,
+        before.dropped,
+        "nothing more dropped"
+    );
+    queue.shutdown().await;
+}
