@@ -591,3 +591,70 @@ async fn a_full_disk_refuses_closed_calls_until_space_is_freed() {
     );
     queue.shutdown().await;
 }
+
+/// `enqueue_durable`, the contract `closed` rules stand on, against a real redis-server: every
+/// record of 100 concurrent callers is durable (in the stream) once its answer says so; with
+/// Redis unreachable the spool takes them (on disk once answered); with no spool either, the
+/// answer is that nothing is durable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_means_in_the_stream_or_on_disk_when_answered() {
+    use auditgate_rules::RuleSet;
+    use axum::http;
+    let rules = RuleSet::from_yaml(
+        "r.yaml",
+        "version: 1\nservice: s\nrules:\n  - { operation: x.y, method: POST, path: /x }\n",
+    )
+    .unwrap();
+    let method = http::Method::POST;
+    let uri: http::Uri = "/x".parse().unwrap();
+    let headers = http::HeaderMap::new();
+    let found = rules.matches(&method, "/x").unwrap();
+    let call = auditgate_rules::Call::new(&method, &uri, &headers);
+
+    // Redis up: acknowledged by Redis.
+    let redis = RedisServer::start();
+    let first_spool = tempfile::tempdir().unwrap();
+    let queue = Arc::new(
+        RedisQueue::start(QueueConfig::new(redis.url()).spool(first_spool.path(), 1 << 20))
+            .unwrap(),
+    );
+    let waits: Vec<_> = (0..100)
+        .map(|_| queue.enqueue_durable(found.record_ref(&call).unwrap()))
+        .collect();
+    let mut seqs = HashSet::new();
+    for wait in waits {
+        seqs.insert(wait.await.expect("durable"));
+    }
+    assert_eq!(seqs.len(), 100, "each has its own origin.seq");
+    assert_eq!(redis.len(STREAM), 100, "all in the stream once answered");
+    queue.shutdown().await;
+
+    // Redis unreachable: the spool takes them, on disk once answered.
+    let spool = tempfile::tempdir().unwrap();
+    let dead = format!("redis://127.0.0.1:{}", free_port());
+    let mut config = QueueConfig::new(dead.clone()).spool(spool.path(), 1 << 20);
+    config.durable_redis_wait = Duration::from_millis(200);
+    let queue = RedisQueue::start(config).unwrap();
+    for _ in 0..10 {
+        queue
+            .enqueue_durable(found.record_ref(&call).unwrap())
+            .await
+            .expect("durable in the spool");
+    }
+    assert_eq!(queue.stats().spooled, 10);
+    queue.shutdown().await;
+
+    // Neither: not durable.
+    let mut config = QueueConfig::new(dead);
+    config.spool = None;
+    config.durable_redis_wait = Duration::from_millis(200);
+    let queue = RedisQueue::start(config).unwrap();
+    let answer = queue
+        .enqueue_durable(found.record_ref(&call).unwrap())
+        .await;
+    assert!(
+        answer.is_err(),
+        "without Redis or a spool nothing is durable"
+    );
+    queue.shutdown().await;
+}
