@@ -449,6 +449,13 @@ fn parse_record(field: Option<&[u8]>) -> Result<AuditRecord, String> {
     let Some(bytes) = field else {
         return Err("the entry has no `record` field".to_owned());
     };
+    read_record(bytes)
+}
+
+/// A record's JSON as the writer reads it from the stream: the record, or why it is not one
+/// (it then goes to the dead letters). Public so that what producers write can be tested
+/// against the very reader that takes it.
+pub fn read_record(bytes: &[u8]) -> Result<AuditRecord, String> {
     let record: AuditRecord =
         serde_json::from_slice(bytes).map_err(|e| format!("not an audit record: {e}"))?;
     if record.schema != SCHEMA_VERSION {

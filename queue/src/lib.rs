@@ -41,7 +41,7 @@ pub mod spool;
 mod throttle;
 
 pub use config::{DEFAULT_GROUP, DEFAULT_STREAM, QueueConfig, RedisConfig, SpoolConfig};
-pub use consumer::{Consumer, ConsumerConfig, Delivery};
+pub use consumer::{Consumer, ConsumerConfig, Delivery, read_record};
 pub use error::QueueError;
 pub use metrics::{QueueStats, names as metric_names};
 pub use producer::{Flusher, RedisQueue};

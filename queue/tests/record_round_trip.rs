@@ -24,7 +24,7 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use auditgate_rules::{AuditRecord, Call, OriginJson, Outcome, RuleSet, SCHEMA_VERSION};
+use auditgate_rules::{AuditRecord, Call, OriginJson, Outcome, RuleSet};
 use proptest::prelude::*;
 use serde_json::Value;
 
@@ -48,21 +48,9 @@ fn config(cases: u32) -> ProptestConfig {
     }
 }
 
-/// The consumer's `parse_record` (queue/src/consumer.rs), as it is: serde_json's reader with
-/// its default limits, then the schema check. Kept in step with it by hand: it is private.
+/// The reader the writer's consumer takes stream entries with.
 fn parse_record(field: Option<&[u8]>) -> Result<AuditRecord, String> {
-    let Some(bytes) = field else {
-        return Err("the entry has no `record` field".to_owned());
-    };
-    let record: AuditRecord =
-        serde_json::from_slice(bytes).map_err(|e| format!("not an audit record: {e}"))?;
-    if record.schema != SCHEMA_VERSION {
-        return Err(format!(
-            "unsupported schema {} (this writer reads {SCHEMA_VERSION})",
-            record.schema
-        ));
-    }
-    Ok(record)
+    auditgate_queue::read_record(field.ok_or("no record")?)
 }
 
 /// Rules whose templates read every part of a call: the whole request and response bodies
