@@ -93,6 +93,28 @@ impl RedisServer {
         }
     }
 
+    /// `CLIENT PAUSE 60000 WRITE`: Redis keeps its connections and answers reads, but runs no
+    /// write until [`RedisServer::resume_writes`] — a fork, a failover, a partition that does
+    /// not reset, as a producer sees them.
+    pub fn pause_writes(&self) {
+        let mut conn = self.connection().expect("connect to redis");
+        let _: () = redis::cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(60_000)
+            .arg("WRITE")
+            .query(&mut conn)
+            .expect("CLIENT PAUSE");
+    }
+
+    /// `CLIENT UNPAUSE`.
+    pub fn resume_writes(&self) {
+        let mut conn = self.connection().expect("connect to redis");
+        let _: () = redis::cmd("CLIENT")
+            .arg("UNPAUSE")
+            .query(&mut conn)
+            .expect("CLIENT UNPAUSE");
+    }
+
     /// A plain (blocking) connection for checks.
     pub fn connection(&self) -> redis::RedisResult<redis::Connection> {
         redis::Client::open(self.url())?.get_connection_with_timeout(Duration::from_secs(1))

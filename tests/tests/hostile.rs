@@ -455,13 +455,7 @@ fn a_stop_with_redis_paused_loses_nothing(signal: &str) {
     let spool = tempfile::tempdir().unwrap();
     let extra = format!("spool: {{ dir: {} }}\n", spool.path().display());
     let mut proxy = ProxyProcess::start(&upstream.addr, &redis.url(), RULES, &extra);
-    let mut conn = redis.connection().unwrap();
-    let _: () = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(60_000)
-        .arg("WRITE")
-        .query(&mut conn)
-        .unwrap();
+    redis.pause_writes();
     for n in 0..20 {
         let path = format!("/v1/files/paused-{n}");
         let answer = http(&proxy.addr, "DELETE", &path, &[("X-User-Id", "u_p")], b"").unwrap();
@@ -475,10 +469,7 @@ fn a_stop_with_redis_paused_loses_nothing(signal: &str) {
         .status();
     let status = proxy.child.0.wait().unwrap();
     assert!(status.success(), "{signal}: {status}\n{}", proxy.stderr());
-    let _: () = redis::cmd("CLIENT")
-        .arg("UNPAUSE")
-        .query(&mut conn)
-        .unwrap();
+    redis.resume_writes();
 
     let next = ProxyProcess::start(&upstream.addr, &redis.url(), RULES, &extra);
     assert!(
@@ -544,22 +535,13 @@ fn records_lost_in_a_crash_lie_inside_a_reported_gap() {
     };
     call(&proxy.addr, 0);
     assert!(wait_until(Duration::from_secs(10), || writer.count() == 1));
-    let mut conn = redis.connection().unwrap();
-    let _: () = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(60_000)
-        .arg("WRITE")
-        .query(&mut conn)
-        .unwrap();
+    redis.pause_writes();
     for n in 1..=40 {
         call(&proxy.addr, n);
     }
     proxy.child.0.kill().unwrap(); // SIGKILL: nothing flushed
     proxy.child.0.wait().unwrap();
-    let _: () = redis::cmd("CLIENT")
-        .arg("UNPAUSE")
-        .query(&mut conn)
-        .unwrap();
+    redis.resume_writes();
 
     let next = ProxyProcess::start(&upstream.addr, &redis.url(), RULES, &extra);
     call(&next.addr, 41);
@@ -638,13 +620,7 @@ fn closed_calls_answered_2xx_survive_a_crash_with_redis_stalled() {
         spool.path().display()
     );
     let mut proxy = ProxyProcess::start(&upstream.addr, &redis.url(), RULES, &extra);
-    let mut conn = redis.connection().unwrap();
-    let _: () = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(60_000)
-        .arg("WRITE")
-        .query(&mut conn)
-        .unwrap();
+    redis.pause_writes();
     let addr = proxy.addr.clone();
     let closed: Vec<_> = (0..40)
         .map(|n| {
@@ -669,10 +645,7 @@ fn closed_calls_answered_2xx_survive_a_crash_with_redis_stalled() {
     }
     proxy.child.0.kill().unwrap(); // SIGKILL
     proxy.child.0.wait().unwrap();
-    let _: () = redis::cmd("CLIENT")
-        .arg("UNPAUSE")
-        .query(&mut conn)
-        .unwrap();
+    redis.resume_writes();
     let next = ProxyProcess::start(&upstream.addr, &redis.url(), RULES, &extra);
 
     let secrets = |w: &WriterProcess| {
@@ -758,13 +731,7 @@ rules:
     )
     .unwrap();
     let file_id = upload.json()["fileId"].as_str().unwrap().to_owned();
-    let mut conn = redis.connection().unwrap();
-    let _: () = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(60_000)
-        .arg("WRITE")
-        .query(&mut conn)
-        .unwrap();
+    redis.pause_writes();
     let closed: Vec<_> = (0..20)
         .map(|n| {
             let (addr, file_id) = (addr.clone(), file_id.clone());
@@ -799,10 +766,7 @@ rules:
     }
     service.0.kill().unwrap(); // SIGKILL
     service.0.wait().unwrap();
-    let _: () = redis::cmd("CLIENT")
-        .arg("UNPAUSE")
-        .query(&mut conn)
-        .unwrap();
+    redis.resume_writes();
     let _restarted = start();
 
     let added = || {
