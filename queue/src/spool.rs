@@ -40,15 +40,24 @@
 //! ## fsync policy
 //!
 //! Appends go to the page cache at once, so a record in the spool survives the producer
-//! process being killed. The flusher calls `fdatasync` after every batch it spools and when a
-//! segment is sealed; a record spooled directly by a request thread (buffer full) is synced by
-//! the flusher's next pass, at most one linger interval later. A power loss can thus lose the
-//! last few milliseconds of spooled records, never corrupt older ones.
+//! process being killed. The flusher calls `fdatasync` after every batch it spools; a record
+//! spooled directly by a request thread (buffer full) is synced by the flusher's next pass, at
+//! most one linger interval later, and a sealed segment with the next sync. A power loss can
+//! thus lose the last few milliseconds of spooled records, never corrupt older ones.
+//!
+//! ## Who waits for the disk
+//!
+//! The spool sits behind one mutex, which request threads take to append when the buffer is
+//! full. Nothing slow happens under it: [`Spool::take_unsynced`] hands out the files to sync
+//! and [`Spool::oldest_segment`] the segment to read, and the flusher does the `fdatasync` and
+//! the read after it has let go of the lock. Appends (page-cache writes) are all that a request
+//! thread can wait behind.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::error::QueueError;
 
@@ -68,6 +77,8 @@ pub struct Spool {
     /// Sealed segments, oldest first.
     sealed: VecDeque<Segment>,
     active: Option<Active>,
+    /// Sealed segments written since their last `fdatasync`.
+    unsynced: Vec<Arc<File>>,
     next_number: u64,
     total_bytes: u64,
     entries: u64,
@@ -88,8 +99,49 @@ struct Segment {
 #[derive(Debug)]
 struct Active {
     segment: Segment,
-    file: File,
+    /// Shared with a [`PendingSync`] that syncs it outside the spool's lock.
+    file: Arc<File>,
     dirty: bool,
+}
+
+/// Files holding appends not yet on disk, taken from the spool ([`Spool::take_unsynced`]) so
+/// that the `fdatasync` runs after the spool's lock is released.
+#[derive(Debug, Default)]
+#[must_use = "the appends are not on disk until `run` syncs them"]
+pub struct PendingSync(Vec<Arc<File>>);
+
+impl PendingSync {
+    /// `fdatasync`s each file. An error means some appends may not be on disk.
+    pub fn run(self) -> io::Result<()> {
+        for file in self.0 {
+            file.sync_data()?;
+        }
+        Ok(())
+    }
+}
+
+/// The oldest sealed segment, to be read ([`SegmentFile::read`]) outside the spool's lock: a
+/// sealed segment is never written again.
+#[derive(Debug)]
+pub struct SegmentFile {
+    number: u64,
+    path: PathBuf,
+}
+
+impl SegmentFile {
+    /// Reads the segment's records, skipping a torn or damaged end.
+    pub fn read(self) -> Result<SegmentRecords, QueueError> {
+        let bytes = std::fs::read(&self.path).map_err(|source| QueueError::Spool {
+            path: self.path.clone(),
+            source,
+        })?;
+        let (records, corrupt_bytes) = decode_segment(&bytes);
+        Ok(SegmentRecords {
+            number: self.number,
+            records,
+            corrupt_bytes,
+        })
+    }
 }
 
 /// Why an append did not happen.
@@ -160,6 +212,7 @@ impl Spool {
             _lock: lock,
             sealed: found.into(),
             active: None,
+            unsynced: Vec::new(),
             next_number,
             total_bytes,
             entries: 0,
@@ -228,7 +281,7 @@ impl Spool {
             .as_ref()
             .is_some_and(|a| a.segment.bytes >= SEGMENT_BYTES)
         {
-            self.seal()?;
+            self.seal();
         }
         let active = match &mut self.active {
             Some(active) => active,
@@ -244,10 +297,10 @@ impl Spool {
         entry.extend_from_slice(&len.to_le_bytes());
         entry.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
         entry.extend_from_slice(payload);
-        if let Err(e) = active.file.write_all(&entry) {
+        if let Err(e) = (&*active.file).write_all(&entry) {
             // A partial write leaves a torn entry that readers skip; start a fresh segment so
             // later entries are not hidden behind it.
-            self.seal().ok();
+            self.seal();
             self.write_failed_at = Some(std::time::Instant::now());
             return Err(e.into());
         }
@@ -259,42 +312,44 @@ impl Spool {
         Ok(())
     }
 
-    /// Makes what was appended durable (`fdatasync` of the active segment).
+    /// Makes what was appended durable, here and now (`fdatasync`). A caller that shares the
+    /// spool behind a lock uses [`Spool::take_unsynced`] instead, and syncs after unlocking.
     pub fn sync(&mut self) -> io::Result<()> {
+        self.take_unsynced().run()
+    }
+
+    /// The files holding appends not yet on disk (the active segment, segments sealed since
+    /// the last sync), for the caller to sync once it has released the spool. Every append
+    /// made before this call is on disk when the returned [`PendingSync`] has run.
+    pub fn take_unsynced(&mut self) -> PendingSync {
+        let mut files = std::mem::take(&mut self.unsynced);
         if let Some(active) = &mut self.active
             && active.dirty
         {
-            active.file.sync_data()?;
+            files.push(active.file.clone());
             active.dirty = false;
         }
-        Ok(())
+        PendingSync(files)
     }
 
     /// Reads the oldest segment for replay, sealing the active one first when it is the only
     /// one. `None` when the spool is empty.
     pub fn oldest(&mut self) -> Result<Option<SegmentRecords>, QueueError> {
+        self.oldest_segment()?.map(SegmentFile::read).transpose()
+    }
+
+    /// The oldest segment, to read outside the spool's lock ([`SegmentFile::read`]); the
+    /// active one is sealed first when it is the only one. `None` when the spool is empty.
+    pub fn oldest_segment(&mut self) -> Result<Option<SegmentFile>, QueueError> {
         if self.sealed.is_empty() {
             if self.is_empty() {
                 return Ok(None);
             }
-            self.seal().map_err(|source| QueueError::Spool {
-                path: self.dir.clone(),
-                source,
-            })?;
+            self.seal();
         }
-        let Some(segment) = self.sealed.front() else {
-            return Ok(None);
-        };
-        let path = self.segment_path(segment.number);
-        let bytes = std::fs::read(&path).map_err(|source| QueueError::Spool {
-            path: path.clone(),
-            source,
-        })?;
-        let (records, corrupt_bytes) = decode_segment(&bytes);
-        Ok(Some(SegmentRecords {
+        Ok(self.sealed.front().map(|segment| SegmentFile {
             number: segment.number,
-            records,
-            corrupt_bytes,
+            path: self.segment_path(segment.number),
         }))
     }
 
@@ -341,19 +396,20 @@ impl Spool {
                 number,
                 bytes: MAGIC.len() as u64,
             },
-            file,
+            file: Arc::new(file),
             dirty: true,
         }))
     }
 
-    /// Closes the active segment (synced) so that replay may read it.
-    fn seal(&mut self) -> io::Result<()> {
+    /// Closes the active segment so that replay may read it. Its `fdatasync` comes with the
+    /// next sync, outside the lock (a request thread's append can be the one that seals).
+    fn seal(&mut self) {
         if let Some(active) = self.active.take() {
-            let synced = active.file.sync_data();
+            if active.dirty {
+                self.unsynced.push(active.file);
+            }
             self.sealed.push_back(active.segment);
-            synced?;
         }
-        Ok(())
     }
 
     /// The bytes a new segment's header costs when the next append starts one.
@@ -544,6 +600,11 @@ mod tests {
             spool.append(&big).unwrap();
         }
         spool.append(b"last").unwrap();
+        // The segment sealed by the rollover waits for the next sync, with the active one.
+        let unsynced = spool.take_unsynced();
+        assert_eq!(unsynced.0.len(), 2, "the sealed segment and the active one");
+        unsynced.run().unwrap();
+        assert_eq!(spool.take_unsynced().0.len(), 0, "nothing appended since");
         let first = spool.oldest().unwrap().unwrap();
         // The first segment takes entries until it has passed 8 MiB.
         assert_eq!(first.records.len(), 2);

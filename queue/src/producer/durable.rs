@@ -131,13 +131,15 @@ async fn spool_and_sync(shared: &Arc<Shared>, left: Vec<Waiting>) {
             }
             appended.push((waiting, ok));
         }
-        if let Err(e) = spool.sync() {
+        let unsynced = spool.take_unsynced();
+        shared.counters.set_spool_bytes(spool.bytes());
+        drop(spool);
+        if let Err(e) = unsynced.run() {
             tracing::error!(error = %e, "cannot sync the spool: closed calls are refused");
             for (_, ok) in &mut appended {
                 *ok = false;
             }
         }
-        shared.counters.set_spool_bytes(spool.bytes());
         appended
     })
     .await;

@@ -296,8 +296,8 @@ impl RecordSink for RedisQueue {
         shared.spool.as_ref().is_some_and(|s| match s.try_lock() {
             Ok(spool) => spool.would_keep(TYPICAL_RECORD),
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner().would_keep(TYPICAL_RECORD),
-            // The flusher holds the spool (an fsync, a segment read for replay): the
-            // request thread does not wait for it, and goes by the last size it saw.
+            // Another thread is appending: the request thread does not wait for it, and
+            // goes by the last size it saw.
             Err(std::sync::TryLockError::WouldBlock) => {
                 shared.counters.snapshot().spool_bytes + crate::spool::entry_bytes(TYPICAL_RECORD)
                     <= shared.spool_max_bytes

@@ -6,6 +6,7 @@ use redis::aio::MultiplexedConnection;
 
 use super::connection::MAX_BACKOFF;
 use super::{Flusher, TYPICAL_RECORD, lock};
+use crate::error::QueueError;
 use crate::spool::AppendError;
 
 impl Flusher {
@@ -19,8 +20,24 @@ impl Flusher {
             let Some(spool) = &self.shared.spool else {
                 return Ok(());
             };
-            let oldest = lock(spool).oldest();
-            let segment = match oldest {
+            // The lock is held to pick the segment, not to read it: request threads may be
+            // waiting to append.
+            let (oldest, dir) = {
+                let mut spool = lock(spool);
+                (spool.oldest_segment(), spool.dir().to_owned())
+            };
+            let read = match oldest {
+                Ok(Some(file)) => tokio::task::spawn_blocking(move || file.read().map(Some))
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(QueueError::Spool {
+                            path: dir,
+                            source: std::io::Error::other(e),
+                        })
+                    }),
+                other => other.map(|_| None),
+            };
+            let segment = match read {
                 Ok(Some(s)) => s,
                 Ok(None) => return Ok(()),
                 Err(e) => {
@@ -104,9 +121,11 @@ impl Flusher {
     pub(super) fn keep_past_limit(&mut self, newest: Vec<u8>) {
         let kept = self.shared.spool.as_ref().is_some_and(|spool| {
             let mut spool = lock(spool);
-            let kept = spool.append_past_limit(&newest).is_ok() && spool.sync().is_ok();
+            let appended = spool.append_past_limit(&newest).is_ok();
+            let unsynced = spool.take_unsynced();
             self.shared.counters.set_spool_bytes(spool.bytes());
-            kept
+            drop(spool);
+            appended && unsynced.run().is_ok()
         });
         if kept {
             self.shared.counters.spooled.increment();
@@ -148,11 +167,12 @@ impl Flusher {
                 }
             }
         }
-        if let Err(e) = spool.sync() {
-            tracing::warn!(error = %e, "spool fsync failed");
-        }
+        let unsynced = spool.take_unsynced();
         self.shared.counters.set_spool_bytes(spool.bytes());
         drop(spool);
+        if let Err(e) = unsynced.run() {
+            tracing::warn!(error = %e, "spool fsync failed");
+        }
         self.held.drain(..written);
         if failed > 0 {
             self.shared.dropped(failed, &reason);
@@ -160,9 +180,12 @@ impl Flusher {
     }
 
     pub(super) fn sync_spool(&self) {
-        if let Some(spool) = &self.shared.spool
-            && let Err(e) = lock(spool).sync()
-        {
+        let Some(spool) = &self.shared.spool else {
+            return;
+        };
+        // Taken in its own statement: the lock is released before the fsync.
+        let unsynced = lock(spool).take_unsynced();
+        if let Err(e) = unsynced.run() {
             tracing::warn!(error = %e, "spool fsync failed");
         }
     }
