@@ -13,8 +13,16 @@
 //! whose size is then an upper bound of what was lost. A clean shutdown writes the last number
 //! used, and the next start continues right after it, with no gap.
 //!
+//! The file also says whether its producer stopped cleanly (`clean`), and where its run's
+//! numbers began (`run_from`). A start that finds an unclean stop knows the previous run
+//! crashed, and says so on its records (`origin.after_crash: {from: run_from, to:
+//! reserved_to}`) until Redis has acknowledged one of them: the writer then marks the gaps in
+//! that range as left by a crash, upper bounds rather than counts. Until that acknowledgement
+//! the new run writes the old `run_from`, so that a second crash before it widens the next
+//! announcement instead of losing the first.
+//!
 //! ```text
-//! DIR/ORIGIN   {"instance": "host-a/3f2c", "reserved_to": 8192}
+//! DIR/ORIGIN   {"instance": "host-a/3f2c", "reserved_to": 8192, "run_from": 1, "clean": false}
 //! ```
 //!
 //! The spool's lock (`DIR/LOCK`) already gives a directory one producer at a time, so the name
@@ -25,6 +33,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use auditgate_rules::SeqRange;
 use serde::{Deserialize, Serialize};
 
 /// How many sequence numbers one reservation covers: one fsync'd write per this many records,
@@ -37,6 +46,23 @@ const FILE: &str = "ORIGIN";
 struct Saved {
     instance: String,
     reserved_to: u64,
+    /// Written `true` by a clean shutdown only; a file without it (an older version's) is
+    /// taken as a crash, which at worst marks its gaps as upper bounds.
+    #[serde(default)]
+    clean: bool,
+    /// The first number of the range whose crash, if any, is not yet announced.
+    #[serde(default)]
+    run_from: u64,
+}
+
+/// What a starting producer learns of the run before it in the same directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Previous {
+    /// The last sequence number the previous run may have used (0 for a new name): the first
+    /// record gets the next one.
+    pub(crate) used: u64,
+    /// When the previous run did not stop cleanly: the numbers it may have used.
+    pub(crate) after_crash: Option<SeqRange>,
 }
 
 /// The reservation of one running producer.
@@ -46,6 +72,8 @@ pub(crate) struct Reservation {
     instance: String,
     /// Numbers up to this one may be handed out.
     reserved_to: AtomicU64,
+    /// Written as `run_from`: the start of the numbers a crash now would leave unannounced.
+    run_from: AtomicU64,
     /// Held while the file is written: one writer at a time, and a reader of `reserved_to`
     /// that finds it too low waits here for the write in progress.
     writing: Mutex<()>,
@@ -54,36 +82,49 @@ pub(crate) struct Reservation {
 impl Reservation {
     /// Reads `DIR/ORIGIN`, or makes it. `instance` is the configured name, if any; without
     /// one the file's name is kept (or `default` chosen for a new directory). Returns the
-    /// reservation and the last sequence number the previous producer may have used (0 for a
-    /// new name): the first record gets the next one.
+    /// reservation and what the previous run of this name left.
     pub(crate) fn open(
         dir: &Path,
         instance: Option<&str>,
         default: impl FnOnce() -> String,
-    ) -> io::Result<(Reservation, u64)> {
+    ) -> io::Result<(Reservation, Previous)> {
         let path = dir.join(FILE);
         let saved: Option<Saved> = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).ok(),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(e),
         };
-        let (instance, used) = match (instance, saved) {
+        let fresh = Previous {
+            used: 0,
+            after_crash: None,
+        };
+        let continued = |saved: &Saved| Previous {
+            used: saved.reserved_to,
+            after_crash: (!saved.clean).then_some(SeqRange {
+                from: saved.run_from.clamp(1, saved.reserved_to.max(1)),
+                to: saved.reserved_to,
+            }),
+        };
+        let (instance, previous) = match (instance, saved) {
             // The configured name is this directory's: continue its sequence.
             (Some(name), Some(saved)) if saved.instance == name => {
-                (name.to_owned(), saved.reserved_to)
+                (name.to_owned(), continued(&saved))
             }
-            (Some(name), _) => (name.to_owned(), 0),
-            (None, Some(saved)) => (saved.instance, saved.reserved_to),
-            (None, None) => (default(), 0),
+            (Some(name), _) => (name.to_owned(), fresh),
+            (None, Some(saved)) => (saved.instance.clone(), continued(&saved)),
+            (None, None) => (default(), fresh),
         };
+        let used = previous.used;
         let reservation = Reservation {
             path,
             instance,
             reserved_to: AtomicU64::new(used),
+            // An unannounced crash keeps its start; otherwise this run's numbers start here.
+            run_from: AtomicU64::new(previous.after_crash.map_or(used + 1, |c| c.from)),
             writing: Mutex::new(()),
         };
         reservation.reserve_through(used + BLOCK)?;
-        Ok((reservation, used))
+        Ok((reservation, previous))
     }
 
     /// The producer's `origin.instance`.
@@ -114,11 +155,17 @@ impl Reservation {
         }
     }
 
+    /// The previous run's crash has reached Redis (a record saying so was acknowledged): from
+    /// the next write on, a crash of this run announces this run's numbers only.
+    pub(crate) fn crash_announced(&self, first_of_run: u64) {
+        self.run_from.store(first_of_run, Ordering::Relaxed);
+    }
+
     /// On a clean shutdown: the last number used is all that is reserved, so the next start
     /// continues right after it.
     pub(crate) fn release(&self, used: u64) -> io::Result<()> {
         let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
-        self.write(used)?;
+        self.write(used, true)?;
         self.reserved_to.store(used, Ordering::Release);
         Ok(())
     }
@@ -128,17 +175,19 @@ impl Reservation {
         if to <= self.reserved_to.load(Ordering::Acquire) && self.path.exists() {
             return Ok(());
         }
-        self.write(to)?;
+        self.write(to, false)?;
         self.reserved_to.store(to, Ordering::Release);
         Ok(())
     }
 
     /// Writes the file durably: a temporary file, fsync'd, renamed over the old one, and the
     /// directory fsync'd, so a crash leaves the old reservation or the new one, never neither.
-    fn write(&self, reserved_to: u64) -> io::Result<()> {
+    fn write(&self, reserved_to: u64, clean: bool) -> io::Result<()> {
         let saved = Saved {
             instance: self.instance.clone(),
             reserved_to,
+            clean,
+            run_from: self.run_from.load(Ordering::Relaxed),
         };
         let text = serde_json::to_vec(&saved).map_err(io::Error::other)?;
         let temporary = self.path.with_extension("new");
@@ -160,12 +209,41 @@ mod tests {
     #[test]
     fn a_restart_continues_the_name_and_skips_what_a_crash_may_have_used() {
         let dir = tempfile::tempdir().unwrap();
-        let (first, used) = Reservation::open(dir.path(), None, || "host/aaaa".into()).unwrap();
-        assert_eq!((first.instance(), used), ("host/aaaa", 0));
+        let (first, previous) = Reservation::open(dir.path(), None, || "host/aaaa".into()).unwrap();
+        assert_eq!(first.instance(), "host/aaaa");
+        assert_eq!(
+            previous,
+            Previous {
+                used: 0,
+                after_crash: None
+            }
+        );
         first.cover(BLOCK + 10); // past the first block: reserved at once
         drop(first); // a crash: no release
 
-        let (second, used) = Reservation::open(dir.path(), None, || "host/bbbb".into()).unwrap();
+        let (second, previous) =
+            Reservation::open(dir.path(), None, || "host/bbbb".into()).unwrap();
+        let used = previous.used;
+        assert_eq!(
+            previous.after_crash,
+            Some(SeqRange { from: 1, to: used }),
+            "the crash is known, and what it may have used"
+        );
+        assert!(used >= BLOCK + 10);
+
+        // A second crash before the first was announced widens the announcement.
+        second.cover(used + BLOCK + 5);
+        drop(second);
+        let (second, previous) = Reservation::open(dir.path(), None, || "y".into()).unwrap();
+        assert_eq!(previous.after_crash.map(|c| c.from), Some(1));
+        let used = previous.used;
+        // Announced this time: a third crash would announce this run's numbers only.
+        second.crash_announced(used + 1);
+        second.cover(used + BLOCK + 5);
+        drop(second);
+        let (second, previous) = Reservation::open(dir.path(), None, || "y".into()).unwrap();
+        assert_eq!(previous.after_crash.map(|c| c.from), Some(used + 1));
+        let used = previous.used;
         assert_eq!(
             second.instance(),
             "host/aaaa",
@@ -177,12 +255,13 @@ mod tests {
         );
 
         second.release(used + 3).unwrap(); // a clean stop after three records
-        let (third, used_then) = Reservation::open(dir.path(), None, || "x".into()).unwrap();
-        assert_eq!(used_then, used + 3, "a clean stop leaves no gap");
+        let (third, then) = Reservation::open(dir.path(), None, || "x".into()).unwrap();
+        assert_eq!(then.used, used + 3, "a clean stop leaves no gap");
+        assert_eq!(then.after_crash, None, "and is no crash");
 
         // A configured name of its own starts its own sequence.
         drop(third);
         let (named, from) = Reservation::open(dir.path(), Some("proxy-1"), || "x".into()).unwrap();
-        assert_eq!((named.instance(), from), ("proxy-1", 0));
+        assert_eq!((named.instance(), from.used), ("proxy-1", 0));
     }
 }

@@ -1,10 +1,10 @@
 //! What the proxy and the layer hand records to.
 
-use crate::origin_file::Reservation;
+use crate::origin_file::{Previous, Reservation};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use auditgate_rules::{AuditRecord, OriginJson, RecordRef};
+use auditgate_rules::{AuditRecord, OriginJson, RecordRef, SeqRange};
 
 /// Where a record went when it was accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,6 +137,10 @@ pub(crate) struct OriginStamp {
     seq: AtomicU64,
     /// With a spool: the name and sequence kept across restarts (see `origin_file`).
     reservation: Option<Reservation>,
+    /// After a crash: the origin with `after_crash`, and the numbers the crashed run may have
+    /// used. Records carry it until Redis acknowledges one of this run's.
+    crashed: Option<(OriginJson, SeqRange)>,
+    announcing: AtomicBool,
 }
 
 impl OriginStamp {
@@ -145,17 +149,57 @@ impl OriginStamp {
             origin: OriginJson::new(kind, instance),
             seq: AtomicU64::new(0),
             reservation: None,
+            crashed: None,
+            announcing: AtomicBool::new(false),
         }
     }
 
     /// A stamp that continues the reservation's name and sequence: the first record gets
-    /// the number after `used`.
-    pub(crate) fn resuming(kind: &str, reservation: Reservation, used: u64) -> OriginStamp {
+    /// the number after `previous.used`, and records say `after_crash` when the previous run
+    /// crashed.
+    pub(crate) fn resuming(
+        kind: &str,
+        reservation: Reservation,
+        previous: Previous,
+    ) -> OriginStamp {
+        let origin = OriginJson::new(kind, reservation.instance());
+        let crashed = previous
+            .after_crash
+            .map(|range| (origin.after_crash(range), range));
         OriginStamp {
-            origin: OriginJson::new(kind, reservation.instance()),
-            seq: AtomicU64::new(used),
+            origin,
+            seq: AtomicU64::new(previous.used),
             reservation: Some(reservation),
+            announcing: AtomicBool::new(crashed.is_some()),
+            crashed,
         }
+    }
+
+    /// The origin records get now: with `after_crash` until one of this run's is
+    /// acknowledged.
+    fn current(&self) -> &OriginJson {
+        match &self.crashed {
+            Some((crashed, _)) if self.announcing.load(Ordering::Relaxed) => crashed,
+            _ => &self.origin,
+        }
+    }
+
+    /// Redis acknowledged the record stamped `seq`. Once that is one of this run's (not a
+    /// spooled record of the crashed run), the crash has reached the writer, and later
+    /// records no longer say `after_crash`.
+    pub(crate) fn acknowledged(&self, seq: u64) {
+        if let Some((_, crashed)) = &self.crashed
+            && seq > crashed.to
+            && self.announcing.swap(false, Ordering::Relaxed)
+            && let Some(reservation) = &self.reservation
+        {
+            reservation.crash_announced(crashed.to + 1);
+        }
+    }
+
+    /// Whether records still say `after_crash` (the flusher asks before it looks at seqs).
+    pub(crate) fn announcing_crash(&self) -> bool {
+        self.announcing.load(Ordering::Relaxed)
     }
 
     /// Reserves the next block of numbers when the current one is half used (the flusher's
@@ -205,13 +249,13 @@ impl OriginStamp {
     pub(crate) fn encode_ref_seq(&self, record: &RecordRef<'_>) -> (Vec<u8>, u64) {
         let mut json = Vec::with_capacity(1024);
         let seq = record.origin_seq.unwrap_or_else(|| self.next_seq());
-        record.write_json_with_origin(&mut json, &self.origin, seq);
+        record.write_json_with_origin(&mut json, self.current(), seq);
         (json, seq)
     }
 
     /// Sets the record's `origin`, for sinks that keep records rather than their JSON.
     pub(crate) fn stamp(&self, record: &mut AuditRecord) {
-        record.origin = Some(self.origin.with_seq(self.next_seq()));
+        record.origin = Some(self.current().with_seq(self.next_seq()));
     }
 }
 
@@ -332,6 +376,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn after_a_crash_records_say_so_until_one_of_this_run_is_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, _) = Reservation::open(dir.path(), None, || "h/1".into()).unwrap();
+        drop(first); // a crash: no release
+        let (reservation, previous) = Reservation::open(dir.path(), None, || "h/2".into()).unwrap();
+        let crashed = previous.after_crash.expect("the crash is known");
+        let stamp = OriginStamp::resuming("proxy", reservation, previous);
+        let origin_of = |stamp: &OriginStamp| {
+            let json = stamp.encode(&mut sample_record()).unwrap();
+            serde_json::from_slice::<AuditRecord>(&json)
+                .unwrap()
+                .origin
+                .unwrap()
+        };
+        let announcing = origin_of(&stamp);
+        assert_eq!(announcing.after_crash, Some(crashed));
+        assert_eq!(announcing.seq, crashed.to + 1);
+        stamp.acknowledged(crashed.to); // a spooled record of the crashed run: not enough
+        assert_eq!(origin_of(&stamp).after_crash, Some(crashed));
+        stamp.acknowledged(announcing.seq);
+        assert_eq!(origin_of(&stamp).after_crash, None, "announced once");
+    }
+
+    #[test]
     fn an_encoded_record_is_the_record_with_its_origin_serialised() {
         let stamp = OriginStamp::new("proxy", "host \"a\"/3f2c");
         let mut record = sample_record();
@@ -340,6 +408,7 @@ mod tests {
         record.origin = Some(auditgate_rules::Origin {
             kind: "proxy".into(),
             instance: "host \"a\"/3f2c".into(),
+            after_crash: None,
             seq: 2,
         });
         assert_eq!(second, serde_json::to_vec(&record).unwrap());

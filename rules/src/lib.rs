@@ -78,7 +78,8 @@ pub use model::{OnQueueFailure, Unmatched};
 pub use path::normalize_path;
 pub use record::{
     Actor, ActorRef, AuditRecord, BodyNote, Capture, MethodOverride, Origin, OriginJson, Outcome,
-    RecordRef, RequestInfo, RequestRef, Resource, ResourceRef, ResponseInfo, SCHEMA_VERSION, Stage,
+    RecordRef, RequestInfo, RequestRef, Resource, ResourceRef, ResponseInfo, SCHEMA_VERSION,
+    SeqRange, Stage,
 };
 
 use load::FileReader;

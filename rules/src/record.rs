@@ -231,8 +231,22 @@ pub struct Origin {
     pub kind: String,
     /// A name unique to the producer process, e.g. `host-a/3f2c`.
     pub instance: String,
+    /// Set when this instance restarted after a crash, on its records until Redis has
+    /// acknowledged one: the numbers the crashed run may have used. A gap among them was
+    /// left by the crash, and its size is an upper bound of the records lost, not a count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_crash: Option<SeqRange>,
     /// Counts up by one per record from this instance.
     pub seq: u64,
+}
+
+/// `origin.seq` numbers from `from` to `to`, both included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeqRange {
+    /// The first number.
+    pub from: u64,
+    /// The last number.
+    pub to: u64,
 }
 
 /// A producer's `origin` as JSON, its kind and instance escaped once: every record a producer
@@ -249,7 +263,9 @@ pub struct Origin {
 pub struct OriginJson {
     kind: String,
     instance: String,
-    /// `,"origin":{"kind":…,"instance":…,"seq":`
+    after_crash: Option<SeqRange>,
+    /// `,"origin":{"kind":…,"instance":…,"seq":`, with `"after_crash":{…},` before `seq`
+    /// when set.
     prefix: Vec<u8>,
 }
 
@@ -264,7 +280,30 @@ impl OriginJson {
         OriginJson {
             kind: kind.to_owned(),
             instance: instance.to_owned(),
+            after_crash: None,
             prefix,
+        }
+    }
+
+    /// The same origin with `after_crash` (see [`Origin::after_crash`]).
+    ///
+    /// ```
+    /// use auditgate_rules::{OriginJson, SeqRange};
+    /// let crashed = SeqRange { from: 1, to: 8192 };
+    /// let origin = OriginJson::new("proxy", "host-a/3f2c").after_crash(crashed);
+    /// assert_eq!(origin.with_seq(8193).after_crash, Some(crashed));
+    /// ```
+    pub fn after_crash(&self, crashed: SeqRange) -> OriginJson {
+        let mut prefix = self.prefix.clone();
+        prefix.truncate(prefix.len() - br#""seq":"#.len());
+        let SeqRange { from, to } = crashed;
+        prefix
+            .extend_from_slice(format!(r#""after_crash":{{"from":{from},"to":{to}}},"#).as_bytes());
+        prefix.extend_from_slice(br#""seq":"#);
+        OriginJson {
+            after_crash: Some(crashed),
+            prefix,
+            ..self.clone()
         }
     }
 
@@ -283,6 +322,7 @@ impl OriginJson {
         Origin {
             kind: self.kind.clone(),
             instance: self.instance.clone(),
+            after_crash: self.after_crash,
             seq,
         }
     }

@@ -719,3 +719,52 @@ impl Drop for PostgresServer {
             .status();
     }
 }
+
+/// A tiny tmpfs of this test's own, as a disk that fills up: writes past its size fail with
+/// ENOSPC. Unmounted when dropped (lazily: a process may still hold a file open there).
+#[derive(Debug)]
+pub struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (`64k`) on a fresh directory. `None` where the test may not
+    /// mount (mounting needs root and CAP_SYS_ADMIN; `scripts/test` runs as root on these
+    /// machines): the caller says it skipped, loudly, rather than failing.
+    pub fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(Stdio::null())
+            .status();
+        mounted.is_ok_and(|s| s.success()).then_some(Tmpfs { dir })
+    }
+
+    /// Where it is mounted.
+    pub fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Fills what room is left with one file (`filler`), and returns its path: delete it to
+    /// free the space.
+    pub fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.path().join("filler");
+        let mut file = std::fs::File::create(&path).expect("create the filler");
+        let block = [0u8; 4096];
+        while file.write_all(&block).is_ok() {}
+        // The last, partial block: byte by byte until the disk says no.
+        while file.write_all(&[0]).is_ok() {}
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}

@@ -503,6 +503,12 @@ fn a_stop_with_redis_paused_loses_nothing(signal: &str) {
         .map(|r| r.origin.as_ref().unwrap().instance.clone())
         .collect();
     assert_eq!(instances.len(), 1);
+    assert!(
+        records
+            .iter()
+            .all(|r| r.origin.as_ref().unwrap().after_crash.is_none()),
+        "{signal}: a clean stop, not a crash"
+    );
 }
 
 #[test]
@@ -552,6 +558,11 @@ fn records_lost_in_a_crash_lie_inside_a_reported_gap() {
     assert!(wait_until(Duration::from_secs(15), || stored(&writer)
         .iter()
         .any(|r| r["resources"][0]["id"] == "crash-41")));
+    // The crash has reached the writer: later records no longer announce it.
+    call(&next.addr, 42);
+    assert!(wait_until(Duration::from_secs(15), || stored(&writer)
+        .iter()
+        .any(|r| r["resources"][0]["id"] == "crash-42")));
     // Whatever the writer still receives from the dead proxy's paused pipeline, give it time.
     std::thread::sleep(Duration::from_secs(1));
     let records = stored(&writer);
@@ -565,18 +576,15 @@ fn records_lost_in_a_crash_lie_inside_a_reported_gap() {
             .all(|r| r["origin"]["instance"] == instance.as_str()),
         "one instance across the crash"
     );
-    let seq_of = |id: &str| {
-        records
-            .iter()
-            .find(|r| r["resources"][0]["id"] == id)
-            .map(|r| r["origin"]["seq"].as_u64().unwrap())
-    };
+    let record_of = |id: &str| records.iter().find(|r| r["resources"][0]["id"] == id);
+    let seq_of = |id: &str| record_of(id).map(|r| r["origin"]["seq"].as_u64().unwrap());
     let gaps = writer.get("/api/v1/gaps").json()["gaps"].clone();
     let in_a_gap = |seq: u64| {
         gaps.as_array().unwrap().iter().any(|g| {
             g["instance"] == instance.as_str()
                 && g["from"].as_u64().unwrap() <= seq
                 && seq <= g["to"].as_u64().unwrap()
+                && g["left_by_crash"] == true
         })
     };
     let mut lost = 0;
@@ -600,6 +608,18 @@ fn records_lost_in_a_crash_lie_inside_a_reported_gap() {
         after > 41,
         "the new proxy continues past the dead one's numbers: {after}"
     );
+    let announced = &record_of("crash-41").unwrap()["origin"]["after_crash"];
+    assert_eq!(
+        (announced["from"].as_u64(), announced["to"].as_u64()),
+        (Some(1), Some(after - 1)),
+        "the first record after the crash names the crashed run's numbers"
+    );
+    assert!(
+        record_of("crash-42").unwrap()["origin"]
+            .get("after_crash")
+            .is_none(),
+        "once acknowledged, the crash is not announced again"
+    );
 }
 
 /// Issue 14's scenario for `closed` rules: Redis stalls, 40 concurrent calls to a `closed`
@@ -607,7 +627,7 @@ fn records_lost_in_a_crash_lie_inside_a_reported_gap() {
 /// resumes and a new proxy starts on the same spool. Every `closed` call that got a 2xx is in
 /// the store (its received record was on disk before the upstream was called; the complete one
 /// died with the proxy, so it shows as outcome `unknown`), and every `open` record that is not
-/// lies inside a range `/api/v1/gaps` reports.
+/// lies inside a range `/api/v1/gaps` reports as left by the crash.
 #[test]
 fn closed_calls_answered_2xx_survive_a_crash_with_redis_stalled() {
     let redis = RedisServer::start();
@@ -673,7 +693,10 @@ fn closed_calls_answered_2xx_survive_a_crash_with_redis_stalled() {
             "a received record stays, outcome unknown, unless its complete one came: {r}"
         );
     }
-    every_seq_is_stored_or_in_a_gap(&writer);
+    // The restarted proxy's first record tells the writer of the crash.
+    let answer = http(&next.addr, "DELETE", "/v1/files/after", &[], b"").unwrap();
+    assert_eq!(answer.status, 200);
+    every_seq_is_stored_or_in_a_crash_gap(&writer);
 }
 
 /// The same crash for a service using the layer (the example axum app, `closed` `tag.add` and
@@ -767,7 +790,19 @@ rules:
     service.0.kill().unwrap(); // SIGKILL
     service.0.wait().unwrap();
     redis.resume_writes();
-    let _restarted = start();
+    let (_restarted, addr) = start();
+    // The restarted example has forgotten the file (it kept it in memory): a 404, audited
+    // all the same, and the first record to tell the writer of the crash.
+    let body = format!(r#"{{"fileIds":["{file_id}"],"tags":["after"]}}"#);
+    let answer = http(
+        &addr,
+        "POST",
+        "/v1/files/removeTags",
+        &[json],
+        body.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(answer.status, 404);
 
     let added = || {
         writer
@@ -782,7 +817,7 @@ rules:
         "{} of the 20 closed calls are in the store",
         added()
     );
-    every_seq_is_stored_or_in_a_gap(&writer);
+    every_seq_is_stored_or_in_a_crash_gap(&writer);
 }
 
 /// A binary of a workspace example (`target/<profile>/examples/NAME`), which `cargo test`
@@ -803,9 +838,20 @@ fn example_bin(name: &str) -> std::path::PathBuf {
 }
 
 /// Every `origin.seq` up to the highest the writer stores is stored, or inside a range
-/// `/api/v1/gaps` reports: nothing lost silently. Waits a moment first for anything still on
-/// its way (a paused pipeline of a dead producer that Redis ran after all).
-fn every_seq_is_stored_or_in_a_gap(writer: &WriterProcess) {
+/// `/api/v1/gaps` reports as left by a crash: nothing lost silently. Waits until the
+/// restarted producer's record is stored, and a moment more for anything still on its way (a
+/// paused pipeline of a dead producer that Redis ran after all).
+fn every_seq_is_stored_or_in_a_crash_gap(writer: &WriterProcess) {
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            writer.get("/api/v1/records?limit=1000").json()["records"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["origin"].get("after_crash").is_some())
+        }),
+        "the restarted producer announced the crash"
+    );
     std::thread::sleep(Duration::from_secs(1));
     let all = writer.get("/api/v1/records?limit=1000").json()["records"]
         .as_array()
@@ -826,5 +872,8 @@ fn every_seq_is_stored_or_in_a_gap(writer: &WriterProcess) {
             stored.contains(&seq) || in_a_gap,
             "origin.seq {seq} is neither stored nor in a gap: {gaps}"
         );
+    }
+    for gap in gaps.as_array().unwrap() {
+        assert_eq!(gap["left_by_crash"], true, "{gap}");
     }
 }

@@ -580,6 +580,77 @@ fn closed_rules_refuse_with_503_when_records_cannot_be_kept() {
     assert!(String::from_utf8_lossy(&metrics.body).contains("auditgate_proxy_refused_total 1"));
 }
 
+/// The spool on a tiny tmpfs, Redis away: once the disk is full a `closed` call is answered
+/// 503 (its received record cannot be put on disk), and once space is freed it is served
+/// again, its record on disk before the upstream acts.
+#[test]
+fn a_closed_rule_refuses_while_the_spool_disk_is_full_and_serves_once_freed() {
+    let Some(disk) = auditgate_tests::Tmpfs::mount("256k") else {
+        eprintln!(
+            "SKIPPED a_closed_rule_refuses_while_the_spool_disk_is_full: cannot mount a tmpfs here"
+        );
+        return;
+    };
+    let upstream = UpstreamProcess::start();
+    let dead_redis = format!("redis://127.0.0.1:{}", free_port());
+    let rules = format!(
+        "{RULES}  - operation: secret.update\n    method: PUT\n    path: /api/repos/{{*repo}}/secrets/{{key}}\n    on_queue_failure: closed\n"
+    );
+    let extra = format!(
+        "spool: {{ dir: {} }}\nclosed_timeout_ms: 1000\n",
+        disk.path().join("spool").display()
+    );
+    let proxy = ProxyProcess::start(&upstream.addr, &dead_redis, &rules, &extra);
+    let put = |key: &str| {
+        let path = format!("/api/repos/acme/site/secrets/{key}");
+        http(&proxy.addr, "PUT", &path, &[], b"{}").unwrap()
+    };
+    assert_eq!(put("before").status, 200, "room on the disk: served");
+
+    let filler = disk.fill();
+    // The segment's last page may still hold a record or two (tmpfs allocates whole pages):
+    // those are on disk, and served. The first that needs a new page is refused.
+    let mut answers = Vec::new();
+    while answers.len() < 40 && answers.last() != Some(&503) {
+        answers.push(put(&format!("full-{}", answers.len())).status);
+    }
+    assert_eq!(
+        answers.last(),
+        Some(&503),
+        "{answers:?}\n{}",
+        proxy.stderr()
+    );
+    assert!(answers.iter().all(|s| *s == 200 || *s == 503));
+    let refused = put("still-full");
+    assert_eq!(refused.status, 503, "the disk is still full");
+    assert_eq!(refused.json()["error"], "audit_unavailable");
+    let served = answers.iter().filter(|s| **s == 200).count();
+
+    std::fs::remove_file(&filler).unwrap();
+    // The spool tries the disk again a second after it refused a write.
+    assert!(
+        wait_until(Duration::from_secs(10), || put("freed").status == 200),
+        "space freed: closed calls are served again\n{}",
+        proxy.stderr()
+    );
+    let spooled: usize = std::fs::read_dir(disk.path().join("spool"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+        .map(|e| std::fs::read(e.path()).unwrap())
+        .map(|bytes| {
+            String::from_utf8_lossy(&bytes)
+                .matches(r#""stage":"received""#)
+                .count()
+        })
+        .sum();
+    assert_eq!(
+        spooled,
+        served + 2,
+        "every served call's received record is in the spool"
+    );
+}
+
 /// Sends audited requests from `threads` threads until `stop`; returns the request IDs of
 /// those that got a complete response.
 fn load(

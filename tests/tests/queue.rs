@@ -504,35 +504,18 @@ async fn a_pipeline_that_fails_in_part_is_not_resent_whole_nor_forever() {
     assert_eq!(xadd_calls(&redis), 100);
 }
 
-/// Unmounts a tmpfs when the test ends, however it ends (lazily: a file may still be open).
-struct Unmount(std::path::PathBuf);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 /// The spool on a tiny tmpfs, as a full disk: writes fail with ENOSPC. A record the disk
 /// refuses is counted as dropped, `can_accept` (what `closed` rules ask) is false while the
 /// disk refuses, and once space is freed spooling resumes — a segment the full disk left
 /// half-made does not stand in the way of the next.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_closed_calls_until_space_is_freed() {
-    let dir = tempfile::tempdir().unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
-        .arg(dir.path())
-        .status();
-    // Mounting needs root and CAP_SYS_ADMIN (scripts/test runs as root on these machines). A
-    // machine that cannot mount says so loudly rather than failing every other test's run.
-    if !mounted.is_ok_and(|s| s.success()) {
+    let Some(dir) = auditgate_tests::Tmpfs::mount("64k") else {
         eprintln!(
             "SKIPPED a_full_disk_refuses_closed_calls_until_space_is_freed: cannot mount a tmpfs here"
         );
         return;
-    }
-    let _unmount = Unmount(dir.path().to_owned());
+    };
     let filler = dir.path().join("filler");
     std::fs::write(&filler, vec![0u8; 40 * 1024]).unwrap();
     let dead_redis = format!("redis://127.0.0.1:{}", free_port());
@@ -566,6 +549,10 @@ async fn a_full_disk_refuses_closed_calls_until_space_is_freed() {
         !queue.can_accept(),
         "a disk that refuses writes is full for closed rules"
     );
+    assert!(
+        received(&queue).await.is_err(),
+        "a closed call's received record is refused while the disk is full"
+    );
 
     std::fs::remove_file(&filler).unwrap();
     // A second after the last refusal, a caller may try again.
@@ -573,6 +560,10 @@ async fn a_full_disk_refuses_closed_calls_until_space_is_freed() {
     assert!(
         queue.can_accept(),
         "space freed: closed rules are accepted again"
+    );
+    assert!(
+        received(&queue).await.is_ok(),
+        "and a closed call's received record is on disk once answered"
     );
     let before = queue.stats();
     for n in 1000..1005 {
@@ -598,19 +589,6 @@ async fn a_full_disk_refuses_closed_calls_until_space_is_freed() {
 /// answer is that nothing is durable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn durable_means_in_the_stream_or_on_disk_when_answered() {
-    use auditgate_rules::RuleSet;
-    use axum::http;
-    let rules = RuleSet::from_yaml(
-        "r.yaml",
-        "version: 1\nservice: s\nrules:\n  - { operation: x.y, method: POST, path: /x }\n",
-    )
-    .unwrap();
-    let method = http::Method::POST;
-    let uri: http::Uri = "/x".parse().unwrap();
-    let headers = http::HeaderMap::new();
-    let found = rules.matches(&method, "/x").unwrap();
-    let call = auditgate_rules::Call::new(&method, &uri, &headers);
-
     // Redis up: acknowledged by Redis.
     let redis = RedisServer::start();
     let first_spool = tempfile::tempdir().unwrap();
@@ -618,9 +596,7 @@ async fn durable_means_in_the_stream_or_on_disk_when_answered() {
         RedisQueue::start(QueueConfig::new(redis.url()).spool(first_spool.path(), 1 << 20))
             .unwrap(),
     );
-    let waits: Vec<_> = (0..100)
-        .map(|_| queue.enqueue_durable(found.record_ref(&call).unwrap()))
-        .collect();
+    let waits: Vec<_> = (0..100).map(|_| received(&queue)).collect();
     let mut seqs = HashSet::new();
     for wait in waits {
         seqs.insert(wait.await.expect("durable"));
@@ -636,10 +612,7 @@ async fn durable_means_in_the_stream_or_on_disk_when_answered() {
     config.durable_redis_wait = Duration::from_millis(200);
     let queue = RedisQueue::start(config).unwrap();
     for _ in 0..10 {
-        queue
-            .enqueue_durable(found.record_ref(&call).unwrap())
-            .await
-            .expect("durable in the spool");
+        received(&queue).await.expect("durable in the spool");
     }
     assert_eq!(queue.stats().spooled, 10);
     queue.shutdown().await;
@@ -649,12 +622,28 @@ async fn durable_means_in_the_stream_or_on_disk_when_answered() {
     config.spool = None;
     config.durable_redis_wait = Duration::from_millis(200);
     let queue = RedisQueue::start(config).unwrap();
-    let answer = queue
-        .enqueue_durable(found.record_ref(&call).unwrap())
-        .await;
+    let answer = received(&queue).await;
     assert!(
         answer.is_err(),
         "without Redis or a spool nothing is durable"
     );
     queue.shutdown().await;
+}
+
+/// A `closed` call's received record, as the proxy and the layer make it, handed to
+/// `enqueue_durable`.
+fn received(queue: &RedisQueue) -> auditgate_queue::Durable {
+    use auditgate_rules::RuleSet;
+    use axum::http;
+    let rules = RuleSet::from_yaml(
+        "r.yaml",
+        "version: 1\nservice: s\nrules:\n  - { operation: x.y, method: POST, path: /x }\n",
+    )
+    .expect("the rule set loads");
+    let method = http::Method::POST;
+    let uri: http::Uri = "/x".parse().expect("a path");
+    let headers = http::HeaderMap::new();
+    let found = rules.matches(&method, "/x").expect("the rule matches");
+    let call = auditgate_rules::Call::new(&method, &uri, &headers);
+    queue.enqueue_durable(found.record_ref(&call).expect("a record"))
 }

@@ -318,19 +318,22 @@ async fn filters_pages_history_export_auth(store: &str) {
         "the page's script downloads the export"
     );
 
-    // Gaps: none for the fixture; a record lost between 1..=3 shows up.
+    // Gaps: none for the fixture; a record lost between 1..=3 shows up. Then the producer
+    // crashes after 6, and its next run (from 11) says its crashed run had numbers 5..=10:
+    // the gaps in that range were left by the crash, the one before it was not.
     assert_eq!(
         writer.get("/api/v1/gaps").json()["gaps"],
         serde_json::json!([])
     );
     let mut conn = redis.connection().unwrap();
     let mut newest = None;
-    for seq in [1u64, 2, 4] {
+    for seq in [1u64, 2, 4, 6, 11, 12] {
         let mut r = record(seq);
         newest = Some(r.time);
         r.origin = Some(Origin {
             kind: "proxy".into(),
             instance: "gappy".into(),
+            after_crash: (seq == 11).then_some(auditgate_rules::SeqRange { from: 5, to: 10 }),
             seq,
         });
         let _: String = redis::cmd("XADD")
@@ -341,13 +344,19 @@ async fn filters_pages_history_export_auth(store: &str) {
             .query(&mut conn)
             .unwrap();
     }
-    assert!(wait_until(Duration::from_secs(10), || writer.count() == 303));
+    assert!(wait_until(Duration::from_secs(10), || writer.count() == 306));
     let last_seen = newest
         .unwrap()
         .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let gap = |from: u64, to: u64, crash: bool| {
+        serde_json::json!({
+            "instance": "gappy", "from": from, "to": to, "last_seen": last_seen,
+            "left_by_crash": crash,
+        })
+    };
     assert_eq!(
         writer.get("/api/v1/gaps").json()["gaps"],
-        serde_json::json!([{ "instance": "gappy", "from": 3, "to": 3, "last_seen": last_seen }])
+        serde_json::json!([gap(3, 3, false), gap(5, 5, true), gap(7, 10, true)])
     );
 }
 

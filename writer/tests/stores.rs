@@ -62,6 +62,7 @@ fn in_month(month: u32, n: u64) -> Incoming {
     r.origin = Some(Origin {
         kind: "proxy".into(),
         instance: "p1".into(),
+        after_crash: None,
         seq: n,
     });
     Incoming::from_record(r).unwrap()

@@ -57,9 +57,15 @@ impl Flusher {
     pub(super) fn sort_replies(&mut self, payloads: Vec<Vec<u8>>, replies: Replies) -> Delivered {
         let mut delivered = Delivered::default();
         let mut replies = replies.into_iter();
+        let announcing = self.shared.stamp.announcing_crash();
         for payload in payloads {
             match replies.next() {
-                Some(Ok(_)) => delivered.added += 1,
+                Some(Ok(_)) => {
+                    delivered.added += 1;
+                    if announcing && let Some(seq) = super::flusher::origin_seq(&payload) {
+                        self.shared.stamp.acknowledged(seq);
+                    }
+                }
                 Some(Err(e)) if refused_for_good(&e) => {
                     self.shared
                         .dropped(1, format_args!("redis refused a record for good: {e}"));

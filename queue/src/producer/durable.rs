@@ -91,6 +91,11 @@ pub(crate) async fn run(
                     match replies.next() {
                         Some(Ok(_)) => {
                             shared.counters.sent.increment();
+                            if shared.stamp.announcing_crash()
+                                && let Some(seq) = super::flusher::origin_seq(&waiting.0)
+                            {
+                                shared.stamp.acknowledged(seq);
+                            }
                             let _ = waiting.1.send(true);
                         }
                         _ => left.push(waiting),

@@ -283,7 +283,7 @@ async fn sleep_until(at: Option<Instant>) {
 
 /// The `origin.seq` of a record's JSON as the producer wrote it: `origin` is its last member,
 /// and `seq` the last member of `origin` (`…,"seq":42}}`).
-fn origin_seq(payload: &[u8]) -> Option<u64> {
+pub(super) fn origin_seq(payload: &[u8]) -> Option<u64> {
     let at = payload.windows(6).rposition(|w| w == b"\"seq\":")? + 6;
     let digits = payload[at..]
         .iter()

@@ -160,13 +160,21 @@ impl RedisQueue {
         // crash's losses show as a gap of this instance; without one, a name per start.
         let stamp = match &config.spool {
             Some(s) => {
-                let (reservation, used) =
+                let (reservation, previous) =
                     Reservation::open(&s.dir, config.instance.as_deref(), default_instance)
                         .map_err(|source| QueueError::Spool {
                             path: s.dir.clone(),
                             source,
                         })?;
-                OriginStamp::resuming(&config.origin_kind, reservation, used)
+                if let Some(crashed) = previous.after_crash {
+                    tracing::warn!(
+                        instance = reservation.instance(),
+                        from_seq = crashed.from,
+                        to_seq = crashed.to,
+                        "the previous run of this producer did not stop cleanly: records it held in memory are lost, and show in the writer's /api/v1/gaps as a gap left by a crash"
+                    );
+                }
+                OriginStamp::resuming(&config.origin_kind, reservation, previous)
             }
             None => OriginStamp::new(
                 &config.origin_kind,

@@ -99,11 +99,16 @@ pub struct Gap {
     /// crash, skipping the rest of its reserved block of numbers, so a gap it left is an
     /// upper bound of the records lost.
     pub last_seen: String,
+    /// Whether a crash left this gap: the instance restarted after a crash, and this range
+    /// lies among the numbers its crashed run may have used (`origin.after_crash`). The size
+    /// is then an upper bound of the records lost, not a count; otherwise each number is one
+    /// record lost (dropped and logged with its range, or refused by Redis).
+    pub left_by_crash: bool,
 }
 
 impl Gap {
     /// A gap from its row: instance, first and last missing seq, the instance's newest time.
-    pub(crate) fn of(instance: String, from: i64, to: i64, last_us: i64) -> Gap {
+    pub(crate) fn of(instance: String, from: i64, to: i64, last_us: i64, crash: bool) -> Gap {
         let last_seen = DateTime::<Utc>::from_timestamp_micros(last_us)
             .unwrap_or_default()
             .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
@@ -112,6 +117,7 @@ impl Gap {
             from,
             to,
             last_seen,
+            left_by_crash: crash,
         }
     }
 }
@@ -364,6 +370,9 @@ pub(crate) struct Row {
     pub(crate) status: Option<i32>,
     pub(crate) instance: Option<String>,
     pub(crate) origin_seq: Option<i64>,
+    /// `origin.after_crash`: the producer restarted after a crash whose run may have used
+    /// these numbers.
+    pub(crate) after_crash: Option<(i64, i64)>,
     /// Resource ids and paths, each once.
     pub(crate) keys: Vec<String>,
 }
@@ -394,6 +403,9 @@ impl Row {
             status: record.response.status.map(i32::from),
             instance: record.origin.as_ref().map(|o| indexed_owned(&o.instance)),
             origin_seq: record.origin.as_ref().map(|o| o.seq as i64),
+            after_crash: (record.origin.as_ref())
+                .and_then(|o| o.after_crash)
+                .map(|c| (saturating_i64(c.from), saturating_i64(c.to))),
             keys,
         }
     }
@@ -558,8 +570,14 @@ pub(crate) fn page_sql(query: &Query, dialect: &Dialect) -> (String, Vec<Param>)
     (sql, params)
 }
 
+/// A producer's `u64` as a column value: the largest `i64` stands for anything beyond.
+fn saturating_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
 /// Missing `origin.seq` ranges per instance, above what retention deleted from that instance
-/// (`origin_floor`), with the time of the instance's newest record. The same SQL runs on
+/// (`origin_floor`), with the time of the instance's newest record and whether a restart
+/// after a crash names a number inside the gap (`origin_crashes`). The same SQL runs on
 /// SQLite and PostgreSQL.
 pub(crate) const GAPS_SQL: &str = "WITH s AS (
     SELECT origin_instance AS instance, origin_seq AS seq, time_us,
@@ -569,7 +587,9 @@ pub(crate) const GAPS_SQL: &str = "WITH s AS (
     SELECT instance, MAX(time_us) AS last_us FROM s GROUP BY instance
 )
 SELECT s.instance, COALESCE(s.prev, f.seq, 0) + 1 AS gap_from, s.seq - 1 AS gap_to,
-       seen.last_us
+       seen.last_us,
+       EXISTS (SELECT 1 FROM origin_crashes c WHERE c.instance = s.instance
+               AND c.from_seq <= s.seq - 1 AND c.to_seq >= COALESCE(s.prev, f.seq, 0) + 1) AS crash
 FROM s LEFT JOIN origin_floor f ON f.instance = s.instance
 JOIN seen ON seen.instance = s.instance
 WHERE s.seq > COALESCE(s.prev, f.seq, 0) + 1

@@ -48,6 +48,12 @@ CREATE TABLE IF NOT EXISTS origin_floor (
     instance TEXT PRIMARY KEY,
     seq      BIGINT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS origin_crashes (
+    instance TEXT   NOT NULL,
+    from_seq BIGINT NOT NULL,
+    to_seq   BIGINT NOT NULL,
+    PRIMARY KEY (instance, from_seq, to_seq)
+);
 "#
     )
 }
@@ -435,6 +441,22 @@ async fn insert_part(client: &Mutex<Client>, records: &[Incoming]) -> Result<usi
             }
         }
     }
+    let (mut crash_instances, mut crash_from, mut crash_to) = (Vec::new(), Vec::new(), Vec::new());
+    for r in &rows {
+        if let (Some(instance), Some((from, to))) = (&r.instance, r.after_crash) {
+            crash_instances.push(instance.clone());
+            crash_from.push(from);
+            crash_to.push(to);
+        }
+    }
+    if !crash_instances.is_empty() {
+        tx.execute(
+            "INSERT INTO origin_crashes (instance, from_seq, to_seq)
+             SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[]) ON CONFLICT DO NOTHING",
+            &[&crash_instances, &crash_from, &crash_to],
+        )
+        .await?;
+    }
     if !keys.is_empty() {
         tx.execute(
             "INSERT INTO resources (key, time_us, record_seq)
@@ -527,7 +549,7 @@ impl Store for PostgresStore {
         let rows = self.reader.query(GAPS_SQL, &[]).await?;
         Ok(rows
             .iter()
-            .map(|r| Gap::of(r.get(0), r.get(1), r.get(2), r.get(3)))
+            .map(|r| Gap::of(r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
             .collect())
     }
 

@@ -55,6 +55,14 @@ CREATE TABLE IF NOT EXISTS origin_floor (
     instance TEXT PRIMARY KEY,
     seq      INTEGER NOT NULL
 );
+-- Crashes the restarted producers announced (`origin.after_crash`): the origin.seq numbers
+-- each crashed run may have used. A gap among them was left by the crash.
+CREATE TABLE IF NOT EXISTS origin_crashes (
+    instance TEXT    NOT NULL,
+    from_seq INTEGER NOT NULL,
+    to_seq   INTEGER NOT NULL,
+    PRIMARY KEY (instance, from_seq, to_seq)
+);
 PRAGMA user_version = 2;
 "#;
 
@@ -328,6 +336,9 @@ impl Store for SqliteStore {
                 let mut resource = tx.prepare_cached(
                     "INSERT OR IGNORE INTO resources (bucket, key, record_seq) VALUES (?, ?, ?)",
                 )?;
+                let mut crash = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO origin_crashes (instance, from_seq, to_seq) VALUES (?, ?, ?)",
+                )?;
                 let mut buckets = Vec::new();
                 for r in &rows {
                     let stored: Option<i64> = insert
@@ -339,6 +350,9 @@ impl Store for SqliteStore {
                             |row| row.get(0),
                         )
                         .optional()?;
+                    if let (Some(instance), Some((from, to))) = (&r.instance, r.after_crash) {
+                        crash.execute(params![instance, from, to])?;
+                    }
                     let Some(record_seq) = stored else {
                         continue; // already stored: exactly once
                     };
@@ -427,7 +441,13 @@ impl Store for SqliteStore {
             let mut stmt = conn.prepare_cached(GAPS_SQL)?;
             let gaps = stmt
                 .query_map([], |r| {
-                    Ok(Gap::of(r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                    Ok(Gap::of(
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                    ))
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(gaps)
