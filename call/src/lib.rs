@@ -83,8 +83,11 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
+use auditgate_geo::Locator;
 use auditgate_queue::{Durable, RecordSink};
-use auditgate_rules::{Call, Claims, ClientIpMode, Match, OnQueueFailure, Outcome, RuleSet, Stage};
+use auditgate_rules::{
+    Call, Claims, ClientIpMode, Location, Match, OnQueueFailure, Outcome, RuleSet, Stage,
+};
 use bytes::Buf;
 use chrono::{DateTime, Utc};
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -100,7 +103,7 @@ pub use refusal::Refusal;
 pub const DEFAULT_CAPTURE_LIMIT: usize = 64 * 1024;
 
 /// What every call of one host shares.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct CallSettings {
     /// How many bytes of each body templates may read (default [`DEFAULT_CAPTURE_LIMIT`]).
     pub capture_limit: usize,
@@ -113,6 +116,9 @@ pub struct CallSettings {
     /// How long a `closed` call waits for its received record to be durable before it is
     /// refused with 503 and never forwarded (default [`DEFAULT_CLOSED_TIMEOUT`]).
     pub closed_timeout: std::time::Duration,
+    /// Finds `request.location` from the client's full address (default: countries from
+    /// the embedded table); `None` records no location.
+    pub locator: Option<Arc<Locator>>,
 }
 
 /// The default of [`CallSettings::closed_timeout`]: 2 s.
@@ -132,6 +138,7 @@ impl Default for CallSettings {
             capture_limit: DEFAULT_CAPTURE_LIMIT,
             client_ip: ClientIpMode::default(),
             closed_timeout: DEFAULT_CLOSED_TIMEOUT,
+            locator: Some(Arc::new(Locator::embedded())),
             method_override_headers: DEFAULT_METHOD_OVERRIDE_HEADERS
                 .iter()
                 .map(|name| HeaderName::from_static(name))
@@ -250,6 +257,9 @@ pub struct AuditedCall<K: RecordSink> {
     started: Instant,
     client_ip: Option<IpAddr>,
     client_ip_mode: ClientIpMode,
+    locator: Option<Arc<Locator>>,
+    /// Found once the host sets the client's address.
+    location: Option<Location>,
     claims: CallerClaims,
     request_body: Option<RequestBody>,
     /// The request's `Content-Encoding` lines, kept when its body is captured.
@@ -318,6 +328,8 @@ impl<K: RecordSink + Clone> Begin<K> {
             started,
             client_ip: None,
             client_ip_mode: settings.client_ip,
+            locator: settings.locator.clone(),
+            location: None,
             claims: CallerClaims::Unverified,
             request_body,
             request_encoding,
@@ -357,6 +369,8 @@ impl<K: RecordSink> AuditedCall<K> {
     /// [`CallSettings::client_ip`] says).
     pub fn set_client_ip(&mut self, ip: Option<IpAddr>) {
         self.client_ip = ip;
+        // From the full address, before the record anonymises it.
+        self.location = (self.locator.as_ref()).and_then(|l| l.locate(ip?));
     }
 
     /// How `jwt/` templates read the caller's token.
@@ -465,6 +479,7 @@ impl<K: RecordSink> AuditedCall<K> {
             record_id: Some(self.record_id),
             body_pending: true,
             client_ip: self.client_ip.and_then(|ip| self.client_ip_mode.render(ip)),
+            location: self.location.clone(),
             claims: self.claims(),
             request_id: Some(&self.request_id),
             time: self.time,
@@ -543,6 +558,7 @@ impl<K: RecordSink> AuditedCall<K> {
             response_body_note,
             outcome,
             client_ip: self.client_ip.and_then(|ip| self.client_ip_mode.render(ip)),
+            location: self.location.take(),
             claims: self.claims(),
             request_id: Some(&self.request_id),
             time: self.time,

@@ -57,6 +57,14 @@ impl<K: RecordSink + Clone> AuditLayer<K> {
         self
     }
 
+    /// Where `request.location` comes from: by default the country, from the table built into
+    /// auditgate; a [`Locator`](auditgate_geo::Locator) with a city database adds region and
+    /// city; `None` records no location.
+    pub fn locator(mut self, locator: Option<Arc<auditgate_geo::Locator>>) -> Self {
+        self.settings_mut().call.locator = locator;
+        self
+    }
+
     /// Headers that name the method the handler acts on, whatever the request line says
     /// (default `X-HTTP-Method-Override`, `X-Method-Override`, `X-HTTP-Method`; none to trust
     /// the request line only): a `POST` with `X-HTTP-Method-Override: DELETE` matches the

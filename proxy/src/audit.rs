@@ -94,6 +94,7 @@ impl AuditProxy {
         config: ProxyConfig,
         jwt: Option<Arc<ArcSwap<Verifier>>>,
         metrics: ProxyMetrics,
+        locator: Option<Arc<auditgate_geo::Locator>>,
     ) -> AuditProxy {
         AuditProxy {
             rules,
@@ -104,6 +105,7 @@ impl AuditProxy {
                 client_ip: config.client_ip,
                 method_override_headers: config.method_override_headers.clone(),
                 closed_timeout: Duration::from_millis(config.closed_timeout_ms),
+                locator,
             },
             config,
             jwt,

@@ -88,6 +88,50 @@ pub struct ProxyConfig {
     /// Default 5.
     #[serde(default = "default_grace")]
     pub grace_period_seconds: u64,
+    /// Where clients are (`request.location`). Default: countries from the embedded table.
+    #[serde(default)]
+    pub geoip: GeoipConfig,
+}
+
+/// `request.location`: the country from the table built into auditgate, and region and city
+/// from a MaxMind-format database when one is given.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GeoipConfig {
+    /// Record locations at all. Default `true`.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// A MaxMind-format city database (GeoLite2-City.mmdb, DB-IP City Lite) for region and
+    /// city. Default: none (country only).
+    #[serde(default)]
+    pub mmdb_file: Option<PathBuf>,
+}
+
+impl Default for GeoipConfig {
+    fn default() -> Self {
+        GeoipConfig {
+            enabled: true,
+            mmdb_file: None,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl GeoipConfig {
+    /// The locator calls use; `None` when locations are off.
+    pub fn locator(&self) -> Result<Option<std::sync::Arc<auditgate_geo::Locator>>, ProxyError> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        let locator = match &self.mmdb_file {
+            Some(path) => auditgate_geo::Locator::with_city_database(path)?,
+            None => auditgate_geo::Locator::embedded(),
+        };
+        Ok(Some(std::sync::Arc::new(locator)))
+    }
 }
 
 /// How bearer tokens are verified.
@@ -199,9 +243,13 @@ impl ProxyConfig {
             };
         }
         config.spool.dir = base.join(&config.spool.dir);
-        for file in [&mut config.hmac_key_file, &mut config.upstream_ca_file]
-            .into_iter()
-            .flatten()
+        for file in [
+            &mut config.hmac_key_file,
+            &mut config.upstream_ca_file,
+            &mut config.geoip.mmdb_file,
+        ]
+        .into_iter()
+        .flatten()
         {
             *file = base.join(&*file);
         }

@@ -46,6 +46,9 @@ pub enum ProxyError {
         /// What the system said.
         source: std::io::Error,
     },
+    /// `geoip.mmdb_file` is not a MaxMind-format database.
+    #[error("geoip: {0}")]
+    Geoip(#[from] auditgate_geo::DatabaseError),
     /// The queue (its Redis URL, its spool) cannot be set up.
     #[error(transparent)]
     Queue(#[from] auditgate_queue::QueueError),

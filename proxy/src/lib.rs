@@ -157,6 +157,7 @@ pub fn run(
         None => None,
     };
     let upstream = config.upstream()?;
+    let locator = config.geoip.locator()?;
     let upstream_ca = match &config.upstream_ca_file {
         Some(path) => Some(upstream_ca::load(path)?),
         None => None,
@@ -207,6 +208,7 @@ pub fn run(
         config,
         jwt,
         ProxyMetrics::new(),
+        locator,
     );
     proxy.upstream_ca = upstream_ca;
     let in_flight = proxy.in_flight.clone();

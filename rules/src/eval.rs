@@ -17,8 +17,8 @@ use crate::matcher::Candidates;
 use crate::model::{FileMeta, OnQueueFailure, Rule, When};
 use crate::path::decode_param;
 use crate::record::{
-    ActorRef, AuditRecord, BodyNote, Capture, Outcome, RecordRef, RequestRef, ResourceRef,
-    ResponseInfo, SCHEMA_VERSION,
+    ActorRef, AuditRecord, BodyNote, Capture, Location, Outcome, RecordRef, RequestRef,
+    ResourceRef, ResponseInfo, SCHEMA_VERSION,
 };
 use crate::template::{Lookup, Source, Template, into_text, pointer, to_text};
 
@@ -78,6 +78,8 @@ pub struct Call<'a> {
     pub outcome: Option<Outcome>,
     /// The client address as it should appear in the record (see [`ClientIpMode`]).
     pub client_ip: Option<String>,
+    /// Where the client is, from its full address (`request.location`).
+    pub location: Option<Location>,
     /// How to read `jwt/` sources.
     pub claims: Claims<'a>,
     /// The request ID given to the call at its start ([`Match::request_id`]); read from the
@@ -115,6 +117,7 @@ impl<'a> Call<'a> {
             response_body_note: None,
             outcome: None,
             client_ip: None,
+            location: None,
             claims: Claims::Unverified,
             request_id: None,
             time: Utc::now(),
@@ -400,6 +403,7 @@ impl Match {
                 path: &self.path,
                 route: rule.map(|r| r.route.as_str()),
                 client_ip: call.client_ip.as_deref(),
+                location: call.location.as_ref(),
                 user_agent: call
                     .headers
                     .get(http::header::USER_AGENT)

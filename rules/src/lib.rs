@@ -77,9 +77,9 @@ pub use eval::{
 pub use model::{OnQueueFailure, Unmatched};
 pub use path::normalize_path;
 pub use record::{
-    Actor, ActorRef, AuditRecord, BodyNote, Capture, MethodOverride, Origin, OriginJson, Outcome,
-    RecordRef, RequestInfo, RequestRef, Resource, ResourceRef, ResponseInfo, SCHEMA_VERSION,
-    SeqRange, Stage,
+    Actor, ActorRef, AuditRecord, BodyNote, Capture, Location, MethodOverride, Origin, OriginJson,
+    Outcome, RecordRef, RequestInfo, RequestRef, Resource, ResourceRef, ResponseInfo,
+    SCHEMA_VERSION, SeqRange, Stage,
 };
 
 use load::FileReader;

@@ -137,9 +137,27 @@ pub struct RequestInfo {
     /// The client address as configured: full, anonymised or absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_ip: Option<String>,
+    /// Where the client is, from its full address before anonymising; absent for private,
+    /// loopback and unknown addresses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<Location>,
     /// The `User-Agent` header.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_agent: Option<String>,
+}
+
+/// `request.location`: the client's country, and region and city when the operator gave a
+/// city database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Location {
+    /// ISO 3166-1 alpha-2 (`DE`).
+    pub country: Cow<'static, str>,
+    /// The largest subdivision (state, province), in English.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// The city, in English.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub city: Option<String>,
 }
 
 /// `request.method_override`: the header that named the method, and the request line's.
@@ -398,6 +416,8 @@ pub struct RequestRef<'a> {
     pub route: Option<&'a str>,
     /// See [`RequestInfo::client_ip`].
     pub client_ip: Option<&'a str>,
+    /// See [`RequestInfo::location`].
+    pub location: Option<&'a Location>,
     /// See [`RequestInfo::user_agent`].
     pub user_agent: Option<Cow<'a, str>>,
 }
@@ -477,6 +497,13 @@ impl<'a> RecordRef<'a> {
         field(out, b"path", request.path);
         optional(out, b"route", request.route);
         optional(out, b"client_ip", request.client_ip);
+        if let Some(location) = request.location {
+            out.extend_from_slice(b",\"location\":{\"country\":");
+            push_str(out, &location.country);
+            optional(out, b"region", location.region.as_deref());
+            optional(out, b"city", location.city.as_deref());
+            out.push(b'}');
+        }
         optional(out, b"user_agent", request.user_agent.as_deref());
         out.extend_from_slice(b"},\"resources\":[");
         for (i, resource) in self.resources.iter().enumerate() {
@@ -559,6 +586,7 @@ impl<'a> RecordRef<'a> {
                 path: self.request.path.to_owned(),
                 route: self.request.route.map(str::to_owned),
                 client_ip: self.request.client_ip.map(str::to_owned),
+                location: self.request.location.cloned(),
                 user_agent: self.request.user_agent.map(Cow::into_owned),
             },
             resources: self
@@ -758,6 +786,11 @@ mod tests {
         let far = DateTime::<Utc>::from_timestamp(300_000_000_000, 0).unwrap();
         assert_eq!(write_micros(&far, &mut buf), None);
         let mut json = Vec::new();
+        let location = Location {
+            country: "DE".into(),
+            region: None,
+            city: Some("Berlin \"Mitte\"".into()),
+        };
         RecordRef {
             schema: SCHEMA_VERSION,
             id: Uuid::nil(),
@@ -775,6 +808,7 @@ mod tests {
                 path: "/",
                 route: None,
                 client_ip: None,
+                location: Some(&location),
                 user_agent: None,
             },
             resources: Vec::new(),
@@ -808,6 +842,10 @@ mod tests {
         assert_eq!(
             json["request"]["method_override"],
             serde_json::json!({"header": "x-http-method-override", "sent": "POST"})
+        );
+        assert_eq!(
+            json["request"]["location"],
+            serde_json::json!({"country": "DE", "city": "Berlin \"Mitte\""})
         );
         // The owned record reads what was written (at a time the RFC 3339 reader takes).
         let mut json = json;

@@ -205,6 +205,7 @@ pub fn record(n: u64) -> AuditRecord {
             path: format!("/v1/files/f{n}/details"),
             route: Some("/v1/files/{fileId}/details".into()),
             client_ip: Some("203.0.113.0".into()),
+            location: None,
             user_agent: Some("auditgate-tests".into()),
         },
         resources: vec![Resource {
@@ -432,10 +433,16 @@ impl ProxyProcess {
         } else {
             format!("http://{upstream}")
         };
+        // Records keep the full client address unless the test says otherwise.
+        let client_ip = if extra.contains("client_ip:") {
+            ""
+        } else {
+            "client_ip: full\n"
+        };
         let config = format!(
             "listen: 127.0.0.1:0\nupstream: {upstream}\nrules: [rules.yaml]\n\
              redis: {{ url: \"{redis_url}\" }}\n{spool}\
-             metrics_listen: 127.0.0.1:0\nclient_ip: full\n{extra}"
+             metrics_listen: 127.0.0.1:0\n{client_ip}{extra}"
         );
         std::fs::write(dir.path().join("proxy.yaml"), config).expect("write config");
         let stderr = std::fs::File::create(dir.path().join("stderr.log")).expect("log file");

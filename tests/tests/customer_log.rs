@@ -1,0 +1,150 @@
+//! The records the two model products show their customers (issue 15): where the client was,
+//! which organisation a record belongs to, what changed, and one history per asset. A real
+//! proxy in front of the example upstream, a real redis-server, and writers on SQLite and on
+//! PostgreSQL.
+
+#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed: the panic says where
+
+use std::time::Duration;
+
+use auditgate_tests::{
+    PostgresServer, ProxyProcess, RedisServer, UpstreamProcess, WriterProcess, http, wait_until,
+};
+use serde_json::Value;
+
+const RULES: &str = r#"
+version: 1
+service: media-library
+defaults:
+  actor: ["{header.X-User-Id}"]
+rules:
+  - operation: file.delete
+    method: DELETE
+    path: /v1/files/{fileId}
+    resources: [{ type: file, id: "{path.fileId}" }]
+"#;
+
+/// The records a filter selects, as the API answers them.
+fn select(writer: &WriterProcess, query: &str) -> Vec<Value> {
+    let page = writer.get(&format!("/api/v1/records?{query}"));
+    assert_eq!(
+        page.status,
+        200,
+        "{query}: {}",
+        String::from_utf8_lossy(&page.body)
+    );
+    page.json()["records"].as_array().unwrap().clone()
+}
+
+/// A call through a trusted proxy (`X-Forwarded-For: 8.8.8.8`, the proxy's peer 127.0.0.1
+/// trusted) is recorded with the anonymised address and the country of the full one; a
+/// private address has no location.
+fn location_of_a_forwarded_client(store: &str) {
+    let redis = RedisServer::start();
+    let upstream = UpstreamProcess::start();
+    let writer = WriterProcess::start(&redis.url(), store, "");
+    let proxy = ProxyProcess::start(
+        &upstream.addr,
+        &redis.url(),
+        RULES,
+        "client_ip: anonymized\ntrusted_proxies: [127.0.0.1/32]\n",
+    );
+    for (file, forwarded) in [
+        ("far", "8.8.8.8"),
+        ("near", "10.1.2.3"),
+        ("v6", "2001:4860:4860::8888"),
+    ] {
+        let path = format!("/v1/files/{file}");
+        let answer = http(
+            &proxy.addr,
+            "DELETE",
+            &path,
+            &[("X-Forwarded-For", forwarded)],
+            b"",
+        )
+        .unwrap();
+        assert_eq!(answer.status, 200);
+    }
+    assert!(wait_until(Duration::from_secs(15), || writer.count() == 3));
+    let request_of =
+        |file: &str| select(&writer, &format!("resource={file}"))[0]["request"].clone();
+    let far = request_of("far");
+    assert_eq!(far["client_ip"], "8.8.8.0");
+    assert_eq!(far["location"], serde_json::json!({"country": "US"}));
+    let near = request_of("near");
+    assert_eq!(near["client_ip"], "10.1.2.0");
+    assert!(
+        near.get("location").is_none(),
+        "a private address is nowhere: {near}"
+    );
+    let v6 = request_of("v6");
+    assert_eq!(v6["client_ip"], "2001:4860:4860::");
+    assert_eq!(v6["location"]["country"], "US");
+}
+
+#[test]
+fn sqlite_location_of_a_forwarded_client() {
+    location_of_a_forwarded_client("sqlite://audit.db");
+}
+
+#[test]
+fn postgres_location_of_a_forwarded_client() {
+    let pg = PostgresServer::start();
+    location_of_a_forwarded_client(&pg.url());
+}
+
+/// A city database (`geoip.mmdb_file`) adds region and city; the proxy refuses to start on a
+/// file that is not one, and says which.
+#[test]
+fn a_city_database_adds_region_and_city() {
+    use auditgate_geo::mmdb_writer::{Entry, write_city_database};
+    let redis = RedisServer::start();
+    let upstream = UpstreamProcess::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mmdb = dir.path().join("city.mmdb");
+    write_city_database(
+        &mmdb,
+        &[Entry {
+            network: "81.2.69.0/24".parse().unwrap(),
+            country: "GB",
+            region: Some("England"),
+            city: Some("London"),
+        }],
+    )
+    .unwrap();
+    let extra = format!(
+        "trusted_proxies: [127.0.0.1/32]\ngeoip: {{ mmdb_file: {} }}\n",
+        mmdb.display()
+    );
+    let proxy = ProxyProcess::start(&upstream.addr, &redis.url(), RULES, &extra);
+    let forwarded = [("X-Forwarded-For", "81.2.69.160")];
+    let answer = http(&proxy.addr, "DELETE", "/v1/files/london", &forwarded, b"").unwrap();
+    assert_eq!(answer.status, 200);
+    assert!(wait_until(Duration::from_secs(10), || redis
+        .len("auditgate:records")
+        == 1));
+    let record = &redis.records("auditgate:records")[0];
+    let location = record.request.location.as_ref().unwrap();
+    assert_eq!(
+        (
+            &*location.country,
+            location.region.as_deref(),
+            location.city.as_deref()
+        ),
+        ("GB", Some("England"), Some("London"))
+    );
+
+    std::fs::write(&mmdb, b"not a database").unwrap();
+    let config = proxy.dir.path().join("proxy.yaml");
+    let out = std::process::Command::new(auditgate_tests::workspace_bin("auditgate"))
+        .args(["proxy", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("city.mmdb: not a MaxMind-format database"),
+        "{err}"
+    );
+}
