@@ -86,7 +86,7 @@ use std::time::Instant;
 use auditgate_geo::Locator;
 use auditgate_queue::{Durable, RecordSink};
 use auditgate_rules::{
-    Call, Claims, ClientIpMode, Location, Match, OnQueueFailure, Outcome, RuleSet, Stage,
+    BodyNote, Call, Claims, ClientIpMode, Location, Match, OnQueueFailure, Outcome, RuleSet, Stage,
 };
 use bytes::Buf;
 use chrono::{DateTime, Utc};
@@ -260,6 +260,9 @@ pub struct AuditedCall<K: RecordSink> {
     locator: Option<Arc<Locator>>,
     /// Found once the host sets the client's address.
     location: Option<Location>,
+    /// The answer of the rule's `before:` GET, once the host has made it.
+    before: Option<Vec<u8>>,
+    before_note: Option<BodyNote>,
     claims: CallerClaims,
     request_body: Option<RequestBody>,
     /// The request's `Content-Encoding` lines, kept when its body is captured.
@@ -330,6 +333,8 @@ impl<K: RecordSink + Clone> Begin<K> {
             client_ip_mode: settings.client_ip,
             locator: settings.locator.clone(),
             location: None,
+            before: None,
+            before_note: None,
             claims: CallerClaims::Unverified,
             request_body,
             request_encoding,
@@ -371,6 +376,36 @@ impl<K: RecordSink> AuditedCall<K> {
         self.client_ip = ip;
         // From the full address, before the record anonymises it.
         self.location = (self.locator.as_ref()).and_then(|l| l.locate(ip?));
+    }
+
+    /// The upstream path (and query) to GET before forwarding, when the matching rule has
+    /// `before:`; the host GETs it with the caller's credentials and hands the answer to
+    /// [`AuditedCall::set_before`]. `None`: nothing to fetch.
+    pub fn before_target(&self) -> Option<String> {
+        if !self.found.has_before() {
+            return None;
+        }
+        let call = Call {
+            method_override: (self.method_override.as_ref())
+                .map(|(header, sent)| (header.as_str(), sent.as_str())),
+            claims: self.claims(),
+            request_id: Some(&self.request_id),
+            time: self.time,
+            ..Call::new(&self.method, &self.uri, &self.headers)
+        };
+        self.found.before_target(&call)
+    }
+
+    /// The answer of the `before:` GET: its body when it was answered 2xx (cut at the
+    /// capture limit, and then `truncated`), or `None` when it failed, timed out or was
+    /// answered otherwise (the record's `capture.before` says `failed`).
+    pub fn set_before(&mut self, body: Option<Vec<u8>>, truncated: bool) {
+        self.before_note = match &body {
+            None => Some(BodyNote::Failed),
+            Some(_) if truncated => Some(BodyNote::Truncated),
+            Some(_) => None,
+        };
+        self.before = body;
     }
 
     /// How `jwt/` templates read the caller's token.
@@ -480,6 +515,8 @@ impl<K: RecordSink> AuditedCall<K> {
             body_pending: true,
             client_ip: self.client_ip.and_then(|ip| self.client_ip_mode.render(ip)),
             location: self.location.clone(),
+            before: self.before.as_deref(),
+            before_note: self.before_note,
             claims: self.claims(),
             request_id: Some(&self.request_id),
             time: self.time,
@@ -559,6 +596,8 @@ impl<K: RecordSink> AuditedCall<K> {
             outcome,
             client_ip: self.client_ip.and_then(|ip| self.client_ip_mode.render(ip)),
             location: self.location.take(),
+            before: self.before.as_deref(),
+            before_note: self.before_note,
             claims: self.claims(),
             request_id: Some(&self.request_id),
             time: self.time,

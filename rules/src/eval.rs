@@ -17,7 +17,7 @@ use crate::matcher::Candidates;
 use crate::model::{FileMeta, OnQueueFailure, Rule, When};
 use crate::path::decode_param;
 use crate::record::{
-    ActorRef, AuditRecord, BodyNote, Capture, Location, Outcome, RecordRef, RequestRef,
+    ActorRef, AuditRecord, BodyNote, Capture, ChangeRef, Location, Outcome, RecordRef, RequestRef,
     ResourceRef, ResponseInfo, SCHEMA_VERSION,
 };
 use crate::template::{Lookup, Source, Template, into_text, pointer, to_text};
@@ -80,6 +80,11 @@ pub struct Call<'a> {
     pub client_ip: Option<String>,
     /// Where the client is, from its full address (`request.location`).
     pub location: Option<Location>,
+    /// The answer of the rule's `before:` GET ([`Match::before_target`]), as received;
+    /// `None` when there was none to read.
+    pub before: Option<&'a [u8]>,
+    /// Set when the `before:` GET gave nothing usable ([`BodyNote::Failed`]) or was cut.
+    pub before_note: Option<BodyNote>,
     /// How to read `jwt/` sources.
     pub claims: Claims<'a>,
     /// The request ID given to the call at its start ([`Match::request_id`]); read from the
@@ -118,6 +123,8 @@ impl<'a> Call<'a> {
             outcome: None,
             client_ip: None,
             location: None,
+            before: None,
+            before_note: None,
             claims: Claims::Unverified,
             request_id: None,
             time: Utc::now(),
@@ -310,10 +317,7 @@ impl Match {
     /// and the layer hand to a sink on the request path (see [`RecordRef`]).
     pub fn record_ref<'a>(&'a self, call: &'a Call<'a>) -> Option<RecordRef<'a>> {
         let lookup = CallLookup::new(self, call);
-        let chosen = self.candidates.iter().find(|c| {
-            let rule = &self.rules.inner.rules[c.rule as usize];
-            rule.when.as_ref().is_none_or(|w| when_holds(w, &lookup))
-        });
+        let chosen = self.choose(&lookup);
         let (rule, file, lookup) = match chosen {
             Some(c) => {
                 let rule = &self.rules.inner.rules[c.rule as usize];
@@ -344,10 +348,30 @@ impl Match {
             })
         });
 
+        let tenant = (rule.and_then(|r| r.tenant.as_ref()))
+            .or(file.tenant.as_ref())
+            .and_then(|t| t.eval_text(&lookup))
+            .filter(|t| !t.is_empty());
         let mut resources = Vec::new();
         let mut details = Vec::new();
+        let mut changes = Vec::new();
         let mut description = None;
         if let Some(rule) = rule {
+            for change in &rule.changes {
+                let eval = |t: &Option<Template>| {
+                    (t.as_ref())
+                        .and_then(|t| t.eval(&lookup))
+                        .map(|v| limit_depth(v, MAX_VALUE_DEPTH))
+                };
+                let (from, to) = (eval(&change.from), eval(&change.to));
+                if from.is_some() || to.is_some() {
+                    changes.push(ChangeRef {
+                        name: change.name.as_str(),
+                        from,
+                        to,
+                    });
+                }
+            }
             for r in &rule.resources {
                 expand_resource(r, &lookup, &mut resources);
             }
@@ -384,6 +408,13 @@ impl Match {
                     lookup.response(),
                 )
             }),
+            before: rule.filter(|r| r.before.is_some()).and_then(|_| {
+                match (call.before, call.before_note) {
+                    (_, Some(note)) => Some(note),
+                    (None, None) => Some(BodyNote::Failed),
+                    (Some(bytes), None) => body_note(Some(bytes), None, lookup.before()),
+                }
+            }),
         };
         Some(RecordRef {
             capture: (!capture.is_empty()).then_some(capture),
@@ -392,6 +423,7 @@ impl Match {
             time: call.time,
             duration_ms: (call.duration.as_secs_f64() * 1_000_000.0).round() / 1000.0,
             service: &file.service,
+            tenant,
             operation: rule.map_or(UNMATCHED_OPERATION, |r| &r.operation),
             rule: rule.map(|r| r.id.as_str()),
             description,
@@ -418,7 +450,47 @@ impl Match {
             stage: None,
             origin_seq: None,
             details,
+            changes,
         })
+    }
+
+    /// The first candidate (most specific first) whose `when` holds.
+    fn choose<'a>(&'a self, lookup: &CallLookup<'a>) -> Option<&'a crate::matcher::Candidate> {
+        self.candidates.iter().find(|c| {
+            let rule = &self.rules.inner.rules[c.rule as usize];
+            rule.when.as_ref().is_none_or(|w| when_holds(w, lookup))
+        })
+    }
+
+    /// The upstream path (and query) the host GETs before it forwards the call, when the
+    /// rule that will record it has `before:`: its answer, as [`Call::before`], is what
+    /// `before/` templates read. Judged before the body is read (a `when: { body }` holds).
+    /// `None` when the rule has none or its template yields nothing.
+    pub fn before_target(&self, call: &Call<'_>) -> Option<String> {
+        let pending = Call {
+            body_pending: true,
+            ..call.clone()
+        };
+        let lookup = CallLookup::new(self, &pending);
+        let chosen = self.choose(&lookup)?;
+        let rule = &self.rules.inner.rules[chosen.rule as usize];
+        let lookup = CallLookup {
+            rule: Some(rule),
+            captures: &chosen.captures,
+            ..lookup
+        };
+        let target = rule.before.as_ref()?.eval_text(&lookup)?;
+        // A path of this API only: a template that came out as `//host/…` or a full URL
+        // would send the caller's credentials elsewhere.
+        (target.starts_with('/') && !target.starts_with("//") && !target.contains(['\r', '\n']))
+            .then_some(target)
+    }
+
+    /// Whether a matching rule has `before:` (the host then calls [`Match::before_target`]).
+    pub fn has_before(&self) -> bool {
+        self.candidates
+            .iter()
+            .any(|c| self.rules.inner.rules[c.rule as usize].before.is_some())
     }
 }
 
@@ -512,6 +584,7 @@ fn expand_resource<'a>(
     };
     let mut ids = Field::eval(template.id.as_ref(), lookup);
     let mut paths = Field::eval(template.path.as_ref(), lookup);
+    let mut previous = Field::eval(template.previous_path.as_ref(), lookup);
     let count = match (ids.len(), paths.len()) {
         (None, None) => 1,
         (a, b) => a.unwrap_or(0).max(b.unwrap_or(0)),
@@ -519,11 +592,13 @@ fn expand_resource<'a>(
     for index in 0..count {
         let last = index + 1 == count;
         let (id, path) = (ids.take(index, last), paths.take(index, last));
+        let previous_path = previous.take(index, last);
         if id.is_some() || path.is_some() {
             out.push(ResourceRef {
                 kind: kind.clone(),
                 id,
                 path,
+                previous_path,
             });
         }
     }
@@ -540,6 +615,7 @@ struct CallLookup<'a> {
     body: OnceCell<Option<Value>>,
     response: OnceCell<Option<Value>>,
     jwt: OnceCell<Option<Value>>,
+    before: OnceCell<Option<Value>>,
 }
 
 impl<'a> CallLookup<'a> {
@@ -552,6 +628,7 @@ impl<'a> CallLookup<'a> {
             body: OnceCell::new(),
             response: OnceCell::new(),
             jwt: OnceCell::new(),
+            before: OnceCell::new(),
         }
     }
 }
@@ -596,6 +673,15 @@ impl Lookup for CallLookup<'_> {
             .get_or_init(|| {
                 let cut = self.call.response_body_note == Some(BodyNote::Truncated);
                 read_body(self.call.response_body?, BodyKind::Json, cut)
+            })
+            .as_ref()
+    }
+
+    fn before(&self) -> Option<&Value> {
+        self.before
+            .get_or_init(|| {
+                let cut = self.call.before_note == Some(BodyNote::Truncated);
+                read_body(self.call.before?, BodyKind::Json, cut)
             })
             .as_ref()
     }

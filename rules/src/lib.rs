@@ -77,8 +77,8 @@ pub use eval::{
 pub use model::{OnQueueFailure, Unmatched};
 pub use path::normalize_path;
 pub use record::{
-    Actor, ActorRef, AuditRecord, BodyNote, Capture, Location, MethodOverride, Origin, OriginJson,
-    Outcome, RecordRef, RequestInfo, RequestRef, Resource, ResourceRef, ResponseInfo,
+    Actor, ActorRef, AuditRecord, BodyNote, Capture, ChangeRef, Location, MethodOverride, Origin,
+    OriginJson, Outcome, RecordRef, RequestInfo, RequestRef, Resource, ResourceRef, ResponseInfo,
     SCHEMA_VERSION, SeqRange, Stage,
 };
 

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Diagnostic, did_you_mean};
 use crate::model::{
-    FileMeta, METHODS, MethodSet, OnQueueFailure, ResourceTemplate, Rule, Unmatched, When,
+    Change, FileMeta, METHODS, MethodSet, OnQueueFailure, ResourceTemplate, Rule, Unmatched, When,
 };
 use crate::path::PathPattern;
 use crate::template::{Source, Template, TemplateError};
@@ -14,6 +14,7 @@ const TOP_KEYS: &[&str] = &["version", "service", "defaults", "rules"];
 const DEFAULT_KEYS: &[&str] = &[
     "methods",
     "actor",
+    "tenant",
     "request_id",
     "unmatched",
     "on_queue_failure",
@@ -28,10 +29,14 @@ const RULE_KEYS: &[&str] = &[
     "details",
     "description",
     "actor",
+    "tenant",
+    "before",
+    "changes",
     "on_queue_failure",
 ];
 const WHEN_KEYS: &[&str] = &["body", "query", "header"];
-const RESOURCE_KEYS: &[&str] = &["type", "id", "path"];
+const RESOURCE_KEYS: &[&str] = &["type", "id", "path", "previous_path"];
+const CHANGE_KEYS: &[&str] = &["from", "to"];
 
 /// Collects the problems of one file while it is read.
 pub(crate) struct FileReader<'a> {
@@ -113,6 +118,7 @@ impl<'a> FileReader<'a> {
                 .chain(MethodSet::parse_one("DELETE"))
                 .fold(MethodSet::default(), MethodSet::union),
             actor: vec![Template::parse("{jwt/sub}").ok()?],
+            tenant: None,
             request_id: http::HeaderName::from_static("x-request-id"),
             unmatched: Unmatched::Ignore,
             on_queue_failure: OnQueueFailure::Open,
@@ -162,6 +168,12 @@ impl<'a> FileReader<'a> {
             && let Some(list) = self.actor(actor, None)
         {
             meta.actor = list;
+        }
+        if let Some(tenant) = find(entries, "tenant") {
+            meta.tenant = self.template(tenant, None);
+            if let Some(t) = &meta.tenant {
+                self.no_before(t, false);
+            }
         }
         if let Some(header) = find(entries, "request_id")
             && let Some(name) = self.string(header, "`request_id`")
@@ -293,6 +305,28 @@ impl<'a> FileReader<'a> {
         // as they come, without sorting per call.
         details.sort_by(|a, b| a.0.cmp(&b.0));
         let description = find(entries, "description").and_then(|n| self.template(n, params));
+        let tenant = find(entries, "tenant").and_then(|n| self.template(n, params));
+        let before = find(entries, "before").and_then(|n| self.before(n, params, methods));
+        let changes = find(entries, "changes")
+            .map(|n| self.changes(n, params))
+            .unwrap_or_default();
+        // `before/` reads the answer of the rule's `before:` GET: without one it has nothing.
+        let has_before = find(entries, "before").is_some();
+        for template in resources
+            .iter()
+            .flat_map(|r| [&r.id, &r.path, &r.previous_path])
+            .flatten()
+            .chain(details.iter().map(|(_, t)| t))
+            .chain(description.iter())
+            .chain(tenant.iter())
+            .chain(
+                changes
+                    .iter()
+                    .flat_map(|c| c.from.iter().chain(c.to.iter())),
+            )
+        {
+            self.no_before(template, has_before);
+        }
 
         let (pattern, route) = pattern?;
         Some(Rule {
@@ -309,8 +343,117 @@ impl<'a> FileReader<'a> {
             details,
             description,
             actor,
+            tenant,
+            before,
+            changes,
             on_queue_failure: on_queue_failure?,
         })
+    }
+
+    /// Reports a `before/` source in a template of a rule that has no `before:` GET.
+    fn no_before(&mut self, template: &Template, has_before: bool) {
+        if has_before {
+            return;
+        }
+        if let Some(expr) = template
+            .exprs()
+            .find(|e| matches!(e.source, Source::Before(_)))
+        {
+            let offset = template.text.find(&expr.text).unwrap_or(0);
+            self.error(
+                template.pos.shifted(template.text[..offset].chars().count()),
+                format!(
+                    "\"{}\" reads the answer of the rule's `before:` GET, and this rule has none: add `before: \"/path/of/the/resource\"`",
+                    expr.text
+                ),
+            );
+        }
+    }
+
+    /// `before:`: a template of the upstream path to GET before the call is forwarded. It can
+    /// read only what is known before forwarding (path, query, headers, claims), and a rule
+    /// that only reads (GET) has no "before".
+    fn before(
+        &mut self,
+        node: &Node,
+        params: Option<&PathPattern>,
+        methods: Option<MethodSet>,
+    ) -> Option<Template> {
+        let template = self.template(node, params)?;
+        if let Some(expr) = template.exprs().find(|e| {
+            matches!(
+                e.source,
+                Source::Body(_) | Source::Response(_) | Source::Before(_)
+            )
+        }) {
+            self.error(
+                template.pos,
+                format!(
+                    "`before` is fetched before the call is forwarded, so it cannot read \"{}\": use path., query., header. or jwt/ sources",
+                    expr.text
+                ),
+            );
+            return None;
+        }
+        if !template.text.starts_with('/') {
+            self.error(
+                template.pos,
+                format!("`before` is an upstream path starting with /, e.g. \"/v1/files/{{path.fileId}}/details\", not \"{}\"", template.text),
+            );
+            return None;
+        }
+        let get = MethodSet::parse_one("GET").unwrap_or_default();
+        let head = MethodSet::parse_one("HEAD").unwrap_or_default();
+        if let Some(methods) = methods
+            && !methods.intersects(MethodSet(!(get.0 | head.0)))
+        {
+            self.error(
+                node.pos,
+                "`before` records what a call changes, and a GET or HEAD changes nothing: remove `before`, or give the rule the method that changes the resource",
+            );
+            return None;
+        }
+        Some(template)
+    }
+
+    /// `changes:`: `NAME: { from: TEMPLATE, to: TEMPLATE }`, in name order.
+    fn changes(&mut self, node: &Node, params: Option<&PathPattern>) -> Vec<Change> {
+        let mut changes: Vec<Change> = Vec::new();
+        let Some(items) = self.mapping(node, "`changes`") else {
+            return changes;
+        };
+        for (key, value) in items {
+            let Some(name) = self.string(key, "a `changes` key") else {
+                continue;
+            };
+            let Some(entries) = self.mapping(
+                value,
+                "a change (`{ from: \"{before/name}\", to: \"{body/name}\" }`)",
+            ) else {
+                continue;
+            };
+            self.check_keys(entries, CHANGE_KEYS, "in a change");
+            let from = find(entries, "from").and_then(|n| self.template(n, params));
+            let to = find(entries, "to").and_then(|n| self.template(n, params));
+            // A `from` or `to` that is there but bad was reported already.
+            if find(entries, "from").is_none() && find(entries, "to").is_none() {
+                self.error(
+                    value.pos,
+                    format!("change \"{name}\" needs `from` or `to` (or both), e.g. {{ from: \"{{before/name}}\", to: \"{{body/name}}\" }}"),
+                );
+                continue;
+            }
+            if changes.iter().any(|c| c.name == name) {
+                self.error(key.pos, format!("changes key \"{name}\" appears twice"));
+                continue;
+            }
+            if from.is_none() && to.is_none() {
+                continue;
+            }
+            changes.push(Change { name, from, to });
+        }
+        changes.sort_by(|a, b| a.name.cmp(&b.name));
+        changes
     }
 
     fn resource(&mut self, node: &Node, params: Option<&PathPattern>) -> Option<ResourceTemplate> {
@@ -328,6 +471,15 @@ impl<'a> FileReader<'a> {
         };
         let id = find(entries, "id").and_then(|n| self.template(n, params));
         let path = find(entries, "path").and_then(|n| self.template(n, params));
+        let previous_path = find(entries, "previous_path").and_then(|n| self.template(n, params));
+        if let Some(previous) = find(entries, "previous_path")
+            && find(entries, "path").is_none()
+        {
+            self.error(
+                previous.pos,
+                "`previous_path` says where a resource was before the call, so it needs `path`, where it is after: add `path: \"{response/filePath}\"`",
+            );
+        }
         if find(entries, "id").is_none() && find(entries, "path").is_none() {
             self.error(
                 node.pos,
@@ -338,6 +490,7 @@ impl<'a> FileReader<'a> {
             kind: kind?,
             id,
             path,
+            previous_path,
         })
     }
 

@@ -107,6 +107,8 @@ pub(crate) struct FileMeta {
     pub(crate) service: String,
     pub(crate) methods: MethodSet,
     pub(crate) actor: Vec<Template>,
+    /// `defaults.tenant`: the organisation a record belongs to.
+    pub(crate) tenant: Option<Template>,
     pub(crate) request_id: http::HeaderName,
     pub(crate) unmatched: Unmatched,
     pub(crate) on_queue_failure: OnQueueFailure,
@@ -125,6 +127,16 @@ pub(crate) struct ResourceTemplate {
     pub(crate) kind: Template,
     pub(crate) id: Option<Template>,
     pub(crate) path: Option<Template>,
+    /// The path it had before the call (a move, a rename).
+    pub(crate) previous_path: Option<Template>,
+}
+
+/// One `changes:` entry: a field's value before the call and after it.
+#[derive(Debug, Clone)]
+pub(crate) struct Change {
+    pub(crate) name: String,
+    pub(crate) from: Option<Template>,
+    pub(crate) to: Option<Template>,
 }
 
 #[derive(Debug, Clone)]
@@ -145,6 +157,13 @@ pub(crate) struct Rule {
     pub(crate) description: Option<Template>,
     /// A rule-level `actor:` list replaces the file's default.
     pub(crate) actor: Option<Vec<Template>>,
+    /// A rule-level `tenant:` replaces the file's default.
+    pub(crate) tenant: Option<Template>,
+    /// The upstream path to GET before the call is forwarded (`before/` templates read its
+    /// answer).
+    pub(crate) before: Option<Template>,
+    /// In name order, as the record's JSON object.
+    pub(crate) changes: Vec<Change>,
     pub(crate) on_queue_failure: OnQueueFailure,
 }
 
@@ -156,16 +175,26 @@ impl Rule {
                 std::iter::once(&r.kind)
                     .chain(r.id.iter())
                     .chain(r.path.iter())
+                    .chain(r.previous_path.iter())
             })
             .chain(self.details.iter().map(|(_, t)| t))
             .chain(self.description.iter())
             .chain(self.actor.iter().flatten())
+            .chain(self.tenant.iter())
+            .chain(self.before.iter())
+            .chain(
+                self.changes
+                    .iter()
+                    .flat_map(|c| c.from.iter().chain(c.to.iter())),
+            )
     }
 
     pub(crate) fn reads(&self, file: &FileMeta, pred: impl Fn(&Source) -> bool) -> bool {
         let actor = self.actor.as_ref().unwrap_or(&file.actor);
+        let tenant = self.tenant.as_ref().or(file.tenant.as_ref());
         self.templates()
             .chain(actor.iter())
+            .chain(tenant)
             .any(|t| t.uses(|e| pred(&e.source)))
     }
 }

@@ -35,6 +35,9 @@ pub struct AuditRecord {
     pub duration_ms: f64,
     /// The rule file's `service`.
     pub service: String,
+    /// The organisation the record belongs to (the rules' `tenant:`); absent when none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     /// The rule's operation, or `unmatched`.
     pub operation: String,
     /// The rule id; absent for `unmatched` records.
@@ -60,6 +63,10 @@ pub struct AuditRecord {
     /// The rule's `details`, each omitted when its source was missing.
     #[serde(default)]
     pub details: Map<String, Value>,
+    /// The rule's `changes`: `{"name": {"from": "tree.png", "to": "oak.png"}}`, `from` and
+    /// `to` each omitted when its source was missing; absent when none.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub changes: Map<String, Value>,
     /// Which bodies the rule reads could not be read whole, so that a value missing from the
     /// record is never silently missing; absent when nothing was cut.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -78,6 +85,9 @@ pub struct Capture {
     /// The response body's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_body: Option<BodyNote>,
+    /// The answer of the rule's `before:` GET.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<BodyNote>,
 }
 
 /// Why a body's values may be missing from a record.
@@ -89,6 +99,8 @@ pub enum BodyNote {
     /// Present, but not JSON or a form the record could read (or encoded in a way it
     /// cannot decode).
     Unreadable,
+    /// Not there: the `before:` GET failed, timed out or was not answered 2xx.
+    Failed,
 }
 
 impl BodyNote {
@@ -97,13 +109,14 @@ impl BodyNote {
         match self {
             BodyNote::Truncated => "truncated",
             BodyNote::Unreadable => "unreadable",
+            BodyNote::Failed => "failed",
         }
     }
 }
 
 impl Capture {
     pub(crate) fn is_empty(&self) -> bool {
-        self.request_body.is_none() && self.response_body.is_none()
+        self.request_body.is_none() && self.response_body.is_none() && self.before.is_none()
     }
 }
 
@@ -181,6 +194,9 @@ pub struct Resource {
     /// Its path, when the rule says where to find one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// Where it was before the call (a move, a rename), when the rule says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_path: Option<String>,
 }
 
 /// The response side of a record.
@@ -364,6 +380,8 @@ pub struct RecordRef<'a> {
     pub duration_ms: f64,
     /// See [`AuditRecord::service`].
     pub service: &'a str,
+    /// See [`AuditRecord::tenant`].
+    pub tenant: Option<String>,
     /// See [`AuditRecord::operation`].
     pub operation: &'a str,
     /// See [`AuditRecord::rule`].
@@ -388,6 +406,8 @@ pub struct RecordRef<'a> {
     /// In name order, without repeats (the order of the JSON object `write_json` writes):
     /// private to the crate so that it stays so.
     pub(crate) details: Vec<(&'a str, Value)>,
+    /// See [`AuditRecord::changes`]: in name order, without repeats, like `details`.
+    pub(crate) changes: Vec<ChangeRef<'a>>,
     /// See [`AuditRecord::capture`].
     pub capture: Option<Capture>,
 }
@@ -431,6 +451,19 @@ pub struct ResourceRef<'a> {
     pub id: Option<String>,
     /// See [`Resource::path`].
     pub path: Option<String>,
+    /// See [`Resource::previous_path`].
+    pub previous_path: Option<String>,
+}
+
+/// One of [`RecordRef::changes`]: a field's value before and after the call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangeRef<'a> {
+    /// The change's name in the rule.
+    pub name: &'a str,
+    /// The value before; `None` when its source was missing.
+    pub from: Option<Value>,
+    /// The value after; `None` when its source was missing.
+    pub to: Option<Value>,
 }
 
 impl<'a> RecordRef<'a> {
@@ -468,6 +501,7 @@ impl<'a> RecordRef<'a> {
         key(out, b"duration_ms");
         push_value(out, &self.duration_ms);
         field(out, b"service", self.service);
+        optional(out, b"tenant", self.tenant.as_deref());
         field(out, b"operation", self.operation);
         optional(out, b"rule", self.rule);
         optional(out, b"description", self.description.as_deref());
@@ -514,6 +548,7 @@ impl<'a> RecordRef<'a> {
             push_str(out, &resource.kind);
             optional(out, b"id", resource.id.as_deref());
             optional(out, b"path", resource.path.as_deref());
+            optional(out, b"previous_path", resource.previous_path.as_deref());
             out.push(b'}');
         }
         out.extend_from_slice(b"],\"response\":{\"status\":");
@@ -540,13 +575,38 @@ impl<'a> RecordRef<'a> {
             push_value(out, value);
         }
         out.push(b'}');
+        if !self.changes.is_empty() {
+            key(out, b"changes");
+            out.push(b'{');
+            for (i, change) in self.changes.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                push_str(out, change.name);
+                out.push(b':');
+                out.push(b'{');
+                let mut first = true;
+                for (name, value) in [("from", &change.from), ("to", &change.to)] {
+                    let Some(value) = value else { continue };
+                    if !std::mem::take(&mut first) {
+                        out.push(b',');
+                    }
+                    push_str(out, name);
+                    out.push(b':');
+                    push_value(out, value);
+                }
+                out.push(b'}');
+            }
+            out.push(b'}');
+        }
         if let Some(capture) = self.capture.filter(|c| !c.is_empty()) {
             // `,"capture":{"request_body":"…","response_body":"…"}`, each when set.
             key(out, b"capture");
             out.push(b'{');
-            let mut members = Vec::with_capacity(2);
+            let mut members = Vec::with_capacity(3);
             members.extend(capture.request_body.map(|n| ("request_body", n)));
             members.extend(capture.response_body.map(|n| ("response_body", n)));
+            members.extend(capture.before.map(|n| ("before", n)));
             for (i, (name, note)) in members.into_iter().enumerate() {
                 if i > 0 {
                     out.push(b',');
@@ -567,6 +627,7 @@ impl<'a> RecordRef<'a> {
             time: self.time,
             duration_ms: self.duration_ms,
             service: self.service.to_owned(),
+            tenant: self.tenant,
             operation: self.operation.to_owned(),
             rule: self.rule.map(str::to_owned),
             description: self.description,
@@ -596,6 +657,7 @@ impl<'a> RecordRef<'a> {
                     kind: r.kind.into_owned(),
                     id: r.id,
                     path: r.path,
+                    previous_path: r.previous_path,
                 })
                 .collect(),
             response: self.response,
@@ -605,6 +667,16 @@ impl<'a> RecordRef<'a> {
                 .details
                 .into_iter()
                 .map(|(name, value)| (name.to_owned(), value))
+                .collect(),
+            changes: self
+                .changes
+                .into_iter()
+                .map(|c| {
+                    let mut change = Map::new();
+                    change.extend(c.from.map(|v| ("from".to_owned(), v)));
+                    change.extend(c.to.map(|v| ("to".to_owned(), v)));
+                    (c.name.to_owned(), Value::Object(change))
+                })
                 .collect(),
             capture: self.capture.filter(|c| !c.is_empty()),
             origin: None,
@@ -797,6 +869,7 @@ mod tests {
             time: far,
             duration_ms: 0.0,
             service: "s",
+            tenant: Some("acme".into()),
             operation: "o",
             rule: None,
             description: None,
@@ -820,9 +893,15 @@ mod tests {
             stage: Some(Stage::Received),
             origin_seq: None,
             details: Vec::new(),
+            changes: vec![ChangeRef {
+                name: "name",
+                from: None,
+                to: Some(Value::String("oak.png".into())),
+            }],
             capture: Some(Capture {
                 request_body: Some(BodyNote::Truncated),
                 response_body: None,
+                before: Some(BodyNote::Failed),
             }),
         }
         .write_json(&mut json);
@@ -833,7 +912,12 @@ mod tests {
         );
         assert_eq!(
             json["capture"],
-            serde_json::json!({"request_body": "truncated"})
+            serde_json::json!({"request_body": "truncated", "before": "failed"})
+        );
+        assert_eq!(json["tenant"], "acme");
+        assert_eq!(
+            json["changes"],
+            serde_json::json!({"name": {"to": "oak.png"}})
         );
         assert_eq!(
             json["response"],

@@ -27,6 +27,8 @@ pub(crate) enum Source {
     Response(String),
     /// `jwt/POINTER`: a JSON pointer into the bearer token's claims.
     Jwt(String),
+    /// `before/POINTER`: a JSON pointer into the answer of the rule's `before:` GET.
+    Before(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,11 +78,11 @@ pub(crate) trait Lookup {
     fn body(&self) -> Option<&Value>;
     fn response(&self) -> Option<&Value>;
     fn jwt(&self) -> Option<&Value>;
+    fn before(&self) -> Option<&Value>;
     fn hmac_key(&self) -> Option<&[u8]>;
 }
 
-const SOURCES_HELP: &str =
-    "expected path.NAME, query.NAME, header.NAME, body/POINTER, response/POINTER or jwt/POINTER";
+const SOURCES_HELP: &str = "expected path.NAME, query.NAME, header.NAME, body/POINTER, response/POINTER, jwt/POINTER or before/POINTER";
 
 impl Template {
     pub(crate) fn parse(text: &str) -> Result<Template, TemplateError> {
@@ -259,7 +261,9 @@ impl Expr {
             Source::Path(name) => lookup.path_param(name),
             Source::Query(name) => lookup.query(name),
             Source::Header(name) => lookup.header(name),
-            Source::Body(_) | Source::Response(_) | Source::Jwt(_) => return None,
+            Source::Body(_) | Source::Response(_) | Source::Jwt(_) | Source::Before(_) => {
+                return None;
+            }
         })
     }
 
@@ -289,6 +293,7 @@ impl Expr {
             Source::Body(ptr) => pointer(lookup.body()?, ptr)?.clone(),
             Source::Response(ptr) => pointer(lookup.response()?, ptr)?.clone(),
             Source::Jwt(ptr) => pointer(lookup.jwt()?, ptr)?.clone(),
+            Source::Before(ptr) => pointer(lookup.before()?, ptr)?.clone(),
         };
         let mut value = raw;
         for filter in &self.filters {
@@ -336,6 +341,7 @@ fn parse_source(text: &str) -> Result<Source, String> {
         ("body", Source::Body as fn(String) -> Source),
         ("response", Source::Response),
         ("jwt", Source::Jwt),
+        ("before", Source::Before),
     ] {
         if let Some(rest) = text.strip_prefix(prefix) {
             if rest.is_empty() || rest.starts_with('/') {
@@ -535,6 +541,9 @@ mod tests {
         }
         fn jwt(&self) -> Option<&Value> {
             self.jwt.as_ref()
+        }
+        fn before(&self) -> Option<&Value> {
+            None
         }
         fn hmac_key(&self) -> Option<&[u8]> {
             self.key.as_deref()

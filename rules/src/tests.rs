@@ -212,7 +212,7 @@ fn bad_templates() {
     ));
     assert_eq!(
         e,
-        "rules.yaml:6:21: unknown source \"bdy/name\" (did you mean \"body\"?): expected path.NAME, query.NAME, header.NAME, body/POINTER, response/POINTER or jwt/POINTER"
+        "rules.yaml:6:21: unknown source \"bdy/name\" (did you mean \"body\"?): expected path.NAME, query.NAME, header.NAME, body/POINTER, response/POINTER, jwt/POINTER or before/POINTER"
     );
     let e = error(&with_rules(
         "  - operation: a.b\n    path: /x\n    details: { n: \"{body/a~2}\" }\n",
@@ -560,7 +560,8 @@ fn rest_parameters_capture_several_segments() {
         vec![Resource {
             kind: "secret".into(),
             id: Some("TOKEN".into()),
-            path: Some("acme/site".into())
+            path: Some("acme/site".into()),
+            previous_path: None,
         }]
     );
     assert_eq!(req("PUT", "/api/repos/secrets/TOKEN").record(&set), None);
@@ -1066,4 +1067,141 @@ fn unmatched_record_catches_a_lower_case_mutation() {
     assert_eq!(record.operation, UNMATCHED_OPERATION);
     assert_eq!(record.request.method, "patch");
     assert_eq!(req("get", "/elsewhere").operation(&set), None);
+}
+
+const ORGANISATION_RULES: &str = r#"
+version: 1
+service: media-library
+defaults:
+  tenant: "{header.X-Org-Id}"
+rules:
+  - operation: asset.rename
+    method: PATCH
+    path: /v1/files/{fileId}/details
+    before: "/v1/files/{path.fileId}/details"
+    changes:
+      name: { from: "{before/name}", to: "{body/name}" }
+      tags: { to: "{body/tags}" }
+    resources:
+      - { type: file, id: "{path.fileId}", path: "{response/filePath}", previous_path: "{before/filePath}" }
+  - operation: member.remove
+    method: DELETE
+    path: /api/organizations/{org}/members/{user}
+    tenant: "{path.org}"
+    resources: [{ type: member, id: "{path.user}" }]
+"#;
+
+#[test]
+fn tenant_changes_and_previous_path_are_recorded() {
+    let set = load(ORGANISATION_RULES);
+    let rename = req("PATCH", "/v1/files/abc/details")
+        .header("X-Org-Id", "acme")
+        .body(r#"{"name": "oak.png", "tags": ["t"]}"#)
+        .response(r#"{"filePath": "/forest/oak.png"}"#);
+    let before = br#"{"name": "tree.png", "filePath": "/forest/tree.png"}"#;
+    let r = rename
+        .record_with(&set, |call| call.before = Some(before))
+        .unwrap();
+    assert_eq!(r.tenant.as_deref(), Some("acme"));
+    assert_eq!(
+        serde_json::Value::Object(r.changes.clone()),
+        serde_json::json!({"name": {"from": "tree.png", "to": "oak.png"}, "tags": {"to": ["t"]}})
+    );
+    assert_eq!(r.resources[0].path.as_deref(), Some("/forest/oak.png"));
+    assert_eq!(
+        r.resources[0].previous_path.as_deref(),
+        Some("/forest/tree.png")
+    );
+    assert_eq!(r.capture, None, "the before answer was read");
+
+    // No answer to the before GET: `from` is left out, and `capture` says why.
+    let r = rename.record_with(&set, |_| {}).unwrap();
+    assert_eq!(
+        serde_json::Value::Object(r.changes.clone()),
+        serde_json::json!({"name": {"to": "oak.png"}, "tags": {"to": ["t"]}})
+    );
+    assert_eq!(r.capture.unwrap().before, Some(BodyNote::Failed));
+    assert_eq!(r.resources[0].previous_path, None);
+    // An answer that is not JSON: unreadable.
+    let r = rename
+        .record_with(&set, |call| call.before = Some(b"<html>"))
+        .unwrap();
+    assert_eq!(r.capture.unwrap().before, Some(BodyNote::Unreadable));
+
+    // A rule's own tenant wins over the default.
+    let removed = req("DELETE", "/api/organizations/huggingface/members/u1")
+        .header("X-Org-Id", "acme")
+        .record(&set)
+        .unwrap();
+    assert_eq!(removed.tenant.as_deref(), Some("huggingface"));
+    // No tenant source: no tenant.
+    let r = req("PATCH", "/v1/files/abc/details").record(&set).unwrap();
+    assert_eq!(r.tenant, None);
+}
+
+#[test]
+fn before_targets_are_paths_of_this_api() {
+    let set = load(ORGANISATION_RULES);
+    let uri: http::Uri = "/v1/files/abc/details".parse().unwrap();
+    let headers = http::HeaderMap::new();
+    let found = set.matches(&http::Method::PATCH, uri.path()).unwrap();
+    let call = Call::new(&http::Method::PATCH, &uri, &headers);
+    assert!(found.has_before());
+    assert_eq!(
+        found.before_target(&call).as_deref(),
+        Some("/v1/files/abc/details")
+    );
+    // A path parameter that would make the target leave this API (`//evil`): no target.
+    let uri: http::Uri = "/v1/files/%2F%2Fevil/details".parse().unwrap();
+    let found = set.matches(&http::Method::PATCH, uri.path()).unwrap();
+    let call = Call::new(&http::Method::PATCH, &uri, &headers);
+    let target = found.before_target(&call);
+    assert!(
+        target.as_deref().is_none_or(|t| !t.starts_with("//")),
+        "{target:?}"
+    );
+}
+
+#[test]
+fn new_keys_are_checked_with_their_place() {
+    let e = error(&with_rules(
+        "  - operation: a.b\n    method: GET\n    path: /x/{id}\n    before: \"/x/{path.id}\"\n",
+    ));
+    assert!(
+        e.starts_with("rules.yaml:7:13: `before` records what a call changes, and a GET or HEAD changes nothing"),
+        "{e}"
+    );
+    let e = error(&with_rules(
+        "  - operation: a.b\n    method: PATCH\n    path: /x/{id}\n    changes: { name: { from: \"{before/name}\" } }\n",
+    ));
+    assert!(
+        e.starts_with("rules.yaml:7:32: \"before/name\" reads the answer of the rule's `before:` GET, and this rule has none"),
+        "{e}"
+    );
+    let e = error(&with_rules(
+        "  - operation: a.b\n    method: PATCH\n    path: /x/{id}\n    before: \"/x/{body/id}\"\n",
+    ));
+    assert!(e.contains("cannot read \"body/id\""), "{e}");
+    let e = error(&with_rules(
+        "  - operation: a.b\n    path: /x/{id}\n    resources: [{ type: file, id: \"{path.id}\", previous_path: \"{body/old}\" }]\n",
+    ));
+    assert!(
+        e.starts_with("rules.yaml:6:")
+            && e.contains(
+                "`previous_path` says where a resource was before the call, so it needs `path`"
+            ),
+        "{e}"
+    );
+    let all = errors(&with_rules(
+        "  - operation: a.b\n    path: /x\n    changes: { name: { form: \"{body/a}\" } }\n",
+    ));
+    assert!(
+        all.iter()
+            .any(|e| e.contains("unknown key \"form\" in a change (did you mean \"from\"?)")),
+        "{all:?}"
+    );
+    let e = error(&with_rules(
+        "  - operation: a.b\n    path: /x/{id}\n    changes: { name: { to: \"{path.nope}\" } }\n",
+    ));
+    assert!(e.contains("unknown path parameter \"nope\""), "{e}");
 }

@@ -191,6 +191,7 @@ pub fn record(n: u64) -> AuditRecord {
         time,
         duration_ms: 1.25,
         service: "media-library".into(),
+        tenant: None,
         operation: "asset.rename".into(),
         rule: Some("file-rename".into()),
         description: Some(format!("Renamed file f{n} to file-{n}.png")),
@@ -212,6 +213,7 @@ pub fn record(n: u64) -> AuditRecord {
             kind: "file".into(),
             id: Some(format!("f{n}")),
             path: Some(format!("/forest/file-{n}.png")),
+            previous_path: None,
         }],
         response: ResponseInfo {
             status: Some(200),
@@ -220,6 +222,7 @@ pub fn record(n: u64) -> AuditRecord {
         outcome: Outcome::Success,
         stage: None,
         details,
+        changes: serde_json::Map::new(),
         capture: None,
         origin: None,
     }

@@ -39,6 +39,7 @@ async fn the_page_in_a_browser() {
             kind: "file".into(),
             id: Some(format!("f{}", i % 10)),
             path: None,
+            previous_path: None,
         }];
         queue.enqueue(r).unwrap();
     }

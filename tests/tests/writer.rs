@@ -46,6 +46,7 @@ fn fixture(i: u64) -> AuditRecord {
         kind: "file".into(),
         id: Some(format!("f{}", i % 10)),
         path: Some(format!("/forest/f{}.png", i % 10)),
+        previous_path: None,
     }];
     r
 }

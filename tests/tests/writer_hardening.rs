@@ -36,6 +36,7 @@ fn fixture() -> Vec<AuditRecord> {
         kind: "file".into(),
         id: Some("f1".into()),
         path: Some("/forest/a.png".into()),
+        previous_path: None,
     };
     let mut rename = record(1);
     rename.time = start;
@@ -52,6 +53,7 @@ fn fixture() -> Vec<AuditRecord> {
             kind: "folder".into(),
             id: Some("d9".into()),
             path: Some("/hidden/folder".into()),
+            previous_path: None,
         },
     ];
     moved.description = Some("Moved file f1 out of /hidden/folder".into());
@@ -66,6 +68,7 @@ fn fixture() -> Vec<AuditRecord> {
         kind: "file".into(),
         id: Some("f2".into()),
         path: Some("/forest/b.png".into()),
+        previous_path: None,
     }];
     vec![rename, moved, other]
 }
