@@ -508,6 +508,10 @@ impl ProxyProcess {
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 /// The viewer token every test writer accepts.
 pub const VIEWER_TOKEN: &str = "test-viewer-token";
+/// An admin token of every test writer that sees tenant `acme` only.
+pub const ACME_TOKEN: &str = "test-acme-token";
+/// An admin token of every test writer that sees tenant `globex` only.
+pub const GLOBEX_TOKEN: &str = "test-globex-token";
 
 /// `auditgate writer` as a process, with its config in a temp dir.
 #[derive(Debug)]
@@ -543,9 +547,13 @@ impl WriterProcess {
         };
         let config = format!(
             "redis: {{ url: \"{redis_url}\" }}\nstore: {store}\nlisten: 127.0.0.1:0\nconsumer: test-writer\n\
-             tokens:\n  - {{ sha256: \"{}\", role: admin }}\n  - {{ sha256: \"{}\", role: viewer }}\n{extra}",
+             tokens:\n  - {{ sha256: \"{}\", role: admin }}\n  - {{ sha256: \"{}\", role: viewer }}\n\
+             \x20 - {{ sha256: \"{}\", role: admin, tenant: acme }}\n\
+             \x20 - {{ sha256: \"{}\", role: admin, tenant: globex }}\n{extra}",
             hex(ADMIN_TOKEN),
-            hex(VIEWER_TOKEN)
+            hex(VIEWER_TOKEN),
+            hex(ACME_TOKEN),
+            hex(GLOBEX_TOKEN),
         );
         std::fs::write(dir.path().join("writer.yaml"), config).expect("write config");
         let stderr = std::fs::OpenOptions::new()

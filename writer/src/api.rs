@@ -33,8 +33,8 @@ use crate::store::{Cursor, OperationFilter, Order, Page, Query, Store, StoreErro
 /// What the handlers share.
 pub(crate) struct AppState {
     pub(crate) store: Arc<dyn Store>,
-    /// SHA-256 of each token, with its role.
-    pub(crate) tokens: Vec<([u8; 32], Role)>,
+    /// SHA-256 of each token, with what it may see.
+    pub(crate) tokens: Vec<([u8; 32], Access)>,
     pub(crate) metrics: Option<PrometheusHandle>,
 }
 
@@ -152,9 +152,47 @@ async fn security_headers(mut response: Response) -> Response {
     response
 }
 
+/// What a token may see: its role, and the one tenant it is scoped to (if any).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Access {
+    pub(crate) role: Role,
+    pub(crate) tenant: Option<String>,
+}
+
+impl Access {
+    /// Narrows a query to the token's tenant. A `tenant=` naming another one is refused (403)
+    /// rather than answered empty, so that a mistyped scope is noticed.
+    fn scope(&self, query: &mut Query) -> Result<(), ApiError> {
+        let Some(own) = &self.tenant else {
+            return Ok(());
+        };
+        if query.tenant.as_ref().is_some_and(|asked| asked != own) {
+            return Err(ApiError(
+                StatusCode::FORBIDDEN,
+                format!("this token sees tenant {own:?} only"),
+            ));
+        }
+        query.tenant = Some(own.clone());
+        Ok(())
+    }
+
+    /// Refuses what only an unscoped token may see (every instance's gaps).
+    fn unscoped(&self) -> Result<(), ApiError> {
+        match &self.tenant {
+            None => Ok(()),
+            Some(own) => Err(ApiError(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "this token sees tenant {own:?} only, and this endpoint covers every tenant"
+                ),
+            )),
+        }
+    }
+}
+
 impl AppState {
-    /// The token's role; 401 without a known token, 403 when its role is too small.
-    fn authorize(&self, headers: &HeaderMap, needs: Role) -> Result<Role, ApiError> {
+    /// What the token may see; 401 without a known token, 403 when its role is too small.
+    fn authorize(&self, headers: &HeaderMap, needs: Role) -> Result<Access, ApiError> {
         let token = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -169,19 +207,19 @@ impl AppState {
                 )
             })?;
         let digest: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
-        let role = self
+        let access = self
             .tokens
             .iter()
             .find(|(hash, _)| *hash == digest)
-            .map(|(_, role)| *role)
+            .map(|(_, access)| access.clone())
             .ok_or_else(|| ApiError(StatusCode::UNAUTHORIZED, "unknown token".into()))?;
-        if role < needs {
+        if access.role < needs {
             return Err(ApiError(
                 StatusCode::FORBIDDEN,
                 "this token's role (viewer) may only read resource history".into(),
             ));
         }
-        Ok(role)
+        Ok(access)
     }
 }
 
@@ -190,6 +228,8 @@ const FILTERS: &[&str] = &[
     "actor",
     "resource",
     "request_id",
+    "tenant",
+    "service",
     "outcome",
     "since",
     "until",
@@ -246,6 +286,8 @@ fn parse_query(params: &HashMap<String, String>, allowed: &[&str]) -> Result<Que
         actor: text("actor"),
         resource: text("resource"),
         request_id: text("request_id"),
+        tenant: text("tenant"),
+        service: text("service"),
         outcome,
         since: time("since")?,
         until: time("until")?,
@@ -282,8 +324,9 @@ async fn records(
     headers: HeaderMap,
     QueryParams(params): QueryParams<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    state.authorize(&headers, Role::Admin)?;
-    let query = parse_query(&params, FILTERS)?;
+    let access = state.authorize(&headers, Role::Admin)?;
+    let mut query = parse_query(&params, FILTERS)?;
+    access.scope(&mut query)?;
     Ok(page_response(state.store.query(&query).await?))
 }
 
@@ -292,8 +335,16 @@ async fn record(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    state.authorize(&headers, Role::Admin)?;
-    match state.store.get(&id).await? {
+    let access = state.authorize(&headers, Role::Admin)?;
+    let found = state.store.get(&id).await?.filter(|json| {
+        // Another tenant's record is not there, to this token: the same 404 as no record.
+        access.tenant.as_ref().is_none_or(|own| {
+            serde_json::from_str::<Value>(json)
+                .ok()
+                .is_some_and(|r| r.get("tenant").and_then(Value::as_str) == Some(own))
+        })
+    });
+    match found {
         Some(json) => Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response()),
         None => Err(ApiError(
             StatusCode::NOT_FOUND,
@@ -307,8 +358,10 @@ async fn history(
     headers: HeaderMap,
     QueryParams(params): QueryParams<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let role = state.authorize(&headers, Role::Viewer)?;
+    let access = state.authorize(&headers, Role::Viewer)?;
+    let role = access.role;
     let mut query = parse_query(&params, FILTERS)?;
+    access.scope(&mut query)?;
     let Some(resource) = query.resource.clone() else {
         return Err(bad("history needs resource=ID_OR_PATH"));
     };
@@ -443,10 +496,11 @@ async fn export(
     headers: HeaderMap,
     QueryParams(params): QueryParams<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    state.authorize(&headers, Role::Admin)?;
+    let access = state.authorize(&headers, Role::Admin)?;
     // Everything the filters select: paging parameters are read (a query string from
     // `/records` can be reused as it is) but do not narrow an export.
     let mut query = parse_query(&params, FILTERS)?;
+    access.scope(&mut query)?;
     query.cursor = None;
     let chunks = state.store.export(query);
     let stream = futures_util::stream::unfold(chunks, |mut rx| async move {
@@ -473,7 +527,7 @@ async fn gaps(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    state.authorize(&headers, Role::Admin)?;
+    state.authorize(&headers, Role::Admin)?.unscoped()?;
     let gaps = state.store.gaps().await?;
     Ok(axum::Json(serde_json::json!({ "gaps": gaps })).into_response())
 }
@@ -482,8 +536,8 @@ async fn operations(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    state.authorize(&headers, Role::Admin)?;
-    let operations = state.store.operations().await?;
+    let access = state.authorize(&headers, Role::Admin)?;
+    let operations = state.store.operations(access.tenant.as_deref()).await?;
     Ok(axum::Json(serde_json::json!({ "operations": operations })).into_response())
 }
 

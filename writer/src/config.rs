@@ -50,6 +50,10 @@ pub struct TokenConfig {
     pub sha256: String,
     /// `admin` (everything) or `viewer` (resource history only).
     pub role: Role,
+    /// The one organisation this token sees: every endpoint, the export and the page show
+    /// only records whose `tenant` is this. Default: every tenant.
+    #[serde(default)]
+    pub tenant: Option<String>,
 }
 
 /// What a token may do.

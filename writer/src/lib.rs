@@ -127,7 +127,13 @@ impl Writer {
                 for (i, byte) in hash.iter_mut().enumerate() {
                     *byte = u8::from_str_radix(&t.sha256[2 * i..2 * i + 2], 16).unwrap_or(0);
                 }
-                (hash, t.role)
+                (
+                    hash,
+                    api::Access {
+                        role: t.role,
+                        tenant: t.tenant.clone(),
+                    },
+                )
             })
             .collect();
         let state = Arc::new(api::AppState {

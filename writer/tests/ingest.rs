@@ -44,8 +44,8 @@ impl Store for SlowStore {
     async fn count(&self) -> Result<u64, StoreError> {
         self.inner.count().await
     }
-    async fn operations(&self) -> Result<Vec<String>, StoreError> {
-        self.inner.operations().await
+    async fn operations(&self, tenant: Option<&str>) -> Result<Vec<String>, StoreError> {
+        self.inner.operations(tenant).await
     }
     async fn optimize(&self) -> Result<(), StoreError> {
         self.inner.optimize().await

@@ -60,6 +60,10 @@ pub struct Query {
     pub resource: Option<String>,
     /// `request_id=`
     pub request_id: Option<String>,
+    /// `tenant=`, or the one tenant a token is scoped to.
+    pub tenant: Option<String>,
+    /// `service=`
+    pub service: Option<String>,
     /// `outcome=`
     pub outcome: Option<Outcome>,
     /// `since=`: at or after.
@@ -311,7 +315,7 @@ pub trait Store: Send + Sync + 'static {
     async fn count(&self) -> Result<u64, StoreError>;
 
     /// The distinct operations stored, sorted (for the page's operation filter).
-    async fn operations(&self) -> Result<Vec<String>, StoreError>;
+    async fn operations(&self, tenant: Option<&str>) -> Result<Vec<String>, StoreError>;
 
     /// Refreshes the planner's statistics (`ANALYZE`), so that each filter uses its index.
     /// The writer calls it at start and hourly.
@@ -482,6 +486,8 @@ pub(crate) struct Dialect {
     /// The records of one resource key, as `resource_columns`: this text, then the key's
     /// placeholder.
     pub(crate) resource_rows: &'static str,
+    /// A top-level string member of the stored record's JSON (`tenant`, `service`).
+    pub(crate) json_member: fn(&str) -> String,
 }
 
 /// The SQL of one page of `query` (one row more than the limit, to know whether another page
@@ -530,6 +536,15 @@ pub(crate) fn page_sql(query: &Query, dialect: &Dialect) -> (String, Vec<Param>)
             "r.request_id = {}",
             bind(Param::Text(indexed_owned(request_id)))
         ));
+    }
+    for (name, value) in [("tenant", &query.tenant), ("service", &query.service)] {
+        if let Some(value) = value {
+            clauses.push(format!(
+                "{} = {}",
+                (dialect.json_member)(name),
+                bind(Param::Text(value.clone()))
+            ));
+        }
     }
     if let Some(outcome) = query.outcome {
         clauses.push(format!(

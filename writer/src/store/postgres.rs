@@ -349,6 +349,7 @@ const POSTGRES: Dialect = Dialect {
     // By the primary key, so each partition is probed by (time, seq), not by seq alone.
     resource_columns: "(r.time_us, r.seq)",
     resource_rows: "SELECT time_us, record_seq FROM resources WHERE key = ",
+    json_member: |name| format!("(r.record::json ->> '{name}')"),
 };
 
 async fn page(client: &Client, query: &Query) -> Result<Page, StoreError> {
@@ -632,8 +633,19 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    async fn operations(&self) -> Result<Vec<String>, StoreError> {
-        let rows = self.reader.query(OPERATIONS_SQL, &[]).await?;
+    async fn operations(&self, tenant: Option<&str>) -> Result<Vec<String>, StoreError> {
+        let rows = match tenant {
+            None => self.reader.query(OPERATIONS_SQL, &[]).await?,
+            Some(tenant) => {
+                self.reader
+                    .query(
+                        "SELECT DISTINCT operation FROM records r
+                         WHERE (r.record::json ->> 'tenant') = $1 ORDER BY operation",
+                        &[&tenant],
+                    )
+                    .await?
+            }
+        };
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 }

@@ -282,6 +282,7 @@ const SQLITE: Dialect = Dialect {
     resource_columns: "r.seq",
     resource_rows: "SELECT record_seq FROM resources \
                     WHERE bucket IN (SELECT bucket FROM resource_buckets) AND key = ",
+    json_member: |name| format!("json_extract(r.record, '$.{name}')"),
 };
 
 fn page(conn: &Connection, query: &Query) -> Result<Page, StoreError> {
@@ -497,12 +498,22 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn operations(&self) -> Result<Vec<String>, StoreError> {
-        Self::with(&self.reader, |conn| {
-            let mut stmt = conn.prepare_cached(OPERATIONS_SQL)?;
-            let ops = stmt
-                .query_map([], |r| r.get::<_, String>(0))?
-                .collect::<Result<Vec<_>, _>>()?;
+    async fn operations(&self, tenant: Option<&str>) -> Result<Vec<String>, StoreError> {
+        let tenant = tenant.map(str::to_owned);
+        Self::with(&self.reader, move |conn| {
+            let ops = match tenant {
+                None => conn
+                    .prepare_cached(OPERATIONS_SQL)?
+                    .query_map([], |r| r.get::<_, String>(0))?
+                    .collect::<Result<Vec<_>, _>>()?,
+                Some(tenant) => conn
+                    .prepare_cached(
+                        "SELECT DISTINCT operation FROM records r
+                         WHERE json_extract(r.record, '$.tenant') = ? ORDER BY operation",
+                    )?
+                    .query_map([tenant], |r| r.get::<_, String>(0))?
+                    .collect::<Result<Vec<_>, _>>()?,
+            };
             Ok(ops)
         })
         .await
