@@ -455,7 +455,7 @@ pub struct ResourceRef<'a> {
     pub previous_path: Option<String>,
 }
 
-/// One of [`RecordRef::changes`]: a field's value before and after the call.
+/// One of a [`RecordRef`]'s changes: a field's value before and after the call.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChangeRef<'a> {
     /// The change's name in the rule.
