@@ -8,7 +8,11 @@
 //! ```
 //!
 //! Behaviour, for any method and path:
-//! - `POST /v1/files` creates a file: `{"fileId", "filePath", "name", "size"}` (201).
+//! - `POST /v1/files` creates a file: `{"fileId", "filePath", "name", "size"}` (201), and the
+//!   upstream remembers it: `GET /v1/files/{id}/details` answers it, `PATCH /v1/files/{id}/details` with `{"name"}` renames it (its `filePath` follows),
+//!   `POST /v1/files/move` with `{"sourceFilePath", "destinationPath"}` moves it, and
+//!   `DELETE /v1/files/{id}` forgets it; each answers the file as it is then. Calls on files
+//!   it does not have get the answers below.
 //! - Other `POST`s create something: `{"id": "..."}` (201); `PUT`/`PATCH`/`DELETE` answer
 //!   `{"ok": true, ...}` (200); `GET` answers `{"path": ...}`.
 //! - A caller whose `X-User-Id` starts with `guest` is refused every change (403), and a
@@ -40,6 +44,65 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The files `POST /v1/files` made, by id: what `before:` GETs read.
+static FILES: std::sync::Mutex<Option<HashMap<String, Value>>> = std::sync::Mutex::new(None);
+
+/// Runs `f` on the file store.
+fn files<R>(f: impl FnOnce(&mut HashMap<String, Value>) -> R) -> R {
+    let mut files = FILES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    f(files.get_or_insert_with(HashMap::new))
+}
+
+/// A stored file's answer to a call on it; `None` for calls on files the store does not have
+/// (they get the stateless answers below, as before the store existed).
+fn file_call(method: &Method, path: &str, body: &Value) -> Option<Response> {
+    let ok = |file: &Value| json_response(StatusCode::OK, file.clone());
+    if let Some(id) = path
+        .strip_prefix("/v1/files/")
+        .and_then(|rest| rest.strip_suffix("/details"))
+    {
+        return files(|files| {
+            let file = files.get_mut(id)?;
+            match *method {
+                Method::GET => Some(ok(file)),
+                Method::PATCH => {
+                    if let Some(name) = body["name"].as_str() {
+                        let folder = file["filePath"]
+                            .as_str()
+                            .and_then(|p| p.rsplit_once('/'))
+                            .map_or("", |(folder, _)| folder)
+                            .to_owned();
+                        file["name"] = json!(name);
+                        file["filePath"] = json!(format!("{folder}/{name}"));
+                    }
+                    Some(ok(file))
+                }
+                _ => None,
+            }
+        });
+    }
+    if *method == Method::POST && path == "/v1/files/move" {
+        let source = body["sourceFilePath"].as_str()?;
+        let destination = body["destinationPath"].as_str()?.trim_end_matches('/');
+        return files(|files| {
+            let file = files.values_mut().find(|f| f["filePath"] == source)?;
+            let name = file["name"].as_str().unwrap_or_default().to_owned();
+            file["filePath"] = json!(format!("{destination}/{name}"));
+            Some(ok(file))
+        });
+    }
+    if *method == Method::DELETE
+        && let Some(id) = path
+            .strip_prefix("/v1/files/")
+            .filter(|id| !id.contains('/'))
+    {
+        return files(|files| files.remove(id)).map(|file| ok(&file));
+    }
+    None
+}
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -201,15 +264,17 @@ async fn answer(Query(query): Query<HashMap<String, String>>, mut request: Reque
     {
         return json_response(StatusCode::FORBIDDEN, json!({"error": "forbidden"}));
     }
+    if let Some(answer) = file_call(&method, &path, &body) {
+        return answer;
+    }
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     match method {
         Method::POST if path == "/v1/files" => {
             let name = body["fileName"].as_str().unwrap_or("untitled");
             let folder = body["folder"].as_str().unwrap_or("").trim_end_matches('/');
-            json_response(
-                StatusCode::CREATED,
-                json!({"fileId": format!("f{id}"), "name": name, "filePath": format!("{folder}/{name}"), "size": body["size"].as_u64().unwrap_or(1024)}),
-            )
+            let file = json!({"fileId": format!("f{id}"), "name": name, "filePath": format!("{folder}/{name}"), "size": body["size"].as_u64().unwrap_or(1024)});
+            files(|files| files.insert(format!("f{id}"), file.clone()));
+            json_response(StatusCode::CREATED, file)
         }
         Method::POST => json_response(StatusCode::CREATED, json!({"id": format!("id{id}")})),
         Method::GET => json_response(StatusCode::OK, json!({"path": path})),

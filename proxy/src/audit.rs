@@ -2,7 +2,7 @@
 //!
 //! | phase | what it does |
 //! |---|---|
-//! | `request_filter` | match the rules; set the request ID; refuse (503) a `closed` rule whose record cannot be queued |
+//! | `request_filter` | match the rules; set the request ID; GET a `before:` path (`before.rs`); refuse (503) a `closed` rule whose record cannot be queued |
 //! | `upstream_peer` | the configured upstream, with its timeouts; bodies captured afresh for each attempt (a retry replays the request body) |
 //! | `upstream_request_filter` | `Host`, `X-Forwarded-For` (every line kept, the peer appended) |
 //! | `request_body_filter` | copy the first bytes of the request body for `body/` templates |
@@ -31,6 +31,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{ErrorSource, ErrorType};
 
+use crate::before::BeforeFetcher;
 use crate::client_ip::client_ip;
 use crate::config::{ProxyConfig, Upstream};
 use crate::jwt::{Verdict, Verifier};
@@ -55,6 +56,8 @@ pub struct AuditProxy {
     pub(crate) in_flight: Arc<AtomicUsize>,
     /// Proxy-error warnings, at most one every 10 s.
     error_warnings: Throttle,
+    /// `before:` GETs.
+    before: BeforeFetcher,
 }
 
 /// Per-request state.
@@ -96,6 +99,10 @@ impl AuditProxy {
         metrics: ProxyMetrics,
         locator: Option<Arc<auditgate_geo::Locator>>,
     ) -> AuditProxy {
+        let before = BeforeFetcher::new(
+            Duration::from_millis(config.before_timeout_ms),
+            config.capture_limit,
+        );
         AuditProxy {
             rules,
             sink: CountedQueue(queue),
@@ -113,7 +120,21 @@ impl AuditProxy {
             upstream_ca: None,
             in_flight: Arc::new(AtomicUsize::new(0)),
             error_warnings: Throttle::new(Duration::from_secs(10)),
+            before,
         }
+    }
+
+    /// The configured upstream, with its timeouts and CAs.
+    fn peer(&self) -> HttpPeer {
+        let up = &self.upstream;
+        let mut peer = HttpPeer::new(up.addr, up.tls, up.host.clone());
+        let t = &self.config.timeouts;
+        peer.options.connection_timeout = Some(t.connect());
+        peer.options.read_timeout = Some(t.read());
+        peer.options.write_timeout = Some(t.write());
+        peer.options.idle_timeout = Some(t.idle());
+        peer.options.ca = self.upstream_ca.clone();
+        peer
     }
 
     fn client_ip_of(&self, session: &Session) -> Option<IpAddr> {
@@ -245,6 +266,28 @@ impl ProxyHttp for AuditProxy {
                 },
             );
         }
+        // What a `before:` rule's resource was, read before the call can change it.
+        if let Some(target) = call.before_target() {
+            let peer = self.peer();
+            let host = match session.req_header().headers.get(http::header::HOST) {
+                Some(host) if self.config.preserve_host => host.to_str().unwrap_or_default(),
+                _ => self.upstream.authority.as_str(),
+            };
+            let answer = self
+                .before
+                .fetch(
+                    &peer,
+                    host,
+                    &target,
+                    &session.req_header().headers,
+                    (call.request_id_header(), call.request_id()),
+                )
+                .await;
+            match answer {
+                Some((body, truncated)) => call.set_before(Some(body), truncated),
+                None => call.set_before(None, false),
+            }
+        }
         // A `closed` call is forwarded only once its received record is durable.
         if call.is_closed() {
             let durable = call.make_received_durable();
@@ -264,15 +307,7 @@ impl ProxyHttp for AuditProxy {
         if let Some(audit) = ctx.audit.as_mut() {
             audit.restart_capture();
         }
-        let up = &self.upstream;
-        let mut peer = HttpPeer::new(up.addr, up.tls, up.host.clone());
-        let t = &self.config.timeouts;
-        peer.options.connection_timeout = Some(t.connect());
-        peer.options.read_timeout = Some(t.read());
-        peer.options.write_timeout = Some(t.write());
-        peer.options.idle_timeout = Some(t.idle());
-        peer.options.ca = self.upstream_ca.clone();
-        Ok(Box::new(peer))
+        Ok(Box::new(self.peer()))
     }
 
     async fn upstream_request_filter(

@@ -88,6 +88,10 @@ pub struct ProxyConfig {
     /// Default 5.
     #[serde(default = "default_grace")]
     pub grace_period_seconds: u64,
+    /// How long a rule's `before:` GET may take before the call is forwarded without it (the
+    /// record then says `capture.before: failed`). Default 500.
+    #[serde(default = "default_before_timeout")]
+    pub before_timeout_ms: u64,
     /// Where clients are (`request.location`). Default: countries from the embedded table.
     #[serde(default)]
     pub geoip: GeoipConfig,
@@ -118,6 +122,10 @@ impl Default for GeoipConfig {
 
 fn yes() -> bool {
     true
+}
+
+fn default_before_timeout() -> u64 {
+    500
 }
 
 impl GeoipConfig {

@@ -32,6 +32,7 @@ use pingora::services::Service as _;
 use pingora::services::listening::Service;
 
 pub mod audit;
+mod before;
 mod client_ip;
 mod config;
 mod error;

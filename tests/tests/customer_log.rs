@@ -279,3 +279,141 @@ fn postgres_tenants_see_their_own_records() {
     let pg = PostgresServer::start();
     tenants_see_their_own_records(&pg.url());
 }
+
+const CHANGE_RULES: &str = r#"
+version: 1
+service: media-library
+defaults:
+  actor: ["{header.X-User-Id}"]
+rules:
+  - operation: asset.upload
+    method: POST
+    path: /v1/files
+    resources: [{ type: file, id: "{response/fileId}", path: "{response/filePath}" }]
+  - operation: asset.rename
+    method: PATCH
+    path: /v1/files/{fileId}/details
+    before: "/v1/files/{path.fileId}/details"
+    changes: { name: { from: "{before/name}", to: "{body/name}" } }
+    resources:
+      - { type: file, id: "{path.fileId}", path: "{response/filePath}", previous_path: "{before/filePath}" }
+  - operation: asset.retag
+    method: PUT
+    path: /v1/files/{fileId}/tags
+    before: "/slow?ms=3000"
+    changes: { tags: { from: "{before/tags}", to: "{body/tags}" } }
+    resources: [{ type: file, id: "{path.fileId}" }]
+  - operation: asset.check
+    method: POST
+    path: /v1/files/{fileId}/check
+    before: "/echo?of={path.fileId}"
+    changes:
+      authorization: { from: "{before/headers/authorization}" }
+      cookie: { from: "{before/headers/cookie}" }
+      request_id: { from: "{before/headers/x-request-id}" }
+      other: { from: "{before/headers/x-other}" }
+    resources: [{ type: file, id: "{path.fileId}" }]
+"#;
+
+/// A PATCH whose rule has `before:` records the old value beside the new one: the proxy GETs
+/// the file's details from the upstream (with the caller's credentials) before forwarding the
+/// rename. A `before:` GET that does not answer in time leaves `from` out and says so, and the
+/// call goes through all the same.
+fn changes_record_the_old_and_new_value(store: &str) {
+    let redis = RedisServer::start();
+    let upstream = UpstreamProcess::start();
+    let writer = WriterProcess::start(&redis.url(), store, "");
+    let proxy = ProxyProcess::start(&upstream.addr, &redis.url(), CHANGE_RULES, "");
+    let json = ("Content-Type", "application/json");
+    let uploaded = http(
+        &proxy.addr,
+        "POST",
+        "/v1/files",
+        &[json],
+        br#"{"fileName": "tree.png", "folder": "/forest"}"#,
+    )
+    .unwrap();
+    assert_eq!(uploaded.status, 201);
+    let file_id = uploaded.json()["fileId"].as_str().unwrap().to_owned();
+    let path = format!("/v1/files/{file_id}/details");
+    let renamed = http(
+        &proxy.addr,
+        "PATCH",
+        &path,
+        &[
+            json,
+            ("Authorization", "Bearer caller-token"),
+            ("X-User-Id", "u_1"),
+        ],
+        br#"{"name": "oak.png"}"#,
+    )
+    .unwrap();
+    assert_eq!(renamed.status, 200);
+    assert_eq!(renamed.json()["filePath"], "/forest/oak.png");
+    let started = std::time::Instant::now();
+    let retagged = http(
+        &proxy.addr,
+        "PUT",
+        &format!("/v1/files/{file_id}/tags"),
+        &[json],
+        br#"{"tags": ["t"]}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        retagged.status, 200,
+        "a before: GET that times out does not fail the call"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "the call waited for before_timeout_ms (500), not for the slow GET"
+    );
+    // The before: GET carries the caller's credentials and the call's request ID, nothing
+    // else of its headers.
+    let checked = http(
+        &proxy.addr,
+        "POST",
+        "/v1/files/f9/check",
+        &[
+            ("Authorization", "Bearer caller-token"),
+            ("Cookie", "session=s1"),
+            ("X-Other", "not carried"),
+            ("X-Request-Id", "req-check"),
+        ],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(checked.status, 201);
+    assert!(wait_until(Duration::from_secs(15), || writer.count() == 4));
+    let check = &select(&writer, "operation=asset.check")[0];
+    assert_eq!(
+        check["changes"],
+        serde_json::json!({
+            "authorization": {"from": "Bearer caller-token"},
+            "cookie": {"from": "session=s1"},
+            "request_id": {"from": "req-check"},
+        })
+    );
+
+    let rename = &select(&writer, "operation=asset.rename")[0];
+    assert_eq!(
+        rename["changes"],
+        serde_json::json!({"name": {"from": "tree.png", "to": "oak.png"}})
+    );
+    assert_eq!(rename["resources"][0]["path"], "/forest/oak.png");
+    assert_eq!(rename["resources"][0]["previous_path"], "/forest/tree.png");
+    assert!(rename.get("capture").is_none(), "{rename}");
+    let retag = &select(&writer, "operation=asset.retag")[0];
+    assert_eq!(retag["changes"], serde_json::json!({"tags": {"to": ["t"]}}));
+    assert_eq!(retag["capture"], serde_json::json!({"before": "failed"}));
+}
+
+#[test]
+fn sqlite_changes_record_the_old_and_new_value() {
+    changes_record_the_old_and_new_value("sqlite://audit.db");
+}
+
+#[test]
+fn postgres_changes_record_the_old_and_new_value() {
+    let pg = PostgresServer::start();
+    changes_record_the_old_and_new_value(&pg.url());
+}
