@@ -417,3 +417,115 @@ fn postgres_changes_record_the_old_and_new_value() {
     let pg = PostgresServer::start();
     changes_record_the_old_and_new_value(&pg.url());
 }
+
+const HISTORY_RULES: &str = r#"
+version: 1
+service: media-library
+rules:
+  - operation: asset.upload
+    method: POST
+    path: /v1/files
+    resources: [{ type: file, id: "{response/fileId}", path: "{response/filePath}" }]
+  - operation: asset.rename
+    method: PATCH
+    path: /v1/files/{fileId}/details
+    before: "/v1/files/{path.fileId}/details"
+    changes: { name: { from: "{before/name}", to: "{body/name}" } }
+    resources:
+      - { type: file, id: "{path.fileId}", path: "{response/filePath}", previous_path: "{before/filePath}" }
+  - operation: asset.move
+    method: POST
+    path: /v1/files/move
+    resources:
+      - { type: file, path: "{response/filePath}", previous_path: "{body/sourceFilePath}" }
+  - operation: asset.delete
+    method: DELETE
+    path: /v1/files/{fileId}
+    resources: [{ type: file, id: "{path.fileId}" }]
+  - operation: collection.delete
+    method: DELETE
+    path: /v1/collections/{id}
+    resources: [{ type: collection, id: "{path.id}" }]
+"#;
+
+/// ImageKit's "View File Deletion History": the history of a file's first path shows its
+/// upload, its rename, its move and the delete that named only its id, oldest first — the
+/// writer links an id with the path the same record gives it, and a path with its previous
+/// one. `TYPE:ID` keeps a file and a collection of the same id apart.
+fn one_history_per_asset(store: &str) {
+    let redis = RedisServer::start();
+    let upstream = UpstreamProcess::start();
+    let writer = WriterProcess::start(&redis.url(), store, "");
+    let proxy = ProxyProcess::start(&upstream.addr, &redis.url(), HISTORY_RULES, "");
+    let json = [("Content-Type", "application/json")];
+    let call = |method: &str, path: &str, body: &str| {
+        let answer = http(&proxy.addr, method, path, &json, body.as_bytes()).unwrap();
+        assert!(answer.status < 300, "{method} {path}: {}", answer.status);
+        answer
+    };
+    // Another file first, so that ids and paths are not all of one asset.
+    call(
+        "POST",
+        "/v1/files",
+        r#"{"fileName": "other.png", "folder": "/forest"}"#,
+    );
+    let uploaded = call(
+        "POST",
+        "/v1/files",
+        r#"{"fileName": "tree.png", "folder": "/forest"}"#,
+    );
+    let id = uploaded.json()["fileId"].as_str().unwrap().to_owned();
+    call(
+        "PATCH",
+        &format!("/v1/files/{id}/details"),
+        r#"{"name": "oak.png"}"#,
+    );
+    call(
+        "POST",
+        "/v1/files/move",
+        r#"{"sourceFilePath": "/forest/oak.png", "destinationPath": "/park"}"#,
+    );
+    call("DELETE", &format!("/v1/files/{id}"), "");
+    call("DELETE", &format!("/v1/collections/{id}"), "");
+    assert!(wait_until(Duration::from_secs(15), || writer.count() == 6));
+
+    let history = |resource: &str| {
+        let page = writer.get(&format!("/api/v1/history?resource={resource}"));
+        assert_eq!(page.status, 200);
+        page.json()["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["operation"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let whole = ["asset.upload", "asset.rename", "asset.move", "asset.delete"];
+    assert_eq!(history("/forest/tree.png"), whole, "from its first path");
+    assert_eq!(history("/park/oak.png"), whole, "from its last path");
+    assert_eq!(history(&format!("file:{id}")), whole, "from its TYPE:ID");
+    assert_eq!(
+        history(&format!("collection:{id}")),
+        ["collection.delete"],
+        "a collection of the same id is another asset"
+    );
+    assert_eq!(history("/forest/other.png"), ["asset.upload"]);
+    // A viewer's history of the path keeps the delete's entry, which named only the id.
+    let viewer = writer.get_as(
+        auditgate_tests::VIEWER_TOKEN,
+        "/api/v1/history?resource=/forest/tree.png",
+    );
+    let records = viewer.json()["records"].as_array().unwrap().clone();
+    assert_eq!(records.len(), 4);
+    assert_eq!(records[3]["resources"][0]["id"], id.as_str());
+}
+
+#[test]
+fn sqlite_one_history_per_asset() {
+    one_history_per_asset("sqlite://audit.db");
+}
+
+#[test]
+fn postgres_one_history_per_asset() {
+    let pg = PostgresServer::start();
+    one_history_per_asset(&pg.url());
+}

@@ -285,6 +285,7 @@ fn parse_query(params: &HashMap<String, String>, allowed: &[&str]) -> Result<Que
         operation: text("operation").map(|o| OperationFilter::parse(&o)),
         actor: text("actor"),
         resource: text("resource"),
+        resource_names: Vec::new(),
         request_id: text("request_id"),
         tenant: text("tenant"),
         service: text("service"),
@@ -366,9 +367,12 @@ async fn history(
         return Err(bad("history needs resource=ID_OR_PATH"));
     };
     query.order = Order::OldestFirst;
+    // One history per asset: every name the resource has gone by (its TYPE:ID, its paths
+    // before and after each move and rename), as the records linked them.
+    query.resource_names = state.store.linked(&resource).await?;
     let mut page = state.store.query(&query).await?;
     if role != Role::Admin {
-        page.records = for_viewer(&page.records, &resource);
+        page.records = for_viewer(&page.records, &resource, &query.resource_names);
     }
     Ok(page_response(page))
 }
@@ -379,7 +383,7 @@ async fn history(
 /// `origin`, `chain`, `capture` and every field not listed. `resources` keeps the entries that
 /// are the asked resource ([`asked_aliases`]); `description` and `changes`, which a rule may
 /// render from any of the record's resources, are kept only when every entry is.
-fn for_viewer(records: &[String], asked: &str) -> Vec<String> {
+fn for_viewer(records: &[String], asked: &str, names: &[String]) -> Vec<String> {
     let parsed: Vec<Map<String, Value>> = records
         .iter()
         .filter_map(|json| match serde_json::from_str::<Value>(json) {
@@ -394,7 +398,8 @@ fn for_viewer(records: &[String], asked: &str) -> Vec<String> {
             }
         })
         .collect();
-    let aliases = asked_aliases(&parsed, asked);
+    let mut aliases = asked_aliases(&parsed, asked);
+    aliases.extend(names.iter().cloned());
     parsed
         .iter()
         .map(|record| cut_down(record, asked, &aliases).to_string())

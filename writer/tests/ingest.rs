@@ -44,6 +44,9 @@ impl Store for SlowStore {
     async fn count(&self) -> Result<u64, StoreError> {
         self.inner.count().await
     }
+    async fn linked(&self, name: &str) -> Result<Vec<String>, StoreError> {
+        self.inner.linked(name).await
+    }
     async fn operations(&self, tenant: Option<&str>) -> Result<Vec<String>, StoreError> {
         self.inner.operations(tenant).await
     }

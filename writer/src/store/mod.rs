@@ -56,8 +56,11 @@ pub struct Query {
     pub operation: Option<OperationFilter>,
     /// `actor=`: the actor's id.
     pub actor: Option<String>,
-    /// `resource=`: a resource id or path.
+    /// `resource=`: a resource id, `TYPE:ID` or path.
     pub resource: Option<String>,
+    /// Every name the asked resource has gone by ([`Store::linked`]): when set, records that
+    /// name any of them are selected, instead of `resource` alone (one history per asset).
+    pub resource_names: Vec<String>,
     /// `request_id=`
     pub request_id: Option<String>,
     /// `tenant=`, or the one tenant a token is scoped to.
@@ -317,6 +320,11 @@ pub trait Store: Send + Sync + 'static {
     /// The distinct operations stored, sorted (for the page's operation filter).
     async fn operations(&self, tenant: Option<&str>) -> Result<Vec<String>, StoreError>;
 
+    /// Every name a resource has gone by, starting from `name` (an id, a `TYPE:ID` or a path)
+    /// and following the links records made ([`LINKED_SQL`]): `name` first, at most
+    /// [`MAX_LINKED`].
+    async fn linked(&self, name: &str) -> Result<Vec<String>, StoreError>;
+
     /// Refreshes the planner's statistics (`ANALYZE`), so that each filter uses its index.
     /// The writer calls it at start and hourly.
     async fn optimize(&self) -> Result<(), StoreError>;
@@ -377,23 +385,44 @@ pub(crate) struct Row {
     /// `origin.after_crash`: the producer restarted after a crash whose run may have used
     /// these numbers.
     pub(crate) after_crash: Option<(i64, i64)>,
-    /// Resource ids and paths, each once.
+    /// Resource ids, `TYPE:ID`s, paths and previous paths, each once.
     pub(crate) keys: Vec<String>,
+    /// Names of one resource, to link (each pair once, in both directions): a `TYPE:ID` and
+    /// the path the same entry gives it, a path and its `previous_path`.
+    pub(crate) links: Vec<(String, String)>,
 }
 
 impl Row {
     pub(crate) fn of(incoming: &Incoming) -> Row {
         let Incoming { record, json } = incoming;
         let json = json.clone();
-        let mut keys: Vec<String> = record
-            .resources
-            .iter()
-            .flat_map(|r| [r.id.as_deref(), r.path.as_deref()])
-            .flatten()
-            .map(indexed_owned)
-            .collect();
+        let mut keys: Vec<String> = Vec::new();
+        let mut links: Vec<(String, String)> = Vec::new();
+        for r in &record.resources {
+            let typed =
+                r.id.as_ref()
+                    .map(|id| indexed_owned(&format!("{}:{id}", r.kind)));
+            let path = r.path.as_deref().map(indexed_owned);
+            let previous = r.previous_path.as_deref().map(indexed_owned);
+            keys.extend(r.id.as_deref().map(indexed_owned));
+            keys.extend(typed.iter().chain(&path).chain(&previous).cloned());
+            if let (Some(typed), Some(path)) = (&typed, &path) {
+                links.push((typed.clone(), path.clone()));
+            }
+            if let (Some(path), Some(previous)) = (&path, &previous)
+                && path != previous
+            {
+                links.push((path.clone(), previous.clone()));
+            }
+        }
         keys.sort_unstable();
         keys.dedup();
+        let mut links: Vec<(String, String)> = links
+            .iter()
+            .flat_map(|(a, b)| [(a.clone(), b.clone()), (b.clone(), a.clone())])
+            .collect();
+        links.sort_unstable();
+        links.dedup();
         Row {
             id: record.id.to_string(),
             time_us: record.time.timestamp_micros(),
@@ -411,6 +440,7 @@ impl Row {
                 .and_then(|o| o.after_crash)
                 .map(|c| (saturating_i64(c.from), saturating_i64(c.to))),
             keys,
+            links,
         }
     }
 
@@ -523,7 +553,21 @@ pub(crate) fn page_sql(query: &Query, dialect: &Dialect) -> (String, Vec<Param>)
             bind(Param::Text(indexed_owned(actor)))
         ));
     }
-    if let Some(resource) = &query.resource {
+    if !query.resource_names.is_empty() {
+        let names: Vec<String> = (query.resource_names.iter())
+            .map(|name| bind(Param::Text(indexed_owned(name))))
+            .collect();
+        // The rows of each name, one probe each (`resource_rows` ends in `key = `).
+        let probes: Vec<String> = names
+            .iter()
+            .map(|p| format!("{}{p}", dialect.resource_rows))
+            .collect();
+        clauses.push(format!(
+            "{} IN ({})",
+            dialect.resource_columns,
+            probes.join(" UNION ")
+        ));
+    } else if let Some(resource) = &query.resource {
         clauses.push(format!(
             "{} IN ({}{})",
             dialect.resource_columns,
@@ -609,6 +653,19 @@ FROM s LEFT JOIN origin_floor f ON f.instance = s.instance
 JOIN seen ON seen.instance = s.instance
 WHERE s.seq > COALESCE(s.prev, f.seq, 0) + 1
 ORDER BY s.instance, gap_from";
+
+/// How many names one history follows at most: an asset renamed and moved hundreds of times
+/// is followed through its latest hundreds of names; beyond, the history is the asset's
+/// under those names (a bound, so that a path every upload reuses cannot pull in the store).
+pub const MAX_LINKED: usize = 256;
+
+/// The names linked to `$1`/`?`, transitively: `UNION` (not `ALL`) drops what was seen, so
+/// cycles end. The same SQL runs on SQLite and PostgreSQL.
+pub(crate) const LINKED_SQL: &str = "WITH RECURSIVE linked(name) AS (
+    SELECT CAST(?1 AS TEXT)
+    UNION
+    SELECT l.b FROM resource_links l JOIN linked ON l.a = linked.name
+) SELECT name FROM linked LIMIT 256";
 
 /// Distinct operations by skipping through the operation index: one seek per operation, not
 /// a scan of every record. The same SQL runs on SQLite and PostgreSQL.

@@ -10,8 +10,8 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, GenericClient, NoTls, Transaction};
 
 use super::{
-    Cursor, Dialect, GAPS_SQL, Gap, Incoming, OPERATIONS_SQL, Page, Param, Query, Row, Store,
-    StoreError, array_chunk, page_sql,
+    Cursor, Dialect, GAPS_SQL, Gap, Incoming, LINKED_SQL, OPERATIONS_SQL, Page, Param, Query, Row,
+    Store, StoreError, array_chunk, page_sql,
 };
 
 /// The tables, partitioned by month of `time_us` (docs/operators.md, "PostgreSQL"):
@@ -47,6 +47,11 @@ CREATE TABLE IF NOT EXISTS {resources} (
 CREATE TABLE IF NOT EXISTS origin_floor (
     instance TEXT PRIMARY KEY,
     seq      BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS resource_links (
+    a TEXT NOT NULL,
+    b TEXT NOT NULL,
+    PRIMARY KEY (a, b)
 );
 CREATE TABLE IF NOT EXISTS origin_crashes (
     instance TEXT   NOT NULL,
@@ -442,6 +447,21 @@ async fn insert_part(client: &Mutex<Client>, records: &[Incoming]) -> Result<usi
             }
         }
     }
+    let (mut link_a, mut link_b) = (Vec::new(), Vec::new());
+    for r in &rows {
+        for (a, b) in &r.links {
+            link_a.push(a.clone());
+            link_b.push(b.clone());
+        }
+    }
+    if !link_a.is_empty() {
+        tx.execute(
+            "INSERT INTO resource_links (a, b)
+             SELECT * FROM UNNEST($1::text[], $2::text[]) ON CONFLICT DO NOTHING",
+            &[&link_a, &link_b],
+        )
+        .await?;
+    }
     let (mut crash_instances, mut crash_from, mut crash_to) = (Vec::new(), Vec::new(), Vec::new());
     for r in &rows {
         if let (Some(instance), Some((from, to))) = (&r.instance, r.after_crash) {
@@ -631,6 +651,15 @@ impl Store for PostgresStore {
             .batch_execute("ANALYZE records; ANALYZE resources;")
             .await?;
         Ok(())
+    }
+
+    async fn linked(&self, name: &str) -> Result<Vec<String>, StoreError> {
+        let name = crate::store::indexed(name).into_owned();
+        let rows = self
+            .reader
+            .query(&LINKED_SQL.replace("?1", "$1"), &[&name])
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     async fn operations(&self, tenant: Option<&str>) -> Result<Vec<String>, StoreError> {

@@ -11,8 +11,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::mpsc;
 
 use super::{
-    Cursor, Dialect, GAPS_SQL, Gap, Incoming, OPERATIONS_SQL, Page, Param, Query, Row, Store,
-    StoreError, array_chunk, page_sql,
+    Cursor, Dialect, GAPS_SQL, Gap, Incoming, LINKED_SQL, OPERATIONS_SQL, Page, Param, Query, Row,
+    Store, StoreError, array_chunk, page_sql,
 };
 
 const SCHEMA: &str = r#"
@@ -55,6 +55,13 @@ CREATE TABLE IF NOT EXISTS origin_floor (
     instance TEXT PRIMARY KEY,
     seq      INTEGER NOT NULL
 );
+-- Names of one resource (a TYPE:ID and its path, a path and its previous path), each pair in
+-- both directions: a history follows them from any name to the others.
+CREATE TABLE IF NOT EXISTS resource_links (
+    a TEXT NOT NULL,
+    b TEXT NOT NULL,
+    PRIMARY KEY (a, b)
+) WITHOUT ROWID;
 -- Crashes the restarted producers announced (`origin.after_crash`): the origin.seq numbers
 -- each crashed run may have used. A gap among them was left by the crash.
 CREATE TABLE IF NOT EXISTS origin_crashes (
@@ -337,6 +344,9 @@ impl Store for SqliteStore {
                 let mut resource = tx.prepare_cached(
                     "INSERT OR IGNORE INTO resources (bucket, key, record_seq) VALUES (?, ?, ?)",
                 )?;
+                let mut link = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO resource_links (a, b) VALUES (?, ?)",
+                )?;
                 let mut crash = tx.prepare_cached(
                     "INSERT OR IGNORE INTO origin_crashes (instance, from_seq, to_seq) VALUES (?, ?, ?)",
                 )?;
@@ -353,6 +363,9 @@ impl Store for SqliteStore {
                         .optional()?;
                     if let (Some(instance), Some((from, to))) = (&r.instance, r.after_crash) {
                         crash.execute(params![instance, from, to])?;
+                    }
+                    for (a, b) in &r.links {
+                        link.execute(params![a, b])?;
                     }
                     let Some(record_seq) = stored else {
                         continue; // already stored: exactly once
@@ -494,6 +507,18 @@ impl Store for SqliteStore {
         Self::with(&self.writer, |conn| {
             conn.execute_batch("PRAGMA analysis_limit = 1000; PRAGMA optimize;")?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn linked(&self, name: &str) -> Result<Vec<String>, StoreError> {
+        let name = crate::store::indexed(name).into_owned();
+        Self::with(&self.reader, move |conn| {
+            let names = conn
+                .prepare_cached(LINKED_SQL)?
+                .query_map([name], |r| r.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(names)
         })
         .await
     }
