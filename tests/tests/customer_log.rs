@@ -529,3 +529,125 @@ fn postgres_one_history_per_asset() {
     let pg = PostgresServer::start();
     one_history_per_asset(&pg.url());
 }
+
+/// `POST /api/v1/tokens`: an unscoped admin mints a short-lived token for one tenant; it sees
+/// that tenant's records only, in its role, until it expires; a scoped or minted token cannot
+/// mint; a token altered or minted by another key is refused; without `token_key_file`
+/// nothing is minted.
+#[test]
+fn minted_tokens_work_until_they_expire_and_never_beyond_their_tenant() {
+    use auditgate_tests::{ACME_TOKEN, ADMIN_TOKEN};
+    let redis = RedisServer::start();
+    let upstream = UpstreamProcess::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("mint.key"),
+        "a-test-key-of-more-than-32-bytes-0123456789\n",
+    )
+    .unwrap();
+    let writer = WriterProcess::start_in(
+        dir,
+        &redis.url(),
+        "sqlite://audit.db",
+        "token_key_file: mint.key\n",
+    );
+    let proxy = ProxyProcess::start(&upstream.addr, &redis.url(), ORGANISATION_RULES, "");
+    for (org, user) in [("acme", "u1"), ("globex", "u2"), ("acme", "u3")] {
+        let path = format!("/api/organizations/{org}/members/{user}");
+        assert_eq!(
+            http(&proxy.addr, "DELETE", &path, &[], b"").unwrap().status,
+            200
+        );
+    }
+    assert!(wait_until(Duration::from_secs(15), || writer.count() == 3));
+    let mint = |token: &str, body: &str| {
+        let auth = format!("Bearer {token}");
+        http(
+            &writer.addr,
+            "POST",
+            "/api/v1/tokens",
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
+            body.as_bytes(),
+        )
+        .unwrap()
+    };
+    let minted = mint(
+        ADMIN_TOKEN,
+        r#"{"tenant": "acme", "role": "admin", "ttl_seconds": 3}"#,
+    );
+    assert_eq!(
+        minted.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&minted.body)
+    );
+    let answer = minted.json();
+    let token = answer["token"].as_str().unwrap().to_owned();
+    assert!(answer["expires_at"].as_str().unwrap().ends_with('Z'));
+    let seen = writer.get_as(&token, "/api/v1/records").json()["records"].clone();
+    let seen = seen.as_array().unwrap();
+    assert_eq!(seen.len(), 2, "acme's two records");
+    assert!(seen.iter().all(|r| r["tenant"] == "acme"));
+    assert_eq!(
+        writer
+            .get_as(&token, "/api/v1/records?tenant=globex")
+            .status,
+        403
+    );
+    assert_eq!(writer.get_as(&token, "/api/v1/gaps").status, 403);
+    // Neither a minted token nor a scoped one mints.
+    assert_eq!(mint(&token, r#"{"tenant": "globex"}"#).status, 403);
+    assert_eq!(mint(ACME_TOKEN, r#"{"tenant": "globex"}"#).status, 403);
+    // A viewer token reads history only.
+    let viewer = mint(ADMIN_TOKEN, r#"{"tenant": "acme"}"#).json()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(writer.get_as(&viewer, "/api/v1/records").status, 403);
+    let history = writer.get_as(&viewer, "/api/v1/history?resource=u1").json();
+    assert_eq!(history["records"].as_array().unwrap().len(), 1);
+    let other = writer.get_as(&viewer, "/api/v1/history?resource=u2").json();
+    assert_eq!(other["records"], serde_json::json!([]), "globex's member");
+    // Altered: another tenant written into the payload, the signature kept.
+    let mut parts: Vec<&str> = token.split('.').collect();
+    let forged_payload = base64_url(br#"{"tenant":"globex","role":"admin","exp":99999999999}"#);
+    parts[1] = &forged_payload;
+    assert_eq!(
+        writer.get_as(&parts.join("."), "/api/v1/records").status,
+        401
+    );
+    // Bad requests.
+    assert_eq!(mint(ADMIN_TOKEN, r#"{"tenant": ""}"#).status, 400);
+    assert_eq!(
+        mint(ADMIN_TOKEN, r#"{"tenant": "a", "ttl_seconds": 999999}"#).status,
+        400
+    );
+    assert_eq!(
+        mint(ADMIN_TOKEN, r#"{"tenant": "a", "role": "root"}"#).status,
+        400
+    );
+    // Expired.
+    std::thread::sleep(Duration::from_millis(3100));
+    assert_eq!(writer.get_as(&token, "/api/v1/records").status, 401);
+
+    let plain = WriterProcess::start(&redis.url(), "sqlite://other.db", "");
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let refused = http(
+        &plain.addr,
+        "POST",
+        "/api/v1/tokens",
+        &[("Authorization", &auth)],
+        br#"{"tenant": "acme"}"#,
+    )
+    .unwrap();
+    assert_eq!(refused.status, 501);
+    assert_eq!(plain.get_as(&token, "/api/v1/records").status, 401);
+}
+
+fn base64_url(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}

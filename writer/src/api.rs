@@ -35,6 +35,8 @@ pub(crate) struct AppState {
     pub(crate) store: Arc<dyn Store>,
     /// SHA-256 of each token, with what it may see.
     pub(crate) tokens: Vec<([u8; 32], Access)>,
+    /// Signs and checks minted tokens (`POST /api/v1/tokens`), when configured.
+    pub(crate) mint_key: Option<crate::minted::MintKey>,
     pub(crate) metrics: Option<PrometheusHandle>,
 }
 
@@ -121,6 +123,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/export", get(export))
         .route("/api/v1/gaps", get(gaps))
         .route("/api/v1/operations", get(operations))
+        .route("/api/v1/tokens", axum::routing::post(mint))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/", get(index))
@@ -206,7 +209,30 @@ impl AppState {
                     "send Authorization: Bearer TOKEN".into(),
                 )
             })?;
-        let digest: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
+        let token = token.trim();
+        if crate::minted::MintKey::looks_minted(token) {
+            let now = u64::try_from(Utc::now().timestamp()).unwrap_or(0);
+            let grant = (self.mint_key.as_ref())
+                .and_then(|key| key.read(token, now))
+                .ok_or_else(|| {
+                    ApiError(
+                        StatusCode::UNAUTHORIZED,
+                        "this minted token has expired, or was not minted by this writer".into(),
+                    )
+                })?;
+            let access = Access {
+                role: grant.role,
+                tenant: Some(grant.tenant),
+            };
+            if access.role < needs {
+                return Err(ApiError(
+                    StatusCode::FORBIDDEN,
+                    "this token's role (viewer) may only read resource history".into(),
+                ));
+            }
+            return Ok(access);
+        }
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let access = self
             .tokens
             .iter()
@@ -544,6 +570,72 @@ async fn operations(
     let access = state.authorize(&headers, Role::Admin)?;
     let operations = state.store.operations(access.tenant.as_deref()).await?;
     Ok(axum::Json(serde_json::json!({ "operations": operations })).into_response())
+}
+
+/// What `POST /api/v1/tokens` takes.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MintRequest {
+    tenant: String,
+    #[serde(default = "viewer")]
+    role: Role,
+    #[serde(default = "default_ttl")]
+    ttl_seconds: u64,
+}
+
+fn viewer() -> Role {
+    Role::Viewer
+}
+
+fn default_ttl() -> u64 {
+    3600
+}
+
+/// `POST /api/v1/tokens {"tenant", "role", "ttl_seconds"}`: a short-lived token of one tenant
+/// (see [`crate::minted`]), for an unscoped admin token only.
+async fn mint(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: bytes::Bytes,
+) -> Result<Response, ApiError> {
+    state.authorize(&headers, Role::Admin)?.unscoped()?;
+    let Some(key) = &state.mint_key else {
+        return Err(ApiError(
+            StatusCode::NOT_IMPLEMENTED,
+            "this writer mints no tokens: set token_key_file in its config".into(),
+        ));
+    };
+    let asked: MintRequest = serde_json::from_slice(&body).map_err(|e| {
+        bad(format!(
+            "{e}: send {{\"tenant\": \"acme\", \"role\": \"viewer\", \"ttl_seconds\": 3600}}"
+        ))
+    })?;
+    if asked.tenant.is_empty()
+        || asked.tenant.len() > 256
+        || asked.tenant.chars().any(char::is_control)
+    {
+        return Err(bad("tenant: 1 to 256 characters, no control characters"));
+    }
+    if !(1..=crate::minted::MAX_TTL_SECONDS).contains(&asked.ttl_seconds) {
+        return Err(bad(format!(
+            "ttl_seconds: 1 to {}",
+            crate::minted::MAX_TTL_SECONDS
+        )));
+    }
+    let now = Utc::now();
+    let seconds = u64::try_from(now.timestamp()).unwrap_or(0);
+    let token = key.mint(&asked.tenant, asked.role, asked.ttl_seconds, seconds);
+    let expires = now + chrono::Duration::seconds(i64::try_from(asked.ttl_seconds).unwrap_or(0));
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(serde_json::json!({
+            "token": token,
+            "expires_at": expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "tenant": asked.tenant,
+            "role": asked.role,
+        })),
+    )
+        .into_response())
 }
 
 /// `{"status": "ok", "records": N}`, or 503 `{"status": "unavailable"}`: no token is needed,

@@ -22,6 +22,10 @@ pub struct WriterConfig {
     /// refused).
     #[serde(default)]
     pub tokens: Vec<TokenConfig>,
+    /// A file holding the key (at least 32 bytes) that signs the short-lived tokens
+    /// `POST /api/v1/tokens` mints. Default: none (no token is minted or accepted).
+    #[serde(default)]
+    pub token_key_file: Option<PathBuf>,
     /// Records older than this many days are deleted. Default 365; 0 keeps everything.
     #[serde(default = "default_retention")]
     pub retention_days: u32,
@@ -57,7 +61,7 @@ pub struct TokenConfig {
 }
 
 /// What a token may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Resource history only.
@@ -89,6 +93,9 @@ impl WriterConfig {
             let base = path.parent().unwrap_or(Path::new("."));
             config.store = format!("sqlite://{}", base.join(PathBuf::from(file)).display());
         }
+        if let Some(file) = &mut config.token_key_file {
+            *file = path.parent().unwrap_or(Path::new(".")).join(&*file);
+        }
         for t in &config.tokens {
             if t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(WriterError::TokenHash {
@@ -98,6 +105,25 @@ impl WriterConfig {
             }
         }
         Ok(config)
+    }
+}
+
+impl WriterConfig {
+    /// The minting key, read from `token_key_file` (a trailing newline is not part of it).
+    pub fn mint_key(&self) -> Result<Option<crate::minted::MintKey>, WriterError> {
+        let Some(path) = &self.token_key_file else {
+            return Ok(None);
+        };
+        let mut bytes = std::fs::read(path).map_err(|source| WriterError::ReadConfig {
+            path: path.clone(),
+            source,
+        })?;
+        while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            bytes.pop();
+        }
+        crate::minted::MintKey::new(bytes)
+            .map(Some)
+            .ok_or_else(|| WriterError::TokenKey { path: path.clone() })
     }
 }
 

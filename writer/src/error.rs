@@ -36,6 +36,12 @@ pub enum WriterError {
         /// The configured value.
         sha256: String,
     },
+    /// `token_key_file` holds too short a key.
+    #[error("{}: token_key_file: the key must be at least 32 bytes: write one with `head -c 32 /dev/urandom | base64 > FILE`", path.display())]
+    TokenKey {
+        /// The key file.
+        path: PathBuf,
+    },
     /// The store cannot be opened or set up.
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -30,10 +30,11 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::watch;
 
 mod api;
-mod config;
+pub mod config;
 mod error;
 pub mod ingest;
 pub mod metrics;
+pub mod minted;
 pub mod store;
 
 pub use config::{Role, TokenConfig, WriterConfig};
@@ -62,6 +63,7 @@ pub struct Writer {
     config: WriterConfig,
     store: Arc<dyn store::Store>,
     consumer: Consumer,
+    mint_key: Option<minted::MintKey>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -76,6 +78,7 @@ impl Writer {
     /// Opens (and migrates) the store and sets up the consumer. Redis may be away: only Redis
     /// answering with an error (a wrong password, a stream key of another type) stops it.
     pub async fn open(config: WriterConfig) -> Result<Writer, WriterError> {
+        let mint_key = config.mint_key()?;
         let store: Arc<dyn store::Store> = Arc::from(store::open(&config.store).await?);
         let name = config
             .consumer
@@ -103,6 +106,7 @@ impl Writer {
             config,
             store,
             consumer,
+            mint_key,
         })
     }
 
@@ -118,6 +122,7 @@ impl Writer {
             config,
             store,
             consumer,
+            mint_key,
         } = self;
         let tokens = config
             .tokens
@@ -139,6 +144,7 @@ impl Writer {
         let state = Arc::new(api::AppState {
             store: store.clone(),
             tokens,
+            mint_key,
             metrics,
         });
         let addr = listener.local_addr().map_err(WriterError::Serve)?;
