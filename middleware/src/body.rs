@@ -36,6 +36,8 @@ pin_project! {
         Direct { #[pin] body: B },
         // The same body after the layer read its start: boxed to move it into the request.
         ReadAhead { body: Pin<Box<B>> },
+        // No body: the layer's own `before:` GET.
+        Empty,
     }
 }
 
@@ -50,6 +52,16 @@ impl<B: Body> RequestBody<B> {
             capture,
             replay: VecDeque::new(),
             ended: false,
+        }
+    }
+
+    /// No body at all: the request of a `before:` GET the layer makes itself.
+    pub(crate) fn empty() -> Self {
+        RequestBody {
+            inner: Inner::Empty,
+            capture: None,
+            replay: VecDeque::new(),
+            ended: true,
         }
     }
 
@@ -83,6 +95,7 @@ impl<B: Body> Body for RequestBody<B> {
         let frame = match this.inner.project() {
             InnerProj::Direct { body } => ready!(body.poll_frame(cx)),
             InnerProj::ReadAhead { body } => ready!(body.as_mut().poll_frame(cx)),
+            InnerProj::Empty => None,
         };
         if let (Some(capture), Some(Ok(frame))) = (this.capture.as_ref(), &frame)
             && let Some(data) = frame.data_ref()
@@ -98,6 +111,7 @@ impl<B: Body> Body for RequestBody<B> {
                 || match &self.inner {
                     Inner::Direct { body } => body.is_end_stream(),
                     Inner::ReadAhead { body } => body.is_end_stream(),
+                    Inner::Empty => true,
                 })
     }
 
@@ -112,6 +126,7 @@ impl<B: Body> Body for RequestBody<B> {
         let rest = match &self.inner {
             Inner::Direct { body } => body.size_hint(),
             Inner::ReadAhead { body } => body.size_hint(),
+            Inner::Empty => SizeHint::with_exact(0),
         };
         let mut hint = SizeHint::new();
         hint.set_lower(rest.lower().saturating_add(replayed));

@@ -7,6 +7,7 @@ use std::task::{Context, Poll, ready};
 use auditgate_call::{AuditedCall, Refusal, RequestCapture};
 use auditgate_queue::{Durable, RecordSink};
 use auditgate_rules::Outcome;
+use bytes::Buf;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
 use pin_project_lite::pin_project;
@@ -16,23 +17,23 @@ use crate::body::{ReadAhead, RequestBody, ResponseBody};
 
 pin_project! {
     /// The response future of [`Audit`](crate::Audit): `F` is the inner service's future, `S`
-    /// the service and `B` the request body (for a call whose body is read before the service
-    /// is called).
+    /// the service, `B` the request body (for a call whose body is read before the service
+    /// is called) and `R` the service's response body (for a `before:` GET's answer).
     #[derive(Debug)]
-    pub struct ResponseFuture<F, S, B: Body, K: RecordSink> {
+    pub struct ResponseFuture<F, S, B: Body, K: RecordSink, R> {
         #[pin]
-        kind: Kind<F, S, B, K>,
+        kind: Kind<F, S, B, K, R>,
     }
 }
 
 pin_project! {
     #[project = KindProj]
     #[derive(Debug)]
-    enum Kind<F, S, B: Body, K: RecordSink> {
+    enum Kind<F, S, B: Body, K: RecordSink, R> {
         Passthrough { #[pin] future: F },
-        // Waiting for the received record to be durable, or reading the request body's start;
-        // the service is called after.
-        Waiting { waiting: Option<Box<Waiting<S, B, K>>> },
+        // Waiting for a `before:` GET, for the received record to be durable, or reading the
+        // request body's start; the service is called after.
+        Waiting { waiting: Option<Box<Waiting<S, B, K, F, R>>> },
         Audited {
             #[pin]
             future: F,
@@ -47,7 +48,8 @@ pin_project! {
 /// durable (bounded by the settings' `closed_timeout`, then refused with 503), and a call whose
 /// rule reads the body waiting for the body's start (see [`ReadAhead`]).
 #[derive(Debug)]
-pub(crate) struct Waiting<S, B: Body, K: RecordSink> {
+pub(crate) struct Waiting<S, B: Body, K: RecordSink, F, R> {
+    pub(crate) before: Option<Before<S, F, R>>,
     pub(crate) service: S,
     pub(crate) parts: http::request::Parts,
     pub(crate) body: Option<WaitingBody<B>>,
@@ -71,7 +73,124 @@ enum Next {
     Refuse,
 }
 
-impl<S, B: Body, K: RecordSink> Waiting<S, B, K> {
+/// A rule's `before:` GET, made through a clone of the inner service before the call is
+/// handed to it: its answer (2xx, up to the capture limit) is what `before/` templates read.
+/// It never fails the call: no answer within the timeout, or any other answer, leaves
+/// `capture.before: failed` in the record.
+pub(crate) struct Before<S, F, R> {
+    stage: BeforeStage<S, F, R>,
+    timeout: Pin<Box<tokio::time::Sleep>>,
+    limit: usize,
+    collected: Vec<u8>,
+}
+
+enum BeforeStage<S, F, R> {
+    /// Waiting for the service clone to be ready, with the GET to send.
+    Ready {
+        service: S,
+        request: Option<Box<Request<()>>>,
+    },
+    Calling(Pin<Box<F>>),
+    Reading(Pin<Box<R>>),
+    Done,
+}
+
+impl<S, F, R> std::fmt::Debug for Before<S, F, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Before")
+            .field("collected", &self.collected.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, F, R> Before<S, F, R> {
+    pub(crate) fn new(
+        service: S,
+        request: Request<()>,
+        timeout: std::time::Duration,
+        limit: usize,
+    ) -> Self {
+        Before {
+            stage: BeforeStage::Ready {
+                service,
+                request: Some(Box::new(request)),
+            },
+            timeout: Box::pin(tokio::time::sleep(timeout)),
+            limit,
+            collected: Vec::new(),
+        }
+    }
+
+    /// The answer's body and whether it was cut at the limit; `None` when there is no
+    /// usable answer.
+    fn poll_answer<B, E>(&mut self, cx: &mut Context<'_>) -> Poll<Option<(Vec<u8>, bool)>>
+    where
+        S: Service<Request<RequestBody<B>>, Future = F>,
+        F: Future<Output = Result<Response<R>, E>>,
+        B: Body,
+        R: Body,
+    {
+        if self.timeout.as_mut().poll(cx).is_ready() {
+            self.stage = BeforeStage::Done;
+            return Poll::Ready(None);
+        }
+        loop {
+            match &mut self.stage {
+                BeforeStage::Ready { service, request } => {
+                    if ready!(service.poll_ready(cx)).is_err() {
+                        self.stage = BeforeStage::Done;
+                        return Poll::Ready(None);
+                    }
+                    let Some(request) = request.take() else {
+                        unreachable!("sent once, then Calling");
+                    };
+                    let future = service.call(request.map(|()| RequestBody::empty()));
+                    self.stage = BeforeStage::Calling(Box::pin(future));
+                }
+                BeforeStage::Calling(future) => match ready!(future.as_mut().poll(cx)) {
+                    Ok(response) if response.status().is_success() => {
+                        self.stage = BeforeStage::Reading(Box::pin(response.into_body()));
+                    }
+                    _ => {
+                        self.stage = BeforeStage::Done;
+                        return Poll::Ready(None);
+                    }
+                },
+                BeforeStage::Reading(body) => match ready!(body.as_mut().poll_frame(cx)) {
+                    None => {
+                        self.stage = BeforeStage::Done;
+                        return Poll::Ready(Some((std::mem::take(&mut self.collected), false)));
+                    }
+                    Some(Ok(frame)) => {
+                        let Ok(mut data) = frame.into_data() else {
+                            continue; // trailers
+                        };
+                        while data.has_remaining() {
+                            let chunk = data.chunk();
+                            let room = self.limit - self.collected.len();
+                            if chunk.len() > room {
+                                self.collected.extend_from_slice(&chunk[..room]);
+                                self.stage = BeforeStage::Done;
+                                let collected = std::mem::take(&mut self.collected);
+                                return Poll::Ready(Some((collected, true)));
+                            }
+                            self.collected.extend_from_slice(chunk);
+                            let n = chunk.len();
+                            data.advance(n);
+                        }
+                    }
+                    Some(Err(_)) => {
+                        self.stage = BeforeStage::Done;
+                        return Poll::Ready(None);
+                    }
+                },
+                BeforeStage::Done => return Poll::Ready(None),
+            }
+        }
+    }
+}
+
+impl<S, B: Body, K: RecordSink, F, R> Waiting<S, B, K, F, R> {
     /// Waits for durability, then for the body's start.
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Next> {
         if let Some((durable, timeout)) = &mut self.durable {
@@ -96,7 +215,7 @@ impl<S, B: Body, K: RecordSink> Waiting<S, B, K> {
     }
 }
 
-impl<F, S, B: Body, K: RecordSink> ResponseFuture<F, S, B, K> {
+impl<F, S, B: Body, K: RecordSink, R> ResponseFuture<F, S, B, K, R> {
     pub(crate) fn passthrough(future: F) -> Self {
         ResponseFuture {
             kind: Kind::Passthrough { future },
@@ -118,7 +237,7 @@ impl<F, S, B: Body, K: RecordSink> ResponseFuture<F, S, B, K> {
     }
 
     /// Waits as `waiting` says, then calls its service.
-    pub(crate) fn waiting(waiting: Waiting<S, B, K>) -> Self {
+    pub(crate) fn waiting(waiting: Waiting<S, B, K, F, R>) -> Self {
         ResponseFuture {
             kind: Kind::Waiting {
                 waiting: Some(Box::new(waiting)),
@@ -135,7 +254,7 @@ impl<F, S, B: Body, K: RecordSink> ResponseFuture<F, S, B, K> {
     }
 }
 
-impl<F, S, ReqBody, ResBody, E, K> Future for ResponseFuture<F, S, ReqBody, K>
+impl<F, S, ReqBody, ResBody, E, K> Future for ResponseFuture<F, S, ReqBody, K, ResBody>
 where
     S: Service<Request<RequestBody<ReqBody>>, Future = F>,
     F: Future<Output = Result<Response<ResBody>, E>>,
@@ -150,6 +269,16 @@ where
             let Some(w) = waiting.as_mut() else {
                 unreachable!("a ResponseFuture is not polled after it completed");
             };
+            if let Some(before) = w.before.as_mut() {
+                let answer = ready!(before.poll_answer(cx));
+                if let Some(call) = w.call.as_mut() {
+                    match answer {
+                        Some((body, truncated)) => call.set_before(Some(body), truncated),
+                        None => call.set_before(None, false),
+                    }
+                }
+                w.before = None;
+            }
             let next = ready!(w.poll_ready(cx));
             let Some(w) = waiting.take() else {
                 unreachable!("checked above");

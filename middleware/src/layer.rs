@@ -23,6 +23,8 @@ pub struct AuditLayer<K> {
 pub(crate) struct Settings {
     pub(crate) rules: RuleSet,
     pub(crate) call: CallSettings,
+    /// How long a rule's `before:` GET may take (default 500 ms).
+    pub(crate) before_timeout: std::time::Duration,
 }
 
 impl<K: RecordSink + Clone> AuditLayer<K> {
@@ -38,6 +40,7 @@ impl<K: RecordSink + Clone> AuditLayer<K> {
             settings: Arc::new(Settings {
                 rules,
                 call: CallSettings::default(),
+                before_timeout: std::time::Duration::from_millis(500),
             }),
             sink,
         }
@@ -54,6 +57,14 @@ impl<K: RecordSink + Clone> AuditLayer<K> {
     /// address comes from axum's `ConnectInfo<SocketAddr>` or a `SocketAddr` request extension.
     pub fn client_ip(mut self, mode: ClientIpMode) -> Self {
         self.settings_mut().call.client_ip = mode;
+        self
+    }
+
+    /// How long a rule's `before:` GET (made through a clone of the inner service, with the
+    /// caller's `Authorization` and `Cookie`) may take before the call goes on without it
+    /// (default 500 ms; the record then says `capture.before: failed`).
+    pub fn before_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.settings_mut().before_timeout = timeout;
         self
     }
 
@@ -90,6 +101,7 @@ impl<K: RecordSink + Clone> AuditLayer<K> {
             self.settings = Arc::new(Settings {
                 rules: self.settings.rules.clone(),
                 call: self.settings.call.clone(),
+                before_timeout: self.settings.before_timeout,
             });
         }
         match Arc::get_mut(&mut self.settings) {

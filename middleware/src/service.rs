@@ -11,7 +11,7 @@ use tower_service::Service;
 
 use crate::body::{ReadAhead, RequestBody, ResponseBody};
 use crate::future::ResponseFuture;
-use crate::future::{Waiting, WaitingBody};
+use crate::future::{Before, Waiting, WaitingBody};
 use crate::layer::Settings;
 use crate::{RequestId, VerifiedClaims};
 
@@ -36,7 +36,7 @@ where
 {
     type Response = Response<ResponseBody<ResBody, K>>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future, S, ReqBody, K>;
+    type Future = ResponseFuture<S::Future, S, ReqBody, K, ResBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -74,6 +74,30 @@ where
         if let Some(claims) = parts.extensions.get::<VerifiedClaims>() {
             call.set_claims(CallerClaims::Verified(claims.0.clone()));
         }
+        // A `before:` rule's GET goes through a clone of the service, before the call.
+        let before = call.before_target().and_then(|target| {
+            let mut get = Request::get(target.as_str()).body(()).ok()?;
+            for name in [http::header::AUTHORIZATION, http::header::COOKIE] {
+                for value in parts.headers.get_all(&name) {
+                    get.headers_mut().append(name.clone(), value.clone());
+                }
+            }
+            get.headers_mut().insert(
+                http::header::ACCEPT,
+                HeaderValue::from_static("application/json"),
+            );
+            if let Some(value) = &header_value {
+                get.headers_mut().insert(header.clone(), value.clone());
+            }
+            get.extensions_mut()
+                .insert(RequestId(call.request_id().to_owned()));
+            Some(Before::new(
+                self.inner.clone(),
+                get,
+                settings.before_timeout,
+                settings.call.capture_limit,
+            ))
+        });
         let request_id = header_value.map(|v| (header, v));
         // A `closed` call waits for its received record to be durable before the handler runs.
         let durable = call.is_closed().then(|| {
@@ -87,7 +111,7 @@ where
             Some(capture) if !body.is_end_stream() => {
                 WaitingBody::ReadAhead(ReadAhead::new(body, capture, settings.call.capture_limit))
             }
-            capture if durable.is_some() => WaitingBody::Plain(body, capture),
+            capture if durable.is_some() || before.is_some() => WaitingBody::Plain(body, capture),
             capture => {
                 let request = Request::from_parts(parts, RequestBody::capturing(body, capture));
                 return ResponseFuture::audited(self.inner.call(request), call, request_id);
@@ -96,6 +120,7 @@ where
         let clone = self.inner.clone();
         let ready = std::mem::replace(&mut self.inner, clone);
         ResponseFuture::waiting(Waiting {
+            before,
             service: ready,
             parts,
             body: Some(body),

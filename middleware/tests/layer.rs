@@ -942,3 +942,121 @@ async fn an_override_to_an_unaudited_method_is_recorded_as_sent() {
     assert_eq!(r.request.method, "POST");
     assert!(r.request.method_override.is_none());
 }
+
+const BEFORE_RULES: &str = r#"
+version: 1
+service: media-library
+rules:
+  - operation: asset.rename
+    method: PATCH
+    path: /v1/files/{fileId}/details
+    before: "/v1/files/{path.fileId}/details"
+    changes: { name: { from: "{before/name}", to: "{body/name}" } }
+    resources:
+      - { type: file, id: "{path.fileId}", path: "{response/filePath}", previous_path: "{before/filePath}" }
+"#;
+
+/// The layer makes a rule's `before:` GET through the inner service, with the caller's
+/// credentials, before the handler changes anything: the record has the old value beside the
+/// new. A handler that does not answer the GET (404, or too slowly) leaves `from` out and
+/// says so; the call is served all the same.
+#[tokio::test]
+async fn before_reads_the_resource_through_the_inner_service_first() {
+    use axum::routing::get;
+    let name = Arc::new(std::sync::Mutex::new("tree.png".to_owned()));
+    let seen_auth = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = MemorySink::new();
+    let (read, write, auth) = (name.clone(), name.clone(), seen_auth.clone());
+    let app = Router::new().route(
+        "/v1/files/{id}/details",
+        get(move |Path(id): Path<String>, headers: http::HeaderMap| {
+            let (read, auth) = (read.clone(), auth.clone());
+            async move {
+                let header = headers
+                    .get("authorization")
+                    .map(|v| v.to_str().unwrap().to_owned());
+                auth.lock().unwrap().extend(header);
+                if id == "slow" {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+                if id != "f1" && id != "slow" {
+                    return Err(StatusCode::NOT_FOUND);
+                }
+                let name = read.lock().unwrap().clone();
+                Ok(Json(
+                    json!({"name": name, "filePath": format!("/forest/{name}")}),
+                ))
+            }
+        })
+        .patch(move |Json(body): Json<Value>| {
+            let write = write.clone();
+            async move {
+                let new = body["name"].as_str().unwrap().to_owned();
+                *write.lock().unwrap() = new.clone();
+                Json(json!({"filePath": format!("/forest/{new}")}))
+            }
+        }),
+    );
+    // Around the whole router, not `Router::layer` (which wraps each route on its own): the
+    // GET must be routed like any request.
+    let layer = AuditLayer::new(
+        RuleSet::from_yaml("rules.yaml", BEFORE_RULES).unwrap(),
+        sink.clone(),
+    )
+    .before_timeout(Duration::from_millis(300));
+    let app = tower::Layer::layer(&layer, app);
+    let send = |app: auditgate_middleware::Audit<Router, MemorySink>, request: Request<Body>| async move {
+        let response = app.oneshot(request).await.unwrap();
+        let status = response.status();
+        let _ = response.into_body().collect().await.unwrap();
+        (status, (), ())
+    };
+    let patch = |id: &str, name: &str| {
+        Request::patch(format!("/v1/files/{id}/details"))
+            .header("content-type", "application/json")
+            .header("authorization", "Bearer caller")
+            .body(Body::from(format!(r#"{{"name": "{name}"}}"#)))
+            .unwrap()
+    };
+    let (status, _, _) = send(app.clone(), patch("f1", "oak.png")).await;
+    assert_eq!(status, StatusCode::OK);
+    let record = only(&sink);
+    assert_eq!(
+        Value::Object(record.changes.clone()),
+        json!({"name": {"from": "tree.png", "to": "oak.png"}})
+    );
+    assert_eq!(
+        record.resources[0].previous_path.as_deref(),
+        Some("/forest/tree.png")
+    );
+    assert_eq!(record.resources[0].path.as_deref(), Some("/forest/oak.png"));
+    assert_eq!(record.capture, None);
+    assert_eq!(
+        *seen_auth.lock().unwrap(),
+        ["Bearer caller"],
+        "the caller's credentials"
+    );
+
+    // Not there: 404 to the GET; the PATCH is still served.
+    let (status, _, _) = send(app.clone(), patch("nope", "x.png")).await;
+    assert_eq!(status, StatusCode::OK);
+    let record = only(&sink);
+    assert_eq!(
+        Value::Object(record.changes.clone()),
+        json!({"name": {"to": "x.png"}})
+    );
+    assert_eq!(
+        record.capture.unwrap().before,
+        Some(auditgate_rules::BodyNote::Failed)
+    );
+    // Too slow: the call goes on after the timeout.
+    let started = std::time::Instant::now();
+    let (status, _, _) = send(app, patch("slow", "y.png")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let record = only(&sink);
+    assert_eq!(
+        record.capture.unwrap().before,
+        Some(auditgate_rules::BodyNote::Failed)
+    );
+}
