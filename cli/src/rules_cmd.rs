@@ -44,6 +44,11 @@ pub(crate) enum RulesCommand {
         /// The upstream's response body (JSON), or @FILE.
         #[arg(long, value_name = "JSON")]
         response: Option<String>,
+        /// The answer of the rule's `before:` GET (JSON), or @FILE: what `before/` templates
+        /// and the `from` of `changes` read. Without it, the record shows what a failed GET
+        /// leaves (`capture.before: failed`).
+        #[arg(long, value_name = "JSON")]
+        before: Option<String>,
         /// The key for `| hmac` filters. Without it, values a rule hashes are left out (with a
         /// warning), never shown raw.
         #[arg(long, value_name = "F")]
@@ -95,6 +100,7 @@ pub(crate) fn run(command: RulesCommand) -> ExitCode {
             body,
             status,
             response,
+            before,
             hmac_key_file,
             client_ip,
         } => {
@@ -105,6 +111,7 @@ pub(crate) fn run(command: RulesCommand) -> ExitCode {
                 body,
                 status,
                 response,
+                before,
                 client_ip,
             };
             match test(&rules, hmac_key_file, request) {
@@ -160,6 +167,7 @@ struct TestRequest {
     body: Option<String>,
     status: u16,
     response: Option<String>,
+    before: Option<String>,
     client_ip: Option<std::net::IpAddr>,
 }
 
@@ -201,7 +209,12 @@ fn test(
     }
     let body = req.body.as_deref().map(read_arg).transpose()?;
     let response = req.response.as_deref().map(read_arg).transpose()?;
-    for (flag, text) in [("--body", &body), ("--response", &response)] {
+    let before = req.before.as_deref().map(read_arg).transpose()?;
+    for (flag, text) in [
+        ("--body", &body),
+        ("--response", &response),
+        ("--before", &before),
+    ] {
         if let Some(text) = text
             && serde_json::from_slice::<serde_json::Value>(text).is_err()
         {
@@ -216,6 +229,13 @@ fn test(
     let mut call = Call::new(&method, &uri, &headers);
     call.request_body = body.as_deref();
     call.response_body = response.as_deref();
+    call.before = before.as_deref();
+    if before.is_some() && !found.has_before() {
+        eprintln!("warning: --before is given, but the matching rule has no `before:`");
+    }
+    if let Some(target) = found.before_target(&call) {
+        eprintln!("before: GET {target}");
+    }
     call.status = Some(req.status);
     call.client_ip = req.client_ip.and_then(|ip| ClientIpMode::Full.render(ip));
     call.duration = Duration::ZERO;

@@ -395,3 +395,56 @@ fn test_refuses_a_status_no_server_sends() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn test_takes_the_before_answer_and_shows_the_changes() {
+    let examples =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/rules/media-library.yaml");
+    let out = auditgate(&[
+        "rules",
+        "test",
+        examples.to_str().unwrap(),
+        "--method",
+        "PATCH",
+        "--path",
+        "/v1/files/abc/details",
+        "--body",
+        r#"{"name": "oak.png"}"#,
+        "--response",
+        r#"{"filePath": "/forest/oak.png"}"#,
+        "--before",
+        r#"{"name": "tree.png", "filePath": "/forest/tree.png"}"#,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("before: GET /v1/files/abc/details"),
+        "{}",
+        text(&out.stderr)
+    );
+    let record: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        record["changes"],
+        serde_json::json!({"name": {"from": "tree.png", "to": "oak.png"}})
+    );
+    assert_eq!(record["resources"][0]["previous_path"], "/forest/tree.png");
+    assert!(record.get("capture").is_none(), "{record}");
+
+    // Without --before: what a failed GET leaves.
+    let out = auditgate(&[
+        "rules",
+        "test",
+        examples.to_str().unwrap(),
+        "--method",
+        "PATCH",
+        "--path",
+        "/v1/files/abc/details",
+        "--body",
+        r#"{"name": "oak.png"}"#,
+    ]);
+    let record: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        record["changes"],
+        serde_json::json!({"name": {"to": "oak.png"}})
+    );
+    assert_eq!(record["capture"]["before"], "failed");
+}

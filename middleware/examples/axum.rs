@@ -34,7 +34,7 @@ use auditgate_queue::{Accepted, Dropped, QueueConfig, RecordSink, RedisQueue};
 use auditgate_rules::{AuditRecord, RecordRef, RuleSet};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, patch, post};
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
@@ -50,7 +50,7 @@ fn api() -> Router {
     Router::new()
         .route("/v1/files", post(upload).get(list))
         .route("/v1/files/{file_id}", get(show).delete(remove))
-        .route("/v1/files/{file_id}/details", patch(rename))
+        .route("/v1/files/{file_id}/details", get(show).patch(rename))
         .route("/v1/files/move", post(move_file))
         .route("/v1/files/addTags", post(add_tags))
         .route("/v1/files/removeTags", post(remove_tags))
@@ -90,7 +90,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let app = api();
     if !audit || discard {
         let app = if audit {
-            app.layer(AuditLayer::new(RuleSet::load(&rules)?, Discard))
+            audited(app, AuditLayer::new(RuleSet::load(&rules)?, Discard))
         } else {
             app
         };
@@ -108,7 +108,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // A closed call's received record waits for Redis half its time, then for the spool.
     config.durable_redis_wait = closed_timeout / 2;
     let queue = RedisQueue::start(config)?;
-    let app = app.layer(AuditLayer::new(rules, queue.clone()).closed_timeout(closed_timeout));
+    let app = audited(
+        app,
+        AuditLayer::new(rules, queue.clone()).closed_timeout(closed_timeout),
+    );
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
@@ -119,6 +122,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     .await?;
     queue.shutdown().await; // sends what is still buffered
     Ok(())
+}
+
+/// The API with the layer around the whole router (not `Router::layer`, which wraps each route
+/// on its own): a rule's `before:` GET is then routed like any request.
+fn audited<K: RecordSink + Clone>(api: Router, layer: AuditLayer<K>) -> Router {
+    Router::new().fallback_service(tower::Layer::layer(&layer, api))
 }
 
 /// `--discard`: a sink that serialises each record, as `RedisQueue` does on the request's

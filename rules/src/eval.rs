@@ -585,15 +585,16 @@ fn expand_resource<'a>(
     let mut ids = Field::eval(template.id.as_ref(), lookup);
     let mut paths = Field::eval(template.path.as_ref(), lookup);
     let mut previous = Field::eval(template.previous_path.as_ref(), lookup);
-    let count = match (ids.len(), paths.len()) {
-        (None, None) => 1,
-        (a, b) => a.unwrap_or(0).max(b.unwrap_or(0)),
+    let count = match (ids.len(), paths.len(), previous.len()) {
+        (None, None, None) => 1,
+        (a, b, c) => a.unwrap_or(0).max(b.unwrap_or(0)).max(c.unwrap_or(0)),
     };
     for index in 0..count {
         let last = index + 1 == count;
         let (id, path) = (ids.take(index, last), paths.take(index, last));
         let previous_path = previous.take(index, last);
-        if id.is_some() || path.is_some() {
+        // Where it was is worth recording even when where it is now is not known.
+        if id.is_some() || path.is_some() || previous_path.is_some() {
             out.push(ResourceRef {
                 kind: kind.clone(),
                 id,
