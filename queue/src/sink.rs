@@ -430,7 +430,9 @@ mod tests {
         headers.insert("user-agent", "curl/8.5.0".parse().unwrap());
         let found = rules.matches(&method, uri.path()).unwrap();
         let mut call = auditgate_rules::Call::new(&method, &uri, &headers);
-        call.request_body = Some(br#"{"name":"tree.png","filePath":"/forest/tree.png"}"#);
+        call.request_body = Some(br#"{"name":"oak.png"}"#);
+        call.response_body = Some(br#"{"filePath":"/forest/oak.png"}"#);
+        call.before = Some(br#"{"name":"tree.png","filePath":"/forest/tree.png"}"#);
         call.status = Some(200);
         let borrowed = found.record_ref(&call).unwrap();
 
@@ -445,9 +447,14 @@ mod tests {
             String::from_utf8(from_owned).unwrap()
         );
         let parsed: AuditRecord = serde_json::from_str(&from_ref).unwrap();
+        assert_eq!(parsed.resources[0].path.as_deref(), Some("/forest/oak.png"));
         assert_eq!(
-            parsed.resources[0].path.as_deref(),
+            parsed.resources[0].previous_path.as_deref(),
             Some("/forest/tree.png")
+        );
+        assert_eq!(
+            serde_json::Value::Object(parsed.changes),
+            serde_json::json!({"name": {"from": "tree.png", "to": "oak.png"}})
         );
     }
 

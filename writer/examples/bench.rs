@@ -241,6 +241,29 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             },
         ),
     ];
+    // One history per asset: the names linked to the path (its TYPE:ID), then the page.
+    {
+        let mut times = Vec::new();
+        let mut n = 0;
+        for _ in 0..5 {
+            let t = Instant::now();
+            let names = store.linked("/folder42/file4242.png").await?;
+            let query = Query {
+                resource: Some("/folder42/file4242.png".into()),
+                resource_names: names,
+                order: Order::OldestFirst,
+                ..base.clone()
+            };
+            n = store.query(&query).await?.records.len();
+            times.push(t.elapsed());
+        }
+        times.sort();
+        println!(
+            "  {:36} {:>8.2} ms  ({n} records)",
+            "history, linked names (/history)",
+            times[2].as_secs_f64() * 1000.0
+        );
+    }
     for (name, query) in cases {
         let mut times = Vec::new();
         let mut n = 0;

@@ -321,8 +321,8 @@ pub trait Store: Send + Sync + 'static {
     async fn operations(&self, tenant: Option<&str>) -> Result<Vec<String>, StoreError>;
 
     /// Every name a resource has gone by, starting from `name` (an id, a `TYPE:ID` or a path)
-    /// and following the links records made ([`LINKED_SQL`]): `name` first, at most
-    /// [`MAX_LINKED`].
+    /// and following the links records made (a `TYPE:ID` and its path, a path and its
+    /// `previous_path`): `name` included, at most [`MAX_LINKED`].
     async fn linked(&self, name: &str) -> Result<Vec<String>, StoreError>;
 
     /// Refreshes the planner's statistics (`ANALYZE`), so that each filter uses its index.
