@@ -382,6 +382,9 @@ pub(crate) struct Row {
     pub(crate) status: Option<i32>,
     pub(crate) instance: Option<String>,
     pub(crate) origin_seq: Option<i64>,
+    /// The record's `tenant`: a column of its own, indexed, since a tenant's token filters on
+    /// it in every query.
+    pub(crate) tenant: Option<String>,
     /// `origin.after_crash`: the producer restarted after a crash whose run may have used
     /// these numbers.
     pub(crate) after_crash: Option<(i64, i64)>,
@@ -435,6 +438,7 @@ impl Row {
             outcome: record.outcome.as_str(),
             status: record.response.status.map(i32::from),
             instance: record.origin.as_ref().map(|o| indexed_owned(&o.instance)),
+            tenant: record.tenant.as_deref().map(indexed_owned),
             origin_seq: record.origin.as_ref().map(|o| o.seq as i64),
             after_crash: (record.origin.as_ref())
                 .and_then(|o| o.after_crash)
@@ -581,14 +585,18 @@ pub(crate) fn page_sql(query: &Query, dialect: &Dialect) -> (String, Vec<Param>)
             bind(Param::Text(indexed_owned(request_id)))
         ));
     }
-    for (name, value) in [("tenant", &query.tenant), ("service", &query.service)] {
-        if let Some(value) = value {
-            clauses.push(format!(
-                "{} = {}",
-                (dialect.json_member)(name),
-                bind(Param::Text(value.clone()))
-            ));
-        }
+    if let Some(tenant) = &query.tenant {
+        clauses.push(format!(
+            "r.tenant = {}",
+            bind(Param::Text(indexed_owned(tenant)))
+        ));
+    }
+    if let Some(service) = &query.service {
+        clauses.push(format!(
+            "{} = {}",
+            (dialect.json_member)("service"),
+            bind(Param::Text(service.clone()))
+        ));
     }
     if let Some(outcome) = query.outcome {
         clauses.push(format!(

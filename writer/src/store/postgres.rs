@@ -71,6 +71,7 @@ CREATE INDEX IF NOT EXISTS records_actor     ON records (actor, time_us, seq);
 CREATE INDEX IF NOT EXISTS records_request   ON records (request_id);
 CREATE INDEX IF NOT EXISTS records_outcome   ON records (outcome, time_us, seq);
 CREATE INDEX IF NOT EXISTS records_origin    ON records (origin_instance, origin_seq);
+CREATE INDEX IF NOT EXISTS records_tenant    ON records (tenant, time_us, seq);
 "#;
 
 /// Serialises partition creation between writers (`pg_advisory_xact_lock`).
@@ -203,6 +204,9 @@ async fn set_up(client: &mut Client) -> Result<(), StoreError> {
         migrate_unpartitioned(&tx).await?;
     }
     tx.batch_execute(&tables_sql("records", "resources"))
+        .await?;
+    // A store from before `tenant` had a column gets it (empty: those records have none).
+    tx.batch_execute("ALTER TABLE records ADD COLUMN IF NOT EXISTS tenant TEXT")
         .await?;
     tx.batch_execute(INDEXES).await?;
     partition_ddl(&tx, "records", "resources", months_ahead()).await?;
@@ -406,7 +410,9 @@ async fn insert_part(client: &Mutex<Client>, records: &[Incoming]) -> Result<usi
     let mut statuses = Vec::with_capacity(rows.len());
     let mut instances = Vec::with_capacity(rows.len());
     let mut seqs = Vec::with_capacity(rows.len());
+    let mut tenants = Vec::with_capacity(rows.len());
     for r in &rows {
+        tenants.push(r.tenant.clone());
         ids.push(r.id.clone());
         times.push(r.time_us);
         jsons.push(r.json.clone());
@@ -422,15 +428,15 @@ async fn insert_part(client: &Mutex<Client>, records: &[Incoming]) -> Result<usi
     let tx = client.transaction().await?;
     let inserted = tx
         .query(
-            "INSERT INTO records (id, time_us, record, operation, actor, request_id, outcome, status, origin_instance, origin_seq)
-             SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int[], $9::text[], $10::bigint[])
-             ON CONFLICT (time_us, id) DO UPDATE SET record = EXCLUDED.record,
+            "INSERT INTO records (id, time_us, record, operation, actor, request_id, outcome, status, origin_instance, origin_seq, tenant)
+             SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int[], $9::text[], $10::bigint[], $11::text[])
+             ON CONFLICT (time_us, id) DO UPDATE SET record = EXCLUDED.record, tenant = EXCLUDED.tenant,
                  operation = EXCLUDED.operation, actor = EXCLUDED.actor,
                  request_id = EXCLUDED.request_id, outcome = EXCLUDED.outcome,
                  status = EXCLUDED.status
              WHERE records.outcome = 'unknown' AND EXCLUDED.outcome <> 'unknown'
              RETURNING seq, id",
-            &[&ids, &times, &jsons, &operations, &actors, &request_ids, &outcomes, &statuses, &instances, &seqs],
+            &[&ids, &times, &jsons, &operations, &actors, &request_ids, &outcomes, &statuses, &instances, &seqs, &tenants],
         )
         .await?;
     let new: std::collections::HashMap<String, i64> = inserted
@@ -665,15 +671,13 @@ impl Store for PostgresStore {
     async fn operations(&self, tenant: Option<&str>) -> Result<Vec<String>, StoreError> {
         let rows = match tenant {
             None => self.reader.query(OPERATIONS_SQL, &[]).await?,
-            Some(tenant) => {
-                self.reader
-                    .query(
-                        "SELECT DISTINCT operation FROM records r
-                         WHERE (r.record::json ->> 'tenant') = $1 ORDER BY operation",
-                        &[&tenant],
-                    )
-                    .await?
-            }
+            Some(tenant) => self
+                .reader
+                .query(
+                    "SELECT DISTINCT operation FROM records WHERE tenant = $1 ORDER BY operation",
+                    &[&tenant],
+                )
+                .await?,
         };
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }

@@ -27,9 +27,11 @@ CREATE TABLE IF NOT EXISTS records (
     status          INTEGER,
     origin_instance TEXT,
     origin_seq      INTEGER,
-    record          TEXT    NOT NULL
+    record          TEXT    NOT NULL,
+    tenant          TEXT
 );
 CREATE INDEX IF NOT EXISTS records_time      ON records (time_us, seq);
+CREATE INDEX IF NOT EXISTS records_tenant    ON records (tenant, time_us, seq);
 CREATE INDEX IF NOT EXISTS records_operation ON records (operation, time_us, seq);
 CREATE INDEX IF NOT EXISTS records_actor     ON records (actor, time_us, seq);
 CREATE INDEX IF NOT EXISTS records_request   ON records (request_id);
@@ -212,6 +214,19 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         )
         .optional()?
         .is_some();
+    // A file from before `tenant` had a column gets it (empty: those records have none).
+    let has_tenant = has_records
+        && tx
+            .query_row(
+                "SELECT 1 FROM pragma_table_info('records') WHERE name = 'tenant'",
+                [],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+    if has_records && !has_tenant {
+        tx.execute_batch("ALTER TABLE records ADD COLUMN tenant TEXT")?;
+    }
     if has_records && version < 2 {
         tx.execute_batch(MIGRATE_1_TO_2)?;
         tx.execute_batch(SCHEMA)?;
@@ -332,9 +347,9 @@ impl Store for SqliteStore {
                 // complete record replaces its received one (a `closed` call's record made
                 // before it was forwarded, outcome `unknown`), whichever of the two came first.
                 let mut insert = tx.prepare_cached(
-                    "INSERT INTO records (id, time_us, record, operation, actor, request_id, outcome, status, origin_instance, origin_seq)
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                     ON CONFLICT (id) DO UPDATE SET record = excluded.record,
+                    "INSERT INTO records (id, time_us, record, operation, actor, request_id, outcome, status, origin_instance, origin_seq, tenant)
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                     ON CONFLICT (id) DO UPDATE SET record = excluded.record, tenant = excluded.tenant,
                          operation = excluded.operation, actor = excluded.actor,
                          request_id = excluded.request_id, outcome = excluded.outcome,
                          status = excluded.status
@@ -356,7 +371,7 @@ impl Store for SqliteStore {
                         .query_row(
                             params![
                                 r.id, r.time_us, r.json, r.operation, r.actor, r.request_id,
-                                r.outcome, r.status, r.instance, r.origin_seq
+                                r.outcome, r.status, r.instance, r.origin_seq, r.tenant
                             ],
                             |row| row.get(0),
                         )
@@ -533,8 +548,7 @@ impl Store for SqliteStore {
                     .collect::<Result<Vec<_>, _>>()?,
                 Some(tenant) => conn
                     .prepare_cached(
-                        "SELECT DISTINCT operation FROM records r
-                         WHERE json_extract(r.record, '$.tenant') = ? ORDER BY operation",
+                        "SELECT DISTINCT operation FROM records WHERE tenant = ? ORDER BY operation",
                     )?
                     .query_map([tenant], |r| r.get::<_, String>(0))?
                     .collect::<Result<Vec<_>, _>>()?,
