@@ -594,6 +594,21 @@ impl WriterProcess {
         .expect("writer API call")
     }
 
+    /// The records `/api/v1/records?QUERY` answers a token; asserts the answer is 200.
+    pub fn select_as(&self, token: &str, query: &str) -> Vec<serde_json::Value> {
+        let page = self.get_as(token, &format!("/api/v1/records?{query}"));
+        assert_eq!(
+            page.status,
+            200,
+            "{query}: {}",
+            String::from_utf8_lossy(&page.body)
+        );
+        page.json()["records"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// How many records the store holds (`/healthz`).
     pub fn count(&self) -> u64 {
         http(&self.addr, "GET", "/healthz", &[], b"")
