@@ -768,17 +768,21 @@ rules:
         .collect();
     let closed: Vec<u16> = closed.into_iter().map(|t| t.join().unwrap()).collect();
     assert!(closed.iter().all(|s| *s == 200), "{closed:?}");
-    for n in 0..20 {
-        let body = format!(r#"{{"fileIds":["{file_id}"],"tags":["t{n}"]}}"#);
-        let answer = http(
-            &addr,
+    // `tag.remove`, the `open` rule: the status the service answered.
+    let remove_tag = |addr: &str, tag: &str| {
+        let body = format!(r#"{{"fileIds":["{file_id}"],"tags":["{tag}"]}}"#);
+        http(
+            addr,
             "POST",
             "/v1/files/removeTags",
             &[json],
             body.as_bytes(),
         )
-        .unwrap();
-        assert_eq!(answer.status, 200);
+        .unwrap()
+        .status
+    };
+    for n in 0..20 {
+        assert_eq!(remove_tag(&addr, &format!("t{n}")), 200);
     }
     service.0.kill().unwrap(); // SIGKILL
     service.0.wait().unwrap();
@@ -786,16 +790,7 @@ rules:
     let (_restarted, addr) = start();
     // The restarted example has forgotten the file (it kept it in memory): a 404, audited
     // all the same, and the first record to tell the writer of the crash.
-    let body = format!(r#"{{"fileIds":["{file_id}"],"tags":["after"]}}"#);
-    let answer = http(
-        &addr,
-        "POST",
-        "/v1/files/removeTags",
-        &[json],
-        body.as_bytes(),
-    )
-    .unwrap();
-    assert_eq!(answer.status, 404);
+    assert_eq!(remove_tag(&addr, "after"), 404);
 
     let added = || {
         writer
