@@ -20,7 +20,7 @@ pub(crate) enum RulesCommand {
     /// Print the record a call would produce, as JSON. Exits 2 with "no rule matches" when
     /// nothing would be recorded.
     #[command(
-        after_help = "Example:\n  auditgate rules test examples/rules/media-library.yaml \\\n    --method PATCH --path /v1/files/abc/details \\\n    --header 'X-User-Id: u_123' --body '{\"name\": \"tree.png\"}'"
+        after_help = "Example:\n  auditgate rules test examples/generic-rules/media-library.yaml \\\n    --method PATCH --path /v1/files/abc/details \\\n    --header 'X-User-Id: u_123' --body '{\"name\": \"tree.png\"}'"
     )]
     Test {
         /// A rule file or a directory of rule files.

@@ -110,10 +110,13 @@ fn check_reads_several_paths_and_directories_as_one_set() {
 
 #[test]
 fn the_example_rule_sets_are_valid() {
-    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/rules");
-    let out = auditgate(&["rules", "check", examples.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).starts_with("ok: 2 rule files, "));
+    // The model products' sets (the demo's), and the generic ones the layer's example uses.
+    for dir in ["../examples/rules", "../examples/generic-rules"] {
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+        let out = auditgate(&["rules", "check", examples.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(0), "{dir}: {}", text(&out.stderr));
+        assert!(text(&out.stdout).starts_with("ok: 2 rule files, "), "{dir}");
+    }
 }
 
 #[test]
@@ -399,7 +402,7 @@ fn test_refuses_a_status_no_server_sends() {
 #[test]
 fn test_takes_the_before_answer_and_shows_the_changes() {
     let examples =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/rules/media-library.yaml");
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/generic-rules/media-library.yaml");
     let out = auditgate(&[
         "rules",
         "test",

@@ -105,7 +105,7 @@ fn requests() -> [Case; 3] {
 fn bench(c: &mut Criterion) {
     let rules = RuleSet::load(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../examples/rules/media-library.yaml"
+        "/../examples/generic-rules/media-library.yaml"
     ))
     .expect("the example rules load");
     let bare = tower::service_fn(handler::<Full<Bytes>>);

@@ -1,7 +1,7 @@
 //! A small media-library API with auditing: one `.layer(AuditLayer::new(rules, queue))`.
 //!
 //! Every rename, move, delete and tag change becomes an audit record in the Redis stream
-//! `auditgate:records`, as `examples/rules/media-library.yaml` describes.
+//! `auditgate:records`, as `examples/generic-rules/media-library.yaml` describes.
 //!
 //! ```sh
 //! redis-server --port 6379 &
@@ -63,7 +63,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut redis = "redis://127.0.0.1:6379".to_owned();
     let mut rules = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../examples/rules/media-library.yaml"
+        "/../examples/generic-rules/media-library.yaml"
     )
     .to_owned();
     let mut spool = "./spool".to_owned();

@@ -420,7 +420,7 @@ mod tests {
     fn a_borrowed_record_encodes_as_its_owned_copy() {
         let rules = auditgate_rules::RuleSet::load(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../examples/rules/media-library.yaml"
+            "/../examples/generic-rules/media-library.yaml"
         ))
         .unwrap();
         let method = http::Method::PATCH;

@@ -221,11 +221,14 @@ impl<'a> FileReader<'a> {
             }
         };
         if let (Some(op), Some(n)) = (&operation, find(entries, "operation"))
-            && (op.is_empty() || op.contains(char::is_whitespace))
+            && (op.is_empty() || op.contains(|c: char| c.is_whitespace() || c == ',' || c == '*'))
         {
+            // Commas and `*` mean "any of" and "starting with" in the writer's operation filter.
             self.error(
                 n.pos,
-                format!("operation \"{op}\" must be one word without spaces, e.g. asset.rename"),
+                format!(
+                    "operation \"{op}\" must be one word without spaces, commas or `*`, e.g. asset.rename"
+                ),
             );
         }
         let pattern = match find(entries, "path") {

@@ -36,7 +36,15 @@ pub(crate) enum Filter {
     /// HMAC-SHA256 with the deployment's key, as lower-case hex.
     Hmac,
     Lower,
+    /// The text before the last `/` (trailing ones ignored): `/forest/tree.png` → `/forest`,
+    /// `acme/chatbot` → `acme`; nothing when there is no `/`.
+    Dirname,
+    /// The text after the last `/` (trailing ones ignored): `/forest/tree.png` → `tree.png`.
+    Basename,
 }
+
+/// The filters' names, for messages.
+const FILTER_NAMES: &[&str] = &["hmac", "lower", "dirname", "basename"];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Expr {
@@ -229,12 +237,15 @@ impl Expr {
             let filter = match name {
                 "hmac" => Filter::Hmac,
                 "lower" => Filter::Lower,
+                "dirname" => Filter::Dirname,
+                "basename" => Filter::Basename,
                 other => {
-                    let hint = crate::error::did_you_mean(other, &["hmac", "lower"]);
+                    let hint = crate::error::did_you_mean(other, FILTER_NAMES);
                     return Err(TemplateError {
                         offset: offset + lead,
                         message: format!(
-                            "unknown filter \"{other}\"{hint}: the filters are hmac and lower"
+                            "unknown filter \"{other}\"{hint}: the filters are {}",
+                            FILTER_NAMES.join(", ")
                         ),
                     });
                 }
@@ -434,9 +445,18 @@ fn apply(filter: Filter, value: Value, lookup: &dyn Lookup) -> Option<Value> {
         Value::String(s) => match filter {
             Filter::Lower => Value::String(s.to_lowercase()),
             Filter::Hmac => Value::String(hmac_hex(lookup.hmac_key()?, s.as_bytes())),
+            Filter::Dirname => {
+                let (dir, _) = s.trim_end_matches('/').rsplit_once('/')?;
+                Value::String(dir.to_owned())
+            }
+            Filter::Basename => {
+                let trimmed = s.trim_end_matches('/');
+                let base = trimmed.rsplit_once('/').map_or(trimmed, |(_, base)| base);
+                Value::String(base.to_owned())
+            }
         },
         other => match filter {
-            Filter::Lower => other,
+            Filter::Lower | Filter::Dirname | Filter::Basename => other,
             Filter::Hmac => {
                 Value::String(hmac_hex(lookup.hmac_key()?, other.to_string().as_bytes()))
             }
@@ -620,6 +640,35 @@ mod tests {
             Some(json!("u_7"))
         );
         assert_eq!(eval("{body/Tags | lower}", &fake), Some(json!(["a", "b"])));
+        let paths = Fake {
+            body: Some(
+                json!({"file": "/forest/tree.png", "repo": "acme/bot", "top": "/a.png",
+                              "folder": "/forest/old/", "plain": "gpt2"}),
+            ),
+            ..Fake::default()
+        };
+        // A rename's new path from the old one and the new name (ImageKit's PUT /v1/files/rename).
+        assert_eq!(
+            eval("{body/file | dirname}/oak.png", &paths),
+            Some(json!("/forest/oak.png"))
+        );
+        assert_eq!(
+            eval("{body/file | basename}", &paths),
+            Some(json!("tree.png"))
+        );
+        assert_eq!(
+            eval("{body/top | dirname}/b.png", &paths),
+            Some(json!("/b.png"))
+        );
+        assert_eq!(eval("{body/folder | basename}", &paths), Some(json!("old")));
+        assert_eq!(
+            eval("{body/folder | dirname}", &paths),
+            Some(json!("/forest"))
+        );
+        // A Hub repo id's namespace, and nothing for one without.
+        assert_eq!(eval("{body/repo | dirname}", &paths), Some(json!("acme")));
+        assert_eq!(eval("{body/plain | dirname}", &paths), None);
+        assert_eq!(eval("{body/plain | basename}", &paths), Some(json!("gpt2")));
         assert_eq!(
             eval("{body/n | hmac}", &fake),
             Some(json!(hmac_hex(b"key", b"42")))
@@ -647,7 +696,7 @@ mod tests {
         let e = err("x {body/name | upper}");
         assert_eq!(
             e.message,
-            "unknown filter \"upper\": the filters are hmac and lower"
+            "unknown filter \"upper\": the filters are hmac, lower, dirname, basename"
         );
         assert_eq!(e.offset, 15);
         let e = err("{body/a~2}");

@@ -226,7 +226,7 @@ fn bad_templates() {
     ));
     assert_eq!(
         e,
-        "rules.yaml:6:33: unknown filter \"upper\": the filters are hmac and lower"
+        "rules.yaml:6:33: unknown filter \"upper\": the filters are hmac, lower, dirname, basename"
     );
 }
 

@@ -132,6 +132,11 @@ async fn filters_pages_history_export_auth(store: &str) {
             Box::new(|r| r.operation.starts_with("asset.")),
         ),
         (
+            // Several operations at once, exact and prefix alike.
+            "operation=asset.delete,%20member.*",
+            Box::new(|r| r.operation == "asset.delete" || r.operation.starts_with("member.")),
+        ),
+        (
             "actor=u_3",
             Box::new(|r| r.actor.as_ref().unwrap().id.as_deref() == Some("u_3")),
         ),
@@ -284,6 +289,40 @@ async fn filters_pages_history_export_auth(store: &str) {
     assert_eq!(export.status, 200);
     let exported: Vec<Value> = serde_json::from_slice(&export.body).unwrap();
     assert_eq!(exported.len(), failed_assets.len());
+    // The same selection as CSV: a header, then one row per record, in the same order.
+    let csv = writer.get("/api/v1/export?operation=asset.*&outcome=failure&format=csv");
+    assert_eq!(csv.status, 200);
+    assert_eq!(csv.header("content-type"), Some("text/csv; charset=utf-8"));
+    assert!(
+        csv.header("content-disposition")
+            .unwrap()
+            .ends_with(".csv\"")
+    );
+    let text = String::from_utf8(csv.body.clone()).unwrap();
+    let mut lines = text.split_terminator("\r\n");
+    assert!(
+        lines
+            .next()
+            .unwrap()
+            .starts_with("time,id,tenant,service,operation,")
+    );
+    let csv_ids: Vec<String> = lines
+        .map(|row| row.split(',').nth(1).unwrap().to_owned())
+        .collect();
+    assert_eq!(csv_ids, failed_assets);
+    let r = writer.get("/api/v1/export?format=xml");
+    assert_eq!(r.status, 400);
+    assert!(r.json()["error"].as_str().unwrap().contains("json or csv"));
+
+    // Who the page is signed in as.
+    assert_eq!(
+        writer.get("/api/v1/whoami").json(),
+        serde_json::json!({"role": "admin", "tenant": null})
+    );
+    assert_eq!(
+        writer.get_as(VIEWER_TOKEN, "/api/v1/whoami").json()["role"],
+        "viewer"
+    );
 
     // The operations the page's filter offers, and the page itself (no token needed for it).
     assert_eq!(
@@ -303,7 +342,7 @@ async fn filters_pages_history_export_auth(store: &str) {
     let html = String::from_utf8_lossy(&page.body);
     for needle in [
         "<title>Audit log",
-        "name=\"operation\"",
+        "id=\"operation\"",
         "name=\"actor\"",
         "name=\"resource\"",
         "name=\"request_id\"",

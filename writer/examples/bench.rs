@@ -169,14 +169,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         (
             "operation=asset.rename",
             Query {
-                operation: Some(OperationFilter::Exact("asset.rename".into())),
+                operation: vec![OperationFilter::Exact("asset.rename".into())],
                 ..base.clone()
             },
         ),
         (
             "operation=asset.*",
             Query {
-                operation: Some(OperationFilter::Prefix("asset.".into())),
+                operation: vec![OperationFilter::Prefix("asset.".into())],
                 ..base.clone()
             },
         ),
@@ -227,7 +227,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "actor+operation prefix+outcome",
             Query {
                 actor: Some("u_7".into()),
-                operation: Some(OperationFilter::Prefix("tag.".into())),
+                operation: vec![OperationFilter::Prefix("tag.".into())],
                 outcome: Some(auditgate_rules::Outcome::Success),
                 ..base.clone()
             },

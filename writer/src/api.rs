@@ -23,11 +23,13 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chrono::{DateTime, Utc};
+use futures_util::StreamExt as _;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::config::Role;
+use crate::export::Format;
 use crate::store::{Cursor, OperationFilter, Order, Page, Query, Store, StoreError};
 
 /// What the handlers share.
@@ -123,6 +125,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/export", get(export))
         .route("/api/v1/gaps", get(gaps))
         .route("/api/v1/operations", get(operations))
+        .route("/api/v1/whoami", get(whoami))
         .route("/api/v1/tokens", axum::routing::post(mint))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -263,6 +266,9 @@ const FILTERS: &[&str] = &[
     "cursor",
 ];
 
+/// How many alternatives one `operation=` may name: each is a clause of the query.
+const MAX_OPERATIONS: usize = 64;
+
 /// Reads the filters, refusing unknown parameters and bad values with a message.
 fn parse_query(params: &HashMap<String, String>, allowed: &[&str]) -> Result<Query, ApiError> {
     if let Some(unknown) = params.keys().find(|k| !allowed.contains(&k.as_str())) {
@@ -307,8 +313,17 @@ fn parse_query(params: &HashMap<String, String>, allowed: &[&str]) -> Result<Que
                 .ok_or_else(|| bad(format!("cursor={v:?} is not a cursor this API gave out")))
         })
         .transpose()?;
+    let operations = text("operation")
+        .map(|v| OperationFilter::parse_list(&v))
+        .unwrap_or_default();
+    if operations.len() > MAX_OPERATIONS {
+        return Err(bad(format!(
+            "operation= names {} operations: at most {MAX_OPERATIONS}, or a prefix such as asset.*",
+            operations.len()
+        )));
+    }
     Ok(Query {
-        operation: text("operation").map(|o| OperationFilter::parse(&o)),
+        operation: operations,
         actor: text("actor"),
         resource: text("resource"),
         resource_names: Vec::new(),
@@ -528,30 +543,66 @@ async fn export(
     QueryParams(params): QueryParams<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let access = state.authorize(&headers, Role::Admin)?;
+    let mut params = params;
+    let format = match params.remove("format").as_deref() {
+        None | Some("") => Format::Json,
+        Some(name) => Format::parse(name)
+            .ok_or_else(|| bad(format!("format={name:?}: use {}", Format::NAMES)))?,
+    };
     // Everything the filters select: paging parameters are read (a query string from
     // `/records` can be reused as it is) but do not narrow an export.
     let mut query = parse_query(&params, FILTERS)?;
     access.scope(&mut query)?;
     query.cursor = None;
-    let chunks = state.store.export(query);
-    let stream = futures_util::stream::unfold(chunks, |mut rx| async move {
-        let chunk = rx.recv().await?;
-        Some((chunk.map_err(std::io::Error::other), rx))
-    });
+    let pages = state.store.export(query);
+    // (pages, whether no record has been written yet, whether the end has been written)
+    let stream = futures_util::stream::unfold(
+        (pages, true, false),
+        move |(mut rx, first, done)| async move {
+            if done {
+                return None;
+            }
+            match rx.recv().await {
+                Some(Ok(records)) => {
+                    let chunk = format.page(&records, first);
+                    Some((Ok(chunk), (rx, first && records.is_empty(), false)))
+                }
+                Some(Err(e)) => Some((Err(std::io::Error::other(e)), (rx, first, true))),
+                None => Some((Ok(format.end()), (rx, first, true))),
+            }
+        },
+    );
+    let stream = futures_util::stream::once(async move { Ok::<_, std::io::Error>(format.start()) })
+        .chain(stream);
     let filename = format!(
-        "attachment; filename=\"auditgate-export-{}.json\"",
-        Utc::now().format("%Y%m%dT%H%M%SZ")
+        "attachment; filename=\"auditgate-export-{}.{}\"",
+        Utc::now().format("%Y%m%dT%H%M%SZ"),
+        format.extension()
     );
     let mut response = Body::from_stream(stream).into_response();
     let h = response.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
+        HeaderValue::from_static(format.content_type()),
     );
     if let Ok(v) = HeaderValue::from_str(&filename) {
         h.insert(header::CONTENT_DISPOSITION, v);
     }
     Ok(response)
+}
+
+/// `GET /api/v1/whoami`: what the token in hand may see, `{"role", "tenant"}` (`tenant` null
+/// for an unscoped token), so that the page can show whose log it is and which filters apply.
+async fn whoami(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let access = state.authorize(&headers, Role::Viewer)?;
+    let role = match access.role {
+        Role::Admin => "admin",
+        Role::Viewer => "viewer",
+    };
+    Ok(axum::Json(serde_json::json!({ "role": role, "tenant": access.tenant })).into_response())
 }
 
 async fn gaps(

@@ -6,7 +6,8 @@
 //!   committed next, in one transaction of up to `commit_max` entries, and acknowledged only
 //!   after it; an `id` already stored is ignored, so the store holds each record once.
 //! - [`store`]: SQLite (default, one file, WAL) or PostgreSQL, behind one trait.
-//! - the API: `GET /api/v1/records`, `/records/{id}`, `/history`, `/export`, `/gaps`, with
+//! - the API: `GET /api/v1/records`, `/records/{id}`, `/history`, `/export` ([`export`]:
+//!   JSON or CSV), `/gaps`, `/operations`, `/whoami`, with
 //!   bearer tokens (`admin`, `viewer`); `/metrics` and `/healthz`.
 //!
 //! ```no_run
@@ -32,6 +33,7 @@ use tokio::sync::watch;
 mod api;
 pub mod config;
 mod error;
+pub mod export;
 pub mod ingest;
 pub mod metrics;
 pub mod minted;

@@ -9,7 +9,6 @@ use std::time::Duration;
 use auditgate_queue::{Consumer, ConsumerConfig, QueueConfig, RecordSink, RedisConfig, RedisQueue};
 use auditgate_tests::{RedisServer, record, wait_until};
 use auditgate_writer::store::{Gap, Incoming, Page, Query, SqliteStore, Store, StoreError};
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 
@@ -32,7 +31,7 @@ impl Store for SlowStore {
     async fn get(&self, id: &str) -> Result<Option<String>, StoreError> {
         self.inner.get(id).await
     }
-    fn export(&self, query: Query) -> mpsc::Receiver<Result<Bytes, StoreError>> {
+    fn export(&self, query: Query) -> mpsc::Receiver<Result<Vec<String>, StoreError>> {
         self.inner.export(query)
     }
     async fn gaps(&self) -> Result<Vec<Gap>, StoreError> {

@@ -11,7 +11,6 @@
 use std::borrow::Cow;
 
 use auditgate_rules::{AuditRecord, Outcome};
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 
@@ -52,8 +51,8 @@ pub struct Cursor {
 /// What to select.
 #[derive(Debug, Clone, Default)]
 pub struct Query {
-    /// `operation=`
-    pub operation: Option<OperationFilter>,
+    /// `operation=`: any of these (none: every operation).
+    pub operation: Vec<OperationFilter>,
     /// `actor=`: the actor's id.
     pub actor: Option<String>,
     /// `resource=`: a resource id, `TYPE:ID` or path.
@@ -304,9 +303,10 @@ pub trait Store: Send + Sync + 'static {
     /// One record by its `id`.
     async fn get(&self, id: &str) -> Result<Option<String>, StoreError>;
 
-    /// Every record the query selects (its `limit` and `cursor` ignored), streamed as the
-    /// chunks of one JSON array, in bounded memory.
-    fn export(&self, query: Query) -> mpsc::Receiver<Result<Bytes, StoreError>>;
+    /// Every record the query selects (its `limit` and `cursor` ignored), streamed page by
+    /// page (each record's stored JSON) in bounded memory; the caller chooses the format
+    /// ([`crate::export`]).
+    fn export(&self, query: Query) -> mpsc::Receiver<Result<Vec<String>, StoreError>>;
 
     /// For each producer instance, the ranges of `origin.seq` not in the store.
     async fn gaps(&self) -> Result<Vec<Gap>, StoreError>;
@@ -499,6 +499,16 @@ impl OperationFilter {
             None => OperationFilter::Exact(text.to_owned()),
         }
     }
+
+    /// `operation=asset.rename,tag.*`: alternatives, separated by commas (an operation name
+    /// holds none: rule files refuse it), blanks around them ignored.
+    pub fn parse_list(text: &str) -> Vec<OperationFilter> {
+        text.split(',')
+            .map(str::trim)
+            .filter(|one| !one.is_empty())
+            .map(OperationFilter::parse)
+            .collect()
+    }
 }
 
 /// A query parameter, before a store turns it into its driver's type.
@@ -533,23 +543,30 @@ pub(crate) fn page_sql(query: &Query, dialect: &Dialect) -> (String, Vec<Param>)
         params.push(param);
         (dialect.placeholder)(params.len())
     };
-    match &query.operation {
-        Some(OperationFilter::Exact(op)) => {
-            clauses.push(format!(
-                "r.operation = {}",
-                bind(Param::Text(indexed_owned(op)))
-            ));
-        }
-        Some(OperationFilter::Prefix(prefix)) => {
-            let column = dialect.prefix_column;
-            // Escaped but not cut: a prefix is a beginning, not a whole value.
-            let prefix = escaped(prefix).into_owned();
-            clauses.push(format!("{column} >= {}", bind(Param::Text(prefix.clone()))));
-            if let Some(end) = prefix_end(&prefix) {
-                clauses.push(format!("{column} < {}", bind(Param::Text(end))));
+    // Several operations are alternatives: one OR group, each an index range or probe.
+    let mut alternatives: Vec<String> = Vec::new();
+    for filter in &query.operation {
+        match filter {
+            OperationFilter::Exact(op) => {
+                alternatives.push(format!(
+                    "r.operation = {}",
+                    bind(Param::Text(indexed_owned(op)))
+                ));
+            }
+            OperationFilter::Prefix(prefix) => {
+                let column = dialect.prefix_column;
+                // Escaped but not cut: a prefix is a beginning, not a whole value.
+                let prefix = escaped(prefix).into_owned();
+                let from = format!("{column} >= {}", bind(Param::Text(prefix.clone())));
+                alternatives.push(match prefix_end(&prefix) {
+                    Some(end) => format!("({from} AND {column} < {})", bind(Param::Text(end))),
+                    None => from,
+                });
             }
         }
-        None => {}
+    }
+    if !alternatives.is_empty() {
+        clauses.push(format!("({})", alternatives.join(" OR ")));
     }
     if let Some(actor) = &query.actor {
         clauses.push(format!(
@@ -696,19 +713,6 @@ pub(crate) fn prefix_end(prefix: &str) -> Option<String> {
     None
 }
 
-/// Writes a page of JSON records into a JSON array chunk, with a leading comma unless first.
-pub(crate) fn array_chunk(records: &[String], first: &mut bool) -> Bytes {
-    let mut out = String::with_capacity(records.iter().map(|r| r.len() + 2).sum());
-    for r in records {
-        if !*first {
-            out.push_str(",\n");
-        }
-        *first = false;
-        out.push_str(r);
-    }
-    Bytes::from(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -765,6 +769,13 @@ mod tests {
         assert_eq!(
             OperationFilter::parse("asset.rename"),
             OperationFilter::Exact("asset.rename".into())
+        );
+        assert_eq!(
+            OperationFilter::parse_list(" asset.rename, tag.*,,"),
+            vec![
+                OperationFilter::Exact("asset.rename".into()),
+                OperationFilter::Prefix("tag.".into())
+            ]
         );
         let c = Cursor {
             time_us: 1_795_000_000_000_000,

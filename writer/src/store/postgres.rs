@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use tokio::sync::{Mutex, mpsc};
 use tokio_postgres::types::ToSql;
@@ -11,7 +10,7 @@ use tokio_postgres::{Client, GenericClient, NoTls, Transaction};
 
 use super::{
     Cursor, Dialect, GAPS_SQL, Gap, Incoming, LINKED_SQL, OPERATIONS_SQL, Page, Param, Query, Row,
-    Store, StoreError, array_chunk, page_sql,
+    Store, StoreError, page_sql,
 };
 
 /// The tables, partitioned by month of `time_us` (docs/operators.md, "PostgreSQL"):
@@ -529,7 +528,7 @@ impl Store for PostgresStore {
         Ok(row.map(|r| r.get(0)))
     }
 
-    fn export(&self, mut query: Query) -> mpsc::Receiver<Result<Bytes, StoreError>> {
+    fn export(&self, mut query: Query) -> mpsc::Receiver<Result<Vec<String>, StoreError>> {
         let (tx, rx) = mpsc::channel(4);
         let url = self.url.clone();
         tokio::spawn(async move {
@@ -542,10 +541,6 @@ impl Store for PostgresStore {
             };
             query.limit = 1000;
             query.cursor = None;
-            let mut first = true;
-            if tx.send(Ok(Bytes::from_static(b"[\n"))).await.is_err() {
-                return;
-            }
             loop {
                 let p = match page(&client, &query).await {
                     Ok(p) => p,
@@ -554,12 +549,7 @@ impl Store for PostgresStore {
                         return;
                     }
                 };
-                if !p.records.is_empty()
-                    && tx
-                        .send(Ok(array_chunk(&p.records, &mut first)))
-                        .await
-                        .is_err()
-                {
+                if !p.records.is_empty() && tx.send(Ok(p.records)).await.is_err() {
                     return;
                 }
                 match p.next_cursor {
@@ -567,7 +557,6 @@ impl Store for PostgresStore {
                     None => break,
                 }
             }
-            let _ = tx.send(Ok(Bytes::from_static(b"\n]\n"))).await;
         });
         rx
     }

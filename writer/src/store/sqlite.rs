@@ -4,7 +4,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -12,7 +11,7 @@ use tokio::sync::mpsc;
 
 use super::{
     Cursor, Dialect, GAPS_SQL, Gap, Incoming, LINKED_SQL, OPERATIONS_SQL, Page, Param, Query, Row,
-    Store, StoreError, array_chunk, page_sql,
+    Store, StoreError, page_sql,
 };
 
 const SCHEMA: &str = r#"
@@ -423,7 +422,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    fn export(&self, mut query: Query) -> mpsc::Receiver<Result<Bytes, StoreError>> {
+    fn export(&self, mut query: Query) -> mpsc::Receiver<Result<Vec<String>, StoreError>> {
         let (tx, rx) = mpsc::channel(4);
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || {
@@ -436,10 +435,6 @@ impl Store for SqliteStore {
             };
             query.limit = 1000;
             query.cursor = None;
-            let mut first = true;
-            if tx.blocking_send(Ok(Bytes::from_static(b"[\n"))).is_err() {
-                return;
-            }
             loop {
                 let p = match page(&conn, &query) {
                     Ok(p) => p,
@@ -448,11 +443,7 @@ impl Store for SqliteStore {
                         return;
                     }
                 };
-                if !p.records.is_empty()
-                    && tx
-                        .blocking_send(Ok(array_chunk(&p.records, &mut first)))
-                        .is_err()
-                {
+                if !p.records.is_empty() && tx.blocking_send(Ok(p.records)).is_err() {
                     return; // the client went away
                 }
                 match p.next_cursor {
@@ -460,7 +451,6 @@ impl Store for SqliteStore {
                     None => break,
                 }
             }
-            let _ = tx.blocking_send(Ok(Bytes::from_static(b"\n]\n")));
         });
         rx
     }
