@@ -43,7 +43,15 @@ use base64::Engine as _;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 
+mod hub;
+mod imagekit;
+
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A number no other answer has used: the ids this upstream makes.
+fn next_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
 
 /// The files `POST /v1/files` made, by id: what `before:` GETs read.
 static FILES: std::sync::Mutex<Option<HashMap<String, Value>>> = std::sync::Mutex::new(None);
@@ -238,12 +246,12 @@ async fn answer(Query(query): Query<HashMap<String, String>>, mut request: Reque
         _ => {}
     }
 
-    let body = body
+    let raw = body
         .collect()
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
     if let Some(status) = parts
         .headers
         .get("x-upstream-status")
@@ -264,10 +272,34 @@ async fn answer(Query(query): Query<HashMap<String, String>>, mut request: Reque
     {
         return json_response(StatusCode::FORBIDDEN, json!({"error": "forbidden"}));
     }
+    // Credentials this API does not know: `Bearer invalid`, or HTTP Basic with the user (an
+    // ImageKit private key) `invalid`.
+    if parts
+        .headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(refused_credentials)
+    {
+        return json_response(
+            StatusCode::UNAUTHORIZED,
+            json!({"message": "Your account cannot be authenticated.", "error": "Invalid credentials"}),
+        );
+    }
+    let content_type = parts
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if let Some(answer) = imagekit::answer(&method, &path, content_type, &raw, &body) {
+        return answer;
+    }
+    if let Some(answer) = hub::answer(&method, &path, &query, &body) {
+        return answer;
+    }
     if let Some(answer) = file_call(&method, &path, &body) {
         return answer;
     }
-    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    let id = next_id();
     match method {
         Method::POST if path == "/v1/files" => {
             let name = body["fileName"].as_str().unwrap_or("untitled");
@@ -279,6 +311,19 @@ async fn answer(Query(query): Query<HashMap<String, String>>, mut request: Reque
         Method::POST => json_response(StatusCode::CREATED, json!({"id": format!("id{id}")})),
         Method::GET => json_response(StatusCode::OK, json!({"path": path})),
         _ => json_response(StatusCode::OK, json!({"ok": true, "path": path})),
+    }
+}
+
+/// Whether an `Authorization` value names the credentials this upstream refuses.
+fn refused_credentials(value: &str) -> bool {
+    let (scheme, credentials) = value.split_once(' ').unwrap_or((value, ""));
+    if scheme.eq_ignore_ascii_case("basic") {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(credentials.trim())
+            .unwrap_or_default();
+        decoded.starts_with(b"invalid")
+    } else {
+        credentials.trim() == "invalid"
     }
 }
 

@@ -4,7 +4,8 @@
 //! what the upstream applied. So a body is read as JSON after skipping a UTF-8 byte-order mark
 //! (as ASP.NET and Go's decoders do), with lone UTF-16 surrogate escapes taken as U+FFFD (as
 //! Python and JavaScript accept them), and numbers of any size (`1e400`) kept rather than refused; an
-//! `application/x-www-form-urlencoded` body is read as an object of its fields; and a body cut
+//! `application/x-www-form-urlencoded` or `multipart/form-data` body is read as an object of its
+//! fields (a file part as its file name, never its contents); and a body cut
 //! at the capture limit yields the members that were complete before the cut (a streaming
 //! parse reaches those), while the record says the body was truncated.
 //!
@@ -38,20 +39,22 @@ pub enum BodyKind {
     Json,
     /// `application/x-www-form-urlencoded`.
     Form,
+    /// `multipart/form-data` (an upload, as ImageKit's upload API takes it).
+    Multipart,
 }
 
 impl BodyKind {
     /// The kind a `Content-Type` value names.
     pub fn of(content_type: Option<&http::HeaderValue>) -> BodyKind {
-        let is_form = content_type
+        let media_type = content_type
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.split(';').next())
-            .is_some_and(|t| {
-                t.trim()
-                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-            });
-        if is_form {
+            .map(str::trim)
+            .unwrap_or("");
+        if media_type.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
             BodyKind::Form
+        } else if media_type.eq_ignore_ascii_case("multipart/form-data") {
+            BodyKind::Multipart
         } else {
             BodyKind::Json
         }
@@ -64,6 +67,7 @@ pub fn read_body(bytes: &[u8], kind: BodyKind, cut: bool) -> Option<Value> {
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     match kind {
         BodyKind::Form => Some(form_object(&String::from_utf8_lossy(bytes))),
+        BodyKind::Multipart => multipart_object(bytes),
         BodyKind::Json => {
             if let Ok(value) = serde_json::from_slice(bytes) {
                 return Some(value);
@@ -101,6 +105,78 @@ fn form_object(text: &str) -> Value {
         }
     }
     Value::Object(object)
+}
+
+/// A `multipart/form-data` body's fields as an object, as [`form_object`] makes it: a text
+/// part is its value, a file part the client's name for the file (`filename`), never its
+/// contents. The boundary is the body's first line (RFC 7578 bodies start with it), so the
+/// header's parameter is not needed. Only parts whose end was captured count: a body cut at
+/// the capture limit yields the fields before the cut, as the SDKs send text fields first.
+/// `None` when the bytes do not start as a multipart body does.
+fn multipart_object(bytes: &[u8]) -> Option<Value> {
+    let first_line_end = bytes.windows(2).position(|w| w == b"\r\n")?;
+    let delimiter = &bytes[..first_line_end];
+    if delimiter.len() < 3 || !delimiter.starts_with(b"--") {
+        return None;
+    }
+    let mut separator = b"\r\n".to_vec();
+    separator.extend_from_slice(delimiter);
+    let mut object = Map::new();
+    let mut rest = &bytes[first_line_end + 2..];
+    // Each part runs to the next `CRLF--boundary`; one with no such end was cut.
+    while let Some(end) = find(rest, &separator) {
+        let part = &rest[..end];
+        if let Some((name, value)) = multipart_field(part) {
+            match object.get_mut(&name) {
+                Some(Value::Array(values)) => values.push(value),
+                Some(first) => {
+                    let first = first.take();
+                    object.insert(name, Value::Array(vec![first, value]));
+                }
+                None => {
+                    object.insert(name, value);
+                }
+            }
+        }
+        rest = &rest[end + separator.len()..];
+        // `--` after the delimiter closes the body; anything else is the next part's CRLF.
+        if rest.starts_with(b"--") {
+            break;
+        }
+        rest = rest.strip_prefix(b"\r\n").unwrap_or(rest);
+    }
+    Some(Value::Object(object))
+}
+
+/// One part's name and value: its text, or for a file part its `filename`.
+fn multipart_field(part: &[u8]) -> Option<(String, Value)> {
+    let head_end = find(part, b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&part[..head_end]);
+    let body = &part[head_end + 4..];
+    let disposition = head.lines().find(|l| {
+        l.split(':')
+            .next()
+            .is_some_and(|n| n.trim().eq_ignore_ascii_case("content-disposition"))
+    })?;
+    let param = |key: &str| {
+        disposition.split(';').skip(1).find_map(|p| {
+            let (k, v) = p.split_once('=')?;
+            k.trim()
+                .eq_ignore_ascii_case(key)
+                .then(|| v.trim().trim_matches('"').to_owned())
+        })
+    };
+    let name = param("name")?;
+    let value = match param("filename") {
+        Some(filename) => filename,
+        None => String::from_utf8_lossy(body).into_owned(),
+    };
+    Some((name, Value::String(value)))
+}
+
+/// Where `needle` first starts in `haystack`.
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// The JSON text with every lone surrogate escape (`\ud800` not followed by a low surrogate,
@@ -360,6 +436,28 @@ mod tests {
     }
 
     #[test]
+    fn multipart_uploads_are_objects_of_their_fields_without_the_files() {
+        let body = b"--xyz\r\nContent-Disposition: form-data; name=\"fileName\"\r\n\r\ntree.png\r\n\
+                     --xyz\r\ncontent-disposition: form-data; name=\"tags\"\r\n\r\na,b\r\n\
+                     --xyz\r\nContent-Disposition: form-data; name=\"tags\"\r\n\r\nc\r\n\
+                     --xyz\r\nContent-Disposition: form-data; name=\"file\"; filename=\"tree.png\"\r\n\
+                     Content-Type: image/png\r\n\r\n\x89PNG\r\n\x1a\n\r\n--xyz--\r\n";
+        let kind = BodyKind::of(Some(&http::HeaderValue::from_static(
+            "multipart/form-data; boundary=xyz",
+        )));
+        assert_eq!(kind, BodyKind::Multipart);
+        let read = read_body(body, kind, false).unwrap();
+        assert_eq!(
+            read,
+            json!({"fileName": "tree.png", "tags": ["a,b", "c"], "file": "tree.png"})
+        );
+        // Cut inside the file: the fields before it are read, the file part is not.
+        let cut = read_body(&body[..body.len() - 12], kind, true).unwrap();
+        assert_eq!(cut, json!({"fileName": "tree.png", "tags": ["a,b", "c"]}));
+        assert_eq!(read_body(b"{\"a\": 1}", kind, false), None);
+    }
+
+    #[test]
     fn forms_are_objects_of_their_fields() {
         let form = read_body(b"a=1&b=x%20y&a=2&flag", BodyKind::Form, false).unwrap();
         assert_eq!(form, json!({"a": ["1", "2"], "b": "x y", "flag": ""}));
@@ -390,10 +488,15 @@ mod tests {
         #[test]
         fn any_bytes_are_read_without_a_panic(
             bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
-            form: bool,
+            kind in 0u8..3,
             cut: bool,
         ) {
-            let kind = if form { BodyKind::Form } else { BodyKind::Json };
+            let kind = [BodyKind::Json, BodyKind::Form, BodyKind::Multipart][kind as usize];
+            // A multipart body starts with its delimiter line: give some inputs one.
+            let mut bytes = bytes;
+            if kind == BodyKind::Multipart && cut {
+                bytes.splice(0..0, b"--b\r\n".iter().copied());
+            }
             if let Some(value) = read_body(&bytes, kind, cut) {
                 let value = limit_depth(value, MAX_VALUE_DEPTH);
                 serde_json::to_string(&value).unwrap();

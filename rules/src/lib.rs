@@ -288,12 +288,14 @@ pub fn read_key_file(path: &Path) -> std::io::Result<Vec<u8>> {
 }
 
 /// The request headers a record of this set can read: `User-Agent`, `Authorization` when a
-/// template reads the JWT, and every `header.` source and `when.header`.
+/// template reads the JWT, and every `header.` source (of rules and of each file's default
+/// actor and tenant) and `when.header`.
 fn record_headers(files: &[FileMeta], rules: &[Rule]) -> Vec<http::HeaderName> {
-    let templates = rules
-        .iter()
-        .flat_map(Rule::templates)
-        .chain(files.iter().flat_map(|f| f.actor.iter()));
+    let templates = rules.iter().flat_map(Rule::templates).chain(
+        files
+            .iter()
+            .flat_map(|f| f.actor.iter().chain(f.tenant.iter())),
+    );
     // `Content-Type` says whether a body is a form.
     let mut names = vec![http::header::USER_AGENT, http::header::CONTENT_TYPE];
     for expr in templates.flat_map(Template::exprs) {

@@ -922,7 +922,7 @@ proptest! {
 #[test]
 fn record_headers_keep_what_templates_read_and_nothing_else() {
     let set = load(&format!(
-        "{}defaults: {{ actor: [\"{{jwt/sub}}\"] }}\n",
+        "{}defaults: {{ actor: [\"{{jwt/sub}}\"], tenant: \"{{header.X-Org-Id}}\" }}\n",
         with_rules(
             "  - operation: tag.add\n    method: POST\n    path: /tags\n    \
              actor: [\"{header.X-User-Id}\"]\n    details: { tenant: \"{header.X-Tenant}\" }\n  \
@@ -937,6 +937,7 @@ fn record_headers_keep_what_templates_read_and_nothing_else() {
         ("x-tenant", "acme"),
         ("x-tenant", "beta"),
         ("x-dry-run", "1"),
+        ("x-org-id", "acme"),
         ("cookie", "session=secret"),
         ("accept", "*/*"),
     ] {
@@ -957,6 +958,7 @@ fn record_headers_keep_what_templates_read_and_nothing_else() {
             "authorization",
             "user-agent",
             "x-dry-run",
+            "x-org-id",
             "x-tenant",
             "x-user-id"
         ]

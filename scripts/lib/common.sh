@@ -41,3 +41,25 @@ ensure_postgres() {
     $sudo apt-get install -y -qq --no-install-recommends postgresql >/dev/null
   fi
 }
+
+# Makes a Python virtual environment at $1 holding the products' official SDKs that
+# tests/sdk/ drives (versions pinned in tests/sdk/requirements.txt), from PyPI; kept between
+# runs and installed again only when the pins change. Debian's python3 needs python3-venv.
+ensure_sdk_venv() {
+  local venv=$1 pins=tests/sdk/requirements.txt
+  if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    echo "installing python3-venv (apt-get)" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get update -qq >/dev/null
+    $sudo apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+  fi
+  if [ -f "$venv/pins.txt" ] && cmp -s "$venv/pins.txt" "$pins"; then
+    return 0
+  fi
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$pins"
+  cp "$pins" "$venv/pins.txt"
+}

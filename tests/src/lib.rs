@@ -426,6 +426,27 @@ impl ProxyProcess {
     pub fn start(upstream: &str, redis_url: &str, rules: &str, extra: &str) -> ProxyProcess {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("rules.yaml"), rules).expect("write rules");
+        ProxyProcess::start_in(dir, upstream, redis_url, "rules.yaml", extra)
+    }
+
+    /// Starts the proxy on rule files or directories of the workspace (`examples/rules`),
+    /// rather than rules written for the test.
+    pub fn start_on(upstream: &str, redis_url: &str, rules: &[&str], extra: &str) -> ProxyProcess {
+        let rules: Vec<String> = rules
+            .iter()
+            .map(|r| format!("\"{}\"", workspace_root().join(r).display()))
+            .collect();
+        let dir = tempfile::tempdir().expect("tempdir");
+        ProxyProcess::start_in(dir, upstream, redis_url, &rules.join(", "), extra)
+    }
+
+    fn start_in(
+        dir: tempfile::TempDir,
+        upstream: &str,
+        redis_url: &str,
+        rules: &str,
+        extra: &str,
+    ) -> ProxyProcess {
         let spool = if extra.contains("spool:") {
             ""
         } else {
@@ -443,7 +464,7 @@ impl ProxyProcess {
             "client_ip: full\n"
         };
         let config = format!(
-            "listen: 127.0.0.1:0\nupstream: {upstream}\nrules: [rules.yaml]\n\
+            "listen: 127.0.0.1:0\nupstream: {upstream}\nrules: [{rules}]\n\
              redis: {{ url: \"{redis_url}\" }}\n{spool}\
              metrics_listen: 127.0.0.1:0\n{client_ip}{extra}"
         );
@@ -800,4 +821,86 @@ impl Drop for Tmpfs {
             .arg(self.dir.path())
             .status();
     }
+}
+
+/// The demo's whole stack, as `scripts/demo` runs it: a redis-server, the example upstream,
+/// the proxy on `examples/rules/` (the ImageKit and Hugging Face sets; client addresses
+/// anonymised, `X-Forwarded-For` believed from loopback as from the demo's load balancer, the
+/// example HMAC key) and a writer on `store`.
+#[derive(Debug)]
+pub struct DemoStack {
+    /// The writer, last: it is dropped first, then the proxy, the upstream and Redis.
+    pub writer: WriterProcess,
+    /// The proxy in front of the upstream.
+    pub proxy: ProxyProcess,
+    /// The example API.
+    pub upstream: UpstreamProcess,
+    /// The stream's server.
+    pub redis: RedisServer,
+}
+
+impl DemoStack {
+    /// Starts every part; returns once each answers.
+    pub fn start(store: &str) -> DemoStack {
+        let redis = RedisServer::start();
+        let upstream = UpstreamProcess::start();
+        let key = workspace_root().join("examples/hmac.key");
+        let proxy = ProxyProcess::start_on(
+            &upstream.addr,
+            &redis.url(),
+            &["examples/rules"],
+            &format!(
+                "client_ip: anonymized\ntrusted_proxies: [127.0.0.1/32]\nhmac_key_file: \"{}\"\n",
+                key.display()
+            ),
+        );
+        let writer = WriterProcess::start(&redis.url(), store, "");
+        DemoStack {
+            writer,
+            proxy,
+            upstream,
+            redis,
+        }
+    }
+
+    /// The proxy's base URL.
+    pub fn proxy_url(&self) -> String {
+        format!("http://{}", self.proxy.addr)
+    }
+
+    /// Sends the demo's burst (`scripts/lib/burst.py`) through the proxy and waits until the
+    /// writer has stored a record of each audited call; returns how many that is.
+    pub fn burst(&self) -> u64 {
+        let out = Command::new("python3")
+            .arg(workspace_root().join("scripts/lib/burst.py"))
+            .arg(self.proxy_url())
+            .output()
+            .expect("run python3 scripts/lib/burst.py");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "the burst failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Its last line: "N audited calls sent".
+        let audited: u64 = stdout
+            .lines()
+            .last()
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .expect("the burst says how many audited calls it sent");
+        let stored = wait_until(Duration::from_secs(30), || self.writer.count() >= audited);
+        assert!(
+            stored,
+            "stored {} of the burst's {audited} records\n{}",
+            self.writer.count(),
+            self.proxy.stderr()
+        );
+        audited
+    }
+}
+
+/// The workspace's root folder (where `examples/` and `scripts/` are).
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
