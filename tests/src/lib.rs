@@ -868,14 +868,13 @@ impl DemoStack {
         format!("http://{}", self.proxy.addr)
     }
 
-    /// Sends the demo's burst (`scripts/lib/burst.py`) through the proxy and waits until the
+    /// Sends the demo's burst (`examples/burst.rs`) through the proxy and waits until the
     /// writer has stored a record of each audited call; returns how many that is.
     pub fn burst(&self) -> u64 {
-        let out = Command::new("python3")
-            .arg(workspace_root().join("scripts/lib/burst.py"))
+        let out = Command::new(workspace_bin("burst"))
             .arg(self.proxy_url())
             .output()
-            .expect("run python3 scripts/lib/burst.py");
+            .expect("run the burst");
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),

@@ -108,7 +108,7 @@ function render(records) {
         req.client_ip ? el("span", { className: "sub mono", textContent: req.client_ip }) : null),
       cell("Outcome", "outcome outcome-" + r.outcome, text(r.outcome),
         el("span", { className: "sub", textContent: res.status != null ? `HTTP ${res.status}` : "no response" })),
-      cell("Request ID", "rid", text(req.id)),
+      Object.assign(cell("Request ID", "rid", text(req.id)), { title: req.id || "" }),
     );
     tr.addEventListener("click", () => showDetails(r, tr));
     tr.addEventListener("keydown", (ev) => {
