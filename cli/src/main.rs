@@ -49,6 +49,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    quiet_on_a_closed_pipe();
     let cli = Cli::parse();
     match cli.command {
         Command::Rules { command } => rules_cmd::run(command),
@@ -120,4 +121,25 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `auditgate rules coverage … | head` closes stdout early: the commands that print end then
+/// as a shell expects of a command whose reader went away (exit 141, 128 + SIGPIPE, no
+/// message), not with a panic. Rust ignores SIGPIPE, so a write to a closed pipe is an error
+/// that `println!` turns into a panic; this crate forbids the `unsafe` that would restore the
+/// signal, so the panic is caught here instead.
+fn quiet_on_a_closed_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
 }

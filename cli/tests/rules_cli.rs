@@ -451,3 +451,24 @@ fn test_takes_the_before_answer_and_shows_the_changes() {
     );
     assert_eq!(record["capture"]["before"], "failed");
 }
+
+#[test]
+fn a_reader_that_goes_away_ends_the_command_quietly() {
+    // `auditgate rules check … | head -0`: the pipe's reader is gone before anything is
+    // written.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/rules");
+    let out = Command::new(env!("CARGO_BIN_EXE_auditgate"))
+        .args(["rules", "check", examples.to_str().unwrap()])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(141), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stderr).contains("panicked"),
+        "{}",
+        text(&out.stderr)
+    );
+}

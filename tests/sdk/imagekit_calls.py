@@ -21,7 +21,7 @@ stderr. Retries are off (`max_retries=0`): the SDK would otherwise repeat a call
 The ids used are the ones the upstream returns (the uploaded file's fileId and versionInfo.id,
 the custom metadata field's id), so the script works against ImageKit itself (with a real
 private key in IMAGEKIT_PRIVATE_KEY and a proxy in front of it) or against a fake upstream
-(what it must answer: /tmp/research/imagekit-upstream.md).
+(what it must answer: examples/upstream/imagekit.rs).
 """
 
 from __future__ import annotations
