@@ -182,6 +182,7 @@ pub fn run(
     let mut queue_config = QueueConfig::new(config.redis.url.clone())
         .spool(config.spool.dir.clone(), config.spool.max_bytes)
         .buffer(config.queue_buffer)
+        .linger(Duration::from_millis(config.queue_linger_ms))
         .origin_kind("proxy");
     queue_config.redis = config.redis.clone();
     queue_config.shutdown_timeout = grace / 2;

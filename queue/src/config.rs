@@ -55,7 +55,9 @@ pub struct QueueConfig {
     pub batch: usize,
     /// After a batch that was not full, how long the flusher lets records gather before it
     /// looks again. Fewer, larger batches and no wake-up per record; the cost is this much
-    /// delay before a record reaches Redis. Default 2 ms.
+    /// delay before a record reaches Redis. Default 10 ms: against 2 ms, in one run of the
+    /// proxy at saturation, 2.9 against 5.9 µs of the flusher's CPU per record and 4.8
+    /// against 6.4 µs of redis-server's (`docs/benchmarks.md`).
     pub linger: Duration,
     /// `origin.kind` of the records this queue sends: `proxy`, `layer`, ... Default `layer`.
     pub origin_kind: String,
@@ -117,7 +119,7 @@ impl QueueConfig {
             spool: Some(SpoolConfig::default()),
             buffer: 10_000,
             batch: 256,
-            linger: Duration::from_millis(2),
+            linger: Duration::from_millis(10),
             origin_kind: "layer".to_owned(),
             instance: None,
             response_timeout: Duration::from_secs(5),

@@ -163,12 +163,15 @@ impl ClientIpMode {
         // and anonymised as such (their /48 would be `::` for all of them).
         let ip = ip.to_canonical();
         match self {
-            ClientIpMode::Full => Some(ip.to_string()),
+            ClientIpMode::Full => Some(match ip {
+                IpAddr::V4(v4) => dotted(v4.octets()),
+                IpAddr::V6(v6) => v6.to_string(),
+            }),
             ClientIpMode::None => None,
             ClientIpMode::Anonymized => Some(match ip {
                 IpAddr::V4(v4) => {
                     let [a, b, c, _] = v4.octets();
-                    std::net::Ipv4Addr::new(a, b, c, 0).to_string()
+                    dotted([a, b, c, 0])
                 }
                 IpAddr::V6(v6) => {
                     let s = v6.segments();
@@ -177,6 +180,25 @@ impl ClientIpMode {
             }),
         }
     }
+}
+
+/// An IPv4 address in dotted decimal, as `Ipv4Addr`'s `Display` writes it, without the
+/// formatting machinery: one allocation, on every audited call.
+fn dotted(octets: [u8; 4]) -> String {
+    let mut out = String::with_capacity(15);
+    for (i, octet) in octets.into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        if octet >= 100 {
+            out.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            out.push(char::from(b'0' + octet / 10 % 10));
+        }
+        out.push(char::from(b'0' + octet % 10));
+    }
+    out
 }
 
 /// The longest path, query or header value a template reads. A client controls these, and

@@ -867,6 +867,11 @@ fn client_ip_modes() {
         Some("2001:db8:aaaa::")
     );
     assert_eq!(ClientIpMode::None.render(v6), None);
+    // Written as `Ipv4Addr`'s Display writes them, every octet width included.
+    for text in ["0.0.0.0", "9.10.99.100", "255.255.255.255", "1.20.200.7"] {
+        let ip: std::net::IpAddr = text.parse().unwrap();
+        assert_eq!(ClientIpMode::Full.render(ip).as_deref(), Some(text));
+    }
     // An IPv4 client seen through a dual-stack socket is an IPv4 client.
     let mapped = "::ffff:198.51.100.77".parse().unwrap();
     assert_eq!(
