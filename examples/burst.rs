@@ -241,16 +241,15 @@ fn media_library_story(b: &mut Burst) {
     b.send(Call::new("alice", 0, "PUT", &versions).org(acme));
     // Sharing: a public link, changed, then revoked (dashboard paths, illustrative).
     let links = format!("/api/media-library/acme/assets/{birch}/public-links");
-    let link = b.send(
-        Call::new("dave", 3, "POST", &links)
-            .org(acme)
-            .json(json!({"expiresAt": "2026-12-31T00:00:00Z", "password": "hunter2"})),
-    );
-    let link_path = format!("{links}/{}", link["id"].as_str().unwrap_or("link_0"));
+    let link = b.send(Call::new("dave", 3, "POST", &links).org(acme).json(json!({
+        "validFrom": "2026-12-01T00:00:00Z", "validTill": "2026-12-31T00:00:00Z",
+        "password": "hunter2", "exposeDraftAssets": false
+    })));
+    let link_path = format!("{links}/{}", link["_id"].as_str().unwrap_or("link_0"));
     b.send(
         Call::new("dave", 3, "PUT", &link_path)
             .org(acme)
-            .json(json!({"expiresAt": "2027-01-31T00:00:00Z"})),
+            .json(json!({"validTill": "2027-01-31T00:00:00Z", "exposeDraftAssets": true})),
     );
     b.send(Call::new("dave", 3, "DELETE", &link_path).org(acme));
     // A media collection, filled, renamed, shared and emptied.
@@ -259,11 +258,14 @@ fn media_library_story(b: &mut Burst) {
             .org(acme)
             .json(json!({"name": "Autumn campaign"})),
     );
-    let collection_id = collection["id"].as_str().unwrap_or("mc_0").to_owned();
+    let collection_id = collection["mediaCollectionId"]
+        .as_str()
+        .unwrap_or("mc_0")
+        .to_owned();
     b.send(
         Call::new("alice", 0, "POST", "/api/v2/media-collections/add-assets")
             .org(acme)
-            .json(json!({"mediaCollectionId": collection_id, "assets": [{"type": "file", "id": birch}, {"type": "file", "id": oak}]})),
+            .json(json!({"mediaCollectionIds": [collection_id], "assetIds": [birch, oak]})),
     );
     let collection_path = format!("/api/v2/media-collections/{collection_id}");
     b.send(
@@ -274,7 +276,7 @@ fn media_library_story(b: &mut Burst) {
     b.send(
         Call::new("bob", 1, "PATCH", &collection_path)
             .org(acme)
-            .json(json!({"acl": [{"userId": "erin", "role": "viewer"}]})),
+            .json(json!({"acl": {"addOrModify": [{"userId": "erin", "role": "viewer"}]}})),
     );
     b.send(
         Call::new(
@@ -284,7 +286,7 @@ fn media_library_story(b: &mut Burst) {
             "/api/v2/media-collections/remove-assets",
         )
         .org(acme)
-        .json(json!({"mediaCollectionId": collection_id, "assets": [{"type": "file", "id": oak}]})),
+        .json(json!({"mediaCollectionIds": [collection_id], "assetIds": [oak]})),
     );
     // Folders reorganised.
     b.send(

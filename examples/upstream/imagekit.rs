@@ -134,20 +134,76 @@ pub(crate) fn answer(
             )
         }
         ("DELETE", ["v1", "customMetadataFields", _]) => no_content(),
-        // Illustrative (dashboard-only) operations: public links and media collections.
-        ("POST", ["api", "media-library", _, "assets", _, "public-links"]) => json_response(
-            StatusCode::CREATED,
-            json!({"id": format!("link_{}", next_id()), "url": "https://ik.imagekit.io/demo/s/abc"}),
-        ),
+        // Illustrative (dashboard-only) operations, with the fields of ImageKit's dashboard
+        // API description: public links (remembered, for the rules' `before:` GETs) and
+        // media collections.
+        ("POST", ["api", "media-library", _, "assets", asset, "public-links"]) => {
+            let id = format!("link_{}", next_id());
+            let link = json!({
+                "_id": id, "assetType": "file", "assetInfo": {"type": "file", "id": asset},
+                "publicURL": format!("https://ik.imagekit.io/demo/s/{id}"),
+                "validFrom": body["validFrom"], "validTill": body["validTill"],
+                "exposeDraftAssets": body["exposeDraftAssets"].as_bool().unwrap_or(false),
+            });
+            links(|l| l.insert(id, link.clone()));
+            json_response(StatusCode::CREATED, link)
+        }
+        (
+            "GET" | "PUT" | "DELETE",
+            ["api", "media-library", _, "assets", _, "public-links", id],
+        ) => {
+            let id = (*id).to_owned();
+            let found = links(|l| match m {
+                "GET" => l.get(&id).cloned(),
+                "DELETE" => l.remove(&id).map(|_| json!({})),
+                _ => l.get_mut(&id).map(|link| {
+                    for k in ["validFrom", "validTill", "exposeDraftAssets"] {
+                        if let Some(v) = body.get(k) {
+                            link[k] = v.clone();
+                        }
+                    }
+                    link.clone()
+                }),
+            });
+            match found {
+                Some(answer) => ok(answer),
+                None => json_response(
+                    StatusCode::NOT_FOUND,
+                    json!({"message": "Public link not found"}),
+                ),
+            }
+        }
         ("POST", ["api", "v2", "media-collections"]) => json_response(
             StatusCode::CREATED,
-            json!({"id": format!("mc_{}", next_id()), "name": body["name"]}),
+            json!({"mediaCollectionId": format!("mc_{}", next_id()), "name": body["name"]}),
         ),
+        (
+            "POST",
+            [
+                "api",
+                "v2",
+                "media-collections",
+                "add-assets" | "remove-assets",
+            ],
+        ) => ok(json!({
+            "successfulOperations": body["assetIds"], "failedOperations": []
+        })),
         ("POST" | "PUT" | "PATCH" | "DELETE", ["api", "v2" | "media-library", ..]) => {
             ok(json!({"ok": true}))
         }
         _ => return None,
     })
+}
+
+/// Public links by id.
+static LINKS: std::sync::Mutex<Option<std::collections::HashMap<String, Value>>> =
+    std::sync::Mutex::new(None);
+
+fn links<R>(f: impl FnOnce(&mut std::collections::HashMap<String, Value>) -> R) -> R {
+    let mut links = LINKS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    f(links.get_or_insert_with(Default::default))
 }
 
 /// `POST /api/v1/files/upload`: a new file, or a new version of the file at the same path

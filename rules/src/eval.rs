@@ -386,6 +386,12 @@ impl Match {
                         .map(|v| limit_depth(v, MAX_VALUE_DEPTH))
                 };
                 let (from, to) = (eval(&change.from), eval(&change.to));
+                // A field the call did not set did not change: a `to` the rule names that
+                // yields nothing leaves the change out (a rule that names only `from`, for
+                // what a delete removed, keeps it).
+                if change.to.is_some() && to.is_none() {
+                    continue;
+                }
                 if from.is_some() || to.is_some() {
                     changes.push(ChangeRef {
                         name: change.name.as_str(),

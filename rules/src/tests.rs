@@ -1129,6 +1129,14 @@ fn tenant_changes_and_previous_path_are_recorded() {
     );
     assert_eq!(r.capture.unwrap().before, Some(BodyNote::Failed));
     assert_eq!(r.resources[0].previous_path, None);
+    // A call that does not set a field did not change it: no `tags` change, and no lone
+    // `from` for the name.
+    let r = req("PATCH", "/v1/files/abc/details")
+        .header("X-Org-Id", "acme")
+        .body(r#"{"description": "an oak"}"#)
+        .record_with(&set, |call| call.before = Some(before))
+        .unwrap();
+    assert!(r.changes.is_empty(), "{:?}", r.changes);
     // An answer that is not JSON: unreadable.
     let r = rename
         .record_with(&set, |call| call.before = Some(b"<html>"))
