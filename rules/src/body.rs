@@ -67,7 +67,8 @@ pub fn read_body(bytes: &[u8], kind: BodyKind, cut: bool) -> Option<Value> {
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     match kind {
         BodyKind::Form => Some(form_object(&String::from_utf8_lossy(bytes))),
-        BodyKind::Multipart => multipart_object(bytes),
+        // The boundary is the `Content-Type`'s: see [`read_multipart`].
+        BodyKind::Multipart => None,
         BodyKind::Json => {
             if let Ok(value) = serde_json::from_slice(bytes) {
                 return Some(value);
@@ -107,26 +108,121 @@ fn form_object(text: &str) -> Value {
     Value::Object(object)
 }
 
-/// A `multipart/form-data` body's fields as an object, as [`form_object`] makes it: a text
-/// part is its value, a file part the client's name for the file (`filename`), never its
-/// contents. The boundary is the body's first line (RFC 7578 bodies start with it), so the
-/// header's parameter is not needed. Only parts whose end was captured count: a body cut at
-/// the capture limit yields the fields before the cut, as the SDKs send text fields first.
-/// `None` when the bytes do not start as a multipart body does.
-fn multipart_object(bytes: &[u8]) -> Option<Value> {
-    let first_line_end = bytes.windows(2).position(|w| w == b"\r\n")?;
-    let delimiter = &bytes[..first_line_end];
-    if delimiter.len() < 3 || !delimiter.starts_with(b"--") {
-        return None;
+/// A `multipart/form-data` request body's fields, read the way the upstreams behind auditgate
+/// (Go's `mime/multipart`, busboy, Werkzeug) read them: the boundary is the one `Content-Type`
+/// names, a preamble before the first delimiter is skipped, and a delimiter counts only when
+/// `--` or a line end follows it. `None` when the type names no boundary, or when the body is
+/// one an upstream would read differently or refuse: then the record says `unreadable`
+/// rather than show a value the upstream may not have used.
+pub fn read_multipart(
+    bytes: &[u8],
+    content_type: Option<&http::HeaderValue>,
+    cut: bool,
+) -> Option<Value> {
+    let boundary = multipart_boundary(content_type?)?;
+    multipart_object(bytes, &boundary, cut)
+}
+
+/// The `boundary` parameter of a `multipart/*` `Content-Type` (RFC 2046: 1 to 70 characters).
+fn multipart_boundary(content_type: &http::HeaderValue) -> Option<String> {
+    let text = content_type.to_str().ok()?;
+    let (_, params) = text.split_once(';')?;
+    let boundary = parameters(params)?
+        .into_iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("boundary"))?
+        .1;
+    (1..=70).contains(&boundary.len()).then_some(boundary)
+}
+
+/// A header's `; key=value` parameters (values a token or a quoted string with `\` escapes).
+/// `None` when they do not parse: an unterminated quote, a key without a value.
+fn parameters(text: &str) -> Option<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    let mut rest = text.trim_start_matches([' ', '\t', ';']);
+    while !rest.is_empty() {
+        let (key, after) = rest.split_once('=')?;
+        let key = key.trim();
+        if key.is_empty() || key.contains([' ', '\t', ';', '"']) {
+            return None;
+        }
+        let after = after.trim_start_matches([' ', '\t']);
+        let (value, after) = if let Some(quoted) = after.strip_prefix('"') {
+            let mut value = String::new();
+            let mut chars = quoted.char_indices();
+            let mut end = None;
+            while let Some((i, c)) = chars.next() {
+                match c {
+                    '\\' => value.push(chars.next()?.1),
+                    '"' => {
+                        end = Some(i + 1);
+                        break;
+                    }
+                    c => value.push(c),
+                }
+            }
+            (value, &quoted[end?..])
+        } else {
+            let end = after.find([';', ' ', '\t']).unwrap_or(after.len());
+            (after[..end].to_owned(), &after[end..])
+        };
+        out.push((key.to_owned(), value));
+        let after = after.trim_start_matches([' ', '\t']);
+        rest = match after.strip_prefix(';') {
+            Some(next) => next.trim_start_matches([' ', '\t', ';']),
+            None if after.is_empty() => after,
+            None => return None,
+        };
     }
+    Some(out)
+}
+
+/// The fields of a body delimited by `--boundary`, as [`form_object`] makes them: a text part
+/// is its value, a file part the file's name (its last path component), never its contents.
+/// Only parts whose end was captured count: a body cut at the capture limit yields the fields
+/// before the cut, as the SDKs send text fields first.
+fn multipart_object(bytes: &[u8], boundary: &str, cut: bool) -> Option<Value> {
+    let dash = format!("--{boundary}").into_bytes();
     let mut separator = b"\r\n".to_vec();
-    separator.extend_from_slice(delimiter);
+    separator.extend_from_slice(&dash);
+    // A delimiter line: `--` after it closes the body; else padding, then CRLF (or, in a body
+    // cut right there, nothing yet).
+    let ends_delimiter = |tail: &[u8]| {
+        if tail.starts_with(b"--") {
+            return true;
+        }
+        let padded = tail
+            .iter()
+            .take_while(|b| matches!(b, b' ' | b'\t'))
+            .count();
+        let rest = &tail[padded..];
+        rest.starts_with(b"\r\n") || (cut && rest.is_empty())
+    };
+    // The first delimiter, after any preamble.
+    let mut at = if bytes.starts_with(&dash) && ends_delimiter(&bytes[dash.len()..]) {
+        0
+    } else {
+        next_delimiter(bytes, 0, &separator, &ends_delimiter)? + 2
+    };
     let mut object = Map::new();
-    let mut rest = &bytes[first_line_end + 2..];
-    // Each part runs to the next `CRLF--boundary`; one with no such end was cut.
-    while let Some(end) = find(rest, &separator) {
-        let part = &rest[..end];
-        if let Some((name, value)) = multipart_field(part) {
+    let mut closed = false;
+    loop {
+        let tail = &bytes[at + dash.len()..];
+        if tail.starts_with(b"--") {
+            closed = true;
+            break;
+        }
+        let padded = tail
+            .iter()
+            .take_while(|b| matches!(b, b' ' | b'\t'))
+            .count();
+        let Some(_) = tail[padded..].strip_prefix(b"\r\n") else {
+            break; // cut right after the delimiter
+        };
+        let start = at + dash.len() + padded + 2;
+        let Some(end) = next_delimiter(bytes, start, &separator, &ends_delimiter) else {
+            break; // a part whose end was not captured
+        };
+        if let Some((name, value)) = multipart_field(&bytes[start..end])? {
             match object.get_mut(&name) {
                 Some(Value::Array(values)) => values.push(value),
                 Some(first) => {
@@ -138,40 +234,82 @@ fn multipart_object(bytes: &[u8]) -> Option<Value> {
                 }
             }
         }
-        rest = &rest[end + separator.len()..];
-        // `--` after the delimiter closes the body; anything else is the next part's CRLF.
-        if rest.starts_with(b"--") {
-            break;
-        }
-        rest = rest.strip_prefix(b"\r\n").unwrap_or(rest);
+        at = end + 2;
     }
-    Some(Value::Object(object))
+    // A whole body that never closes is one upstreams refuse.
+    (closed || cut).then_some(Value::Object(object))
 }
 
-/// One part's name and value: its text, or for a file part its `filename`.
-fn multipart_field(part: &[u8]) -> Option<(String, Value)> {
-    let head_end = find(part, b"\r\n\r\n")?;
-    let head = String::from_utf8_lossy(&part[..head_end]);
-    let body = &part[head_end + 4..];
-    let disposition = head.lines().find(|l| {
-        l.split(':')
-            .next()
-            .is_some_and(|n| n.trim().eq_ignore_ascii_case("content-disposition"))
-    })?;
-    let param = |key: &str| {
-        disposition.split(';').skip(1).find_map(|p| {
-            let (k, v) = p.split_once('=')?;
-            k.trim()
-                .eq_ignore_ascii_case(key)
-                .then(|| v.trim().trim_matches('"').to_owned())
-        })
+/// Where the next `CRLF--boundary` that is a delimiter starts, from `from`.
+fn next_delimiter(
+    bytes: &[u8],
+    mut from: usize,
+    separator: &[u8],
+    ends_delimiter: &dyn Fn(&[u8]) -> bool,
+) -> Option<usize> {
+    loop {
+        let at = from + find(bytes.get(from..)?, separator)?;
+        if ends_delimiter(&bytes[at + separator.len()..]) {
+            return Some(at);
+        }
+        from = at + 1;
+    }
+}
+
+/// One part's name and value: its text, or for a file part its file name. `Some(None)` for a
+/// part upstreams skip (no `form-data` disposition, no name); `None` for one they would read
+/// differently from a plain reading (a folded header line, two dispositions, a parameter
+/// given twice or in RFC 2231 form, a header that is not `name: value`).
+fn multipart_field(part: &[u8]) -> Option<Option<(String, Value)>> {
+    let (head, body) = if let Some(body) = part.strip_prefix(b"\r\n") {
+        (&b""[..], body)
+    } else {
+        let end = find(part, b"\r\n\r\n")?;
+        (&part[..end], &part[end + 4..])
     };
-    let name = param("name")?;
+    let head = std::str::from_utf8(head).ok()?;
+    let mut disposition = None;
+    for line in head.split("\r\n").filter(|l| !l.is_empty()) {
+        if line.starts_with([' ', '\t']) {
+            return None;
+        }
+        let (name, value) = line.split_once(':')?;
+        if name.is_empty() || name.contains([' ', '\t']) {
+            return None;
+        }
+        if name.eq_ignore_ascii_case("content-disposition") && disposition.replace(value).is_some()
+        {
+            return None;
+        }
+    }
+    let Some(disposition) = disposition else {
+        return Some(None);
+    };
+    let (kind, params) = disposition.split_once(';').unwrap_or((disposition, ""));
+    if !kind.trim().eq_ignore_ascii_case("form-data") {
+        return Some(None);
+    }
+    let params = parameters(params)?;
+    let mut seen = std::collections::HashSet::new();
+    for (key, _) in &params {
+        if key.ends_with('*') || !seen.insert(key.to_ascii_lowercase()) {
+            return None;
+        }
+    }
+    let param = |key: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v)
+    };
+    let Some(name) = param("name").filter(|n| !n.is_empty()) else {
+        return Some(None);
+    };
     let value = match param("filename") {
-        Some(filename) => filename,
+        Some(file) => file.rsplit(['/', '\\']).next().unwrap_or(file).to_owned(),
         None => String::from_utf8_lossy(body).into_owned(),
     };
-    Some((name, Value::String(value)))
+    Some(Some((name.clone(), Value::String(value))))
 }
 
 /// Where `needle` first starts in `haystack`.
@@ -435,26 +573,99 @@ mod tests {
         assert_eq!(json("", true), None);
     }
 
+    fn multipart(body: &[u8], cut: bool) -> Option<Value> {
+        let ct = http::HeaderValue::from_static("multipart/form-data; boundary=xyz");
+        read_multipart(body, Some(&ct), cut)
+    }
+
     #[test]
     fn multipart_uploads_are_objects_of_their_fields_without_the_files() {
         let body = b"--xyz\r\nContent-Disposition: form-data; name=\"fileName\"\r\n\r\ntree.png\r\n\
                      --xyz\r\ncontent-disposition: form-data; name=\"tags\"\r\n\r\na,b\r\n\
-                     --xyz\r\nContent-Disposition: form-data; name=\"tags\"\r\n\r\nc\r\n\
-                     --xyz\r\nContent-Disposition: form-data; name=\"file\"; filename=\"tree.png\"\r\n\
+                     --xyz\r\nContent-Disposition: form-data; name=tags\r\n\r\nc\r\n\
+                     --xyz\r\nContent-Disposition: form-data; name=\"file\"; filename=\"C:\\\\x\\\\tree.png\"\r\n\
                      Content-Type: image/png\r\n\r\n\x89PNG\r\n\x1a\n\r\n--xyz--\r\n";
         let kind = BodyKind::of(Some(&http::HeaderValue::from_static(
             "multipart/form-data; boundary=xyz",
         )));
         assert_eq!(kind, BodyKind::Multipart);
-        let read = read_body(body, kind, false).unwrap();
         assert_eq!(
-            read,
+            multipart(body, false).unwrap(),
             json!({"fileName": "tree.png", "tags": ["a,b", "c"], "file": "tree.png"})
         );
         // Cut inside the file: the fields before it are read, the file part is not.
-        let cut = read_body(&body[..body.len() - 12], kind, true).unwrap();
+        let cut = multipart(&body[..body.len() - 12], true).unwrap();
         assert_eq!(cut, json!({"fileName": "tree.png", "tags": ["a,b", "c"]}));
-        assert_eq!(read_body(b"{\"a\": 1}", kind, false), None);
+        // Whole but never closed, or not multipart at all: unreadable.
+        assert_eq!(multipart(&body[..body.len() - 12], false), None);
+        assert_eq!(multipart(b"{\"a\": 1}", false), None);
+        // No boundary in the type: unreadable (the body alone does not say).
+        let no_boundary = http::HeaderValue::from_static("multipart/form-data");
+        assert_eq!(read_multipart(body, Some(&no_boundary), false), None);
+        // A quoted boundary, and a preamble before the first delimiter.
+        let quoted = http::HeaderValue::from_static("multipart/form-data; boundary=\"xyz\"");
+        let with_preamble = [&b"ignored preamble\r\n"[..], &body[..]].concat();
+        assert_eq!(
+            read_multipart(&with_preamble, Some(&quoted), false).unwrap()["fileName"],
+            "tree.png"
+        );
+    }
+
+    #[test]
+    fn multipart_bodies_an_upstream_reads_otherwise_are_not_believed() {
+        let field = |name: &str, value: &str| {
+            format!("--xyz\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n")
+        };
+        // A decoy under another boundary: upstreams skip it as preamble.
+        let decoy = format!(
+            "--FAKE\r\nContent-Disposition: form-data; name=\"fileName\"\r\n\r\nbenign.png\r\n--FAKE--\r\n{}--xyz--\r\n",
+            field("fileName", "real.png")
+        );
+        assert_eq!(
+            multipart(decoy.as_bytes(), false).unwrap(),
+            json!({"fileName": "real.png"})
+        );
+        // `--xyzQ` inside a file is data, not a delimiter.
+        let inside = "--xyz\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.txt\"\r\n\r\n\
+             data\r\n--xyzQ\r\nContent-Disposition: form-data; name=\"tags\"\r\n\r\nforged\r\n--xyz--\r\n";
+        assert_eq!(
+            multipart(inside.as_bytes(), false).unwrap(),
+            json!({"file": "a.txt"})
+        );
+        // A semicolon inside a quoted parameter is part of it.
+        let quoted = "--xyz\r\nContent-Disposition: form-data; name=\"fileName\"; x=\"; filename=forged.png\"\r\n\r\nreal.png\r\n--xyz--\r\n";
+        assert_eq!(
+            multipart(quoted.as_bytes(), false).unwrap(),
+            json!({"fileName": "real.png"})
+        );
+        // Ambiguous: RFC 2231 names, a parameter twice, two dispositions, a folded line.
+        for head in [
+            "Content-Disposition: form-data; name=\"decoy\"; name*=UTF-8''fileName",
+            "Content-Disposition: form-data; name=\"a\"; name=\"b\"",
+            "Content-Disposition: form-data; name=\"a\"\r\nContent-Disposition: form-data; name=\"b\"",
+            "Content-Disposition: form-data;\r\n name=\"a\"",
+            "Content-Disposition: form-data; name=\"unterminated",
+        ] {
+            let body = format!("--xyz\r\n{head}\r\n\r\nv\r\n--xyz--\r\n");
+            assert_eq!(multipart(body.as_bytes(), false), None, "{head}");
+        }
+        // Parts upstreams skip: no form-data disposition, no name.
+        let skipped = format!(
+            "--xyz\r\nContent-Disposition: attachment; name=\"x\"\r\n\r\nv\r\n\
+             --xyz\r\nContent-Type: text/plain\r\n\r\nv\r\n{}--xyz--\r\n",
+            field("kept", "yes")
+        );
+        assert_eq!(
+            multipart(skipped.as_bytes(), false).unwrap(),
+            json!({"kept": "yes"})
+        );
+        // Transport padding after a delimiter is allowed.
+        let padded =
+            "--xyz  \r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n--xyz--\r\n";
+        assert_eq!(
+            multipart(padded.as_bytes(), false).unwrap(),
+            json!({"a": "1"})
+        );
     }
 
     #[test]
@@ -497,7 +708,13 @@ mod tests {
             if kind == BodyKind::Multipart && cut {
                 bytes.splice(0..0, b"--b\r\n".iter().copied());
             }
-            if let Some(value) = read_body(&bytes, kind, cut) {
+            let read = if kind == BodyKind::Multipart {
+                let ct = http::HeaderValue::from_static("multipart/form-data; boundary=b");
+                read_multipart(&bytes, Some(&ct), cut)
+            } else {
+                read_body(&bytes, kind, cut)
+            };
+            if let Some(value) = read {
                 let value = limit_depth(value, MAX_VALUE_DEPTH);
                 serde_json::to_string(&value).unwrap();
             }

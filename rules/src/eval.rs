@@ -12,7 +12,7 @@ use smallvec::SmallVec;
 use uuid::Uuid;
 
 use crate::RuleSet;
-use crate::body::{BodyKind, MAX_VALUE_DEPTH, limit_depth, read_body};
+use crate::body::{BodyKind, MAX_VALUE_DEPTH, limit_depth, read_body, read_multipart};
 use crate::matcher::Candidates;
 use crate::model::{FileMeta, OnQueueFailure, Rule, When};
 use crate::path::decode_param;
@@ -20,7 +20,7 @@ use crate::record::{
     ActorRef, AuditRecord, BodyNote, Capture, ChangeRef, Location, Outcome, RecordRef, RequestRef,
     ResourceRef, ResponseInfo, SCHEMA_VERSION,
 };
-use crate::template::{Lookup, Source, Template, into_text, pointer, to_text};
+use crate::template::{Lookup, Member, Source, Template, into_text, pointer, to_text};
 
 /// The operation of a record for a mutating call that no rule matched (`unmatched: record`).
 pub const UNMATCHED_OPERATION: &str = "unmatched";
@@ -385,12 +385,19 @@ impl Match {
                         .and_then(|t| t.eval(&lookup))
                         .map(|v| limit_depth(v, MAX_VALUE_DEPTH))
                 };
-                let (from, to) = (eval(&change.from), eval(&change.to));
-                // A field the call did not set did not change: a `to` the rule names that
-                // yields nothing leaves the change out (a rule that names only `from`, for
-                // what a delete removed, keeps it).
-                if change.to.is_some() && to.is_none() {
-                    continue;
+                let (from, mut to) = (eval(&change.from), eval(&change.to));
+                // A field the call did not set did not change: a `to` the rule names whose
+                // member the call lacks leaves the change out (a rule that names only `from`,
+                // for what a delete removed, keeps it). A field set to `null` was cleared, and
+                // says so; a `to` whose body could not be read keeps the known `from`.
+                if let Some(target) = &change.to
+                    && to.is_none()
+                {
+                    match target.member(&lookup) {
+                        Some(Member::Missing) => continue,
+                        Some(Member::Null) => to = Some(Value::Null),
+                        None => {}
+                    }
                 }
                 if from.is_some() || to.is_some() {
                     changes.push(ChangeRef {
@@ -690,9 +697,14 @@ impl Lookup for CallLookup<'_> {
     fn body(&self) -> Option<&Value> {
         self.body
             .get_or_init(|| {
-                let kind = BodyKind::of(self.call.headers.get(http::header::CONTENT_TYPE));
+                let content_type = self.call.headers.get(http::header::CONTENT_TYPE);
                 let cut = self.call.request_body_note == Some(BodyNote::Truncated);
-                read_body(self.call.request_body?, kind, cut)
+                match BodyKind::of(content_type) {
+                    BodyKind::Multipart => {
+                        read_multipart(self.call.request_body?, content_type, cut)
+                    }
+                    kind => read_body(self.call.request_body?, kind, cut),
+                }
             })
             .as_ref()
     }

@@ -79,6 +79,15 @@ pub(crate) struct TemplateError {
 
 /// What a template can read from one call. Implemented by the evaluator over a real request;
 /// every method answers `None` when the call does not have that value.
+/// What [`Template::member`] found where a value was expected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Member {
+    /// Not there at all.
+    Missing,
+    /// There, as JSON `null`.
+    Null,
+}
+
 pub(crate) trait Lookup {
     fn path_param(&self, name: &str) -> Option<Cow<'_, str>>;
     fn query(&self, name: &str) -> Option<Cow<'_, str>>;
@@ -163,6 +172,31 @@ impl Template {
         match self.parts.as_slice() {
             [Part::Expr(e)] => Some(e),
             _ => None,
+        }
+    }
+
+    /// For a template that is one placeholder: whether the call is known not to hold its
+    /// source (the document was read and has no such member, or the path, query or header
+    /// has none: [`Member::Missing`]) or holds `null` there ([`Member::Null`]). `None` when it
+    /// holds a value, when its document could not be read, or for a template of text.
+    pub(crate) fn member(&self, lookup: &dyn Lookup) -> Option<Member> {
+        let expr = self.single()?;
+        let doc = |doc: Option<&Value>, ptr: &str| {
+            let doc = doc?;
+            Some(match pointer(doc, ptr) {
+                None => Member::Missing,
+                Some(Value::Null) => Member::Null,
+                Some(_) => return None,
+            })
+        };
+        match &expr.source {
+            Source::Path(name) => lookup.path_param(name).is_none().then_some(Member::Missing),
+            Source::Query(name) => lookup.query(name).is_none().then_some(Member::Missing),
+            Source::Header(name) => lookup.header(name).is_none().then_some(Member::Missing),
+            Source::Body(ptr) => doc(lookup.body(), ptr),
+            Source::Response(ptr) => doc(lookup.response(), ptr),
+            Source::Jwt(ptr) => doc(lookup.jwt(), ptr),
+            Source::Before(ptr) => doc(lookup.before(), ptr),
         }
     }
 

@@ -1137,6 +1137,26 @@ fn tenant_changes_and_previous_path_are_recorded() {
         .record_with(&set, |call| call.before = Some(before))
         .unwrap();
     assert!(r.changes.is_empty(), "{:?}", r.changes);
+    // A field set to null was cleared: its change says so.
+    let r = req("PATCH", "/v1/files/abc/details")
+        .header("X-Org-Id", "acme")
+        .body(r#"{"tags": null}"#)
+        .record_with(&set, |call| call.before = Some(before))
+        .unwrap();
+    assert_eq!(
+        serde_json::Value::Object(r.changes.clone()),
+        serde_json::json!({"tags": {"to": null}})
+    );
+    // A body that could not be read keeps what is known from before the call.
+    let r = req("PATCH", "/v1/files/abc/details")
+        .header("X-Org-Id", "acme")
+        .body("{not json")
+        .record_with(&set, |call| call.before = Some(before))
+        .unwrap();
+    assert_eq!(
+        serde_json::Value::Object(r.changes.clone()),
+        serde_json::json!({"name": {"from": "tree.png"}})
+    );
     // An answer that is not JSON: unreadable.
     let r = rename
         .record_with(&set, |call| call.before = Some(b"<html>"))

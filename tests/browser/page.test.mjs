@@ -172,9 +172,14 @@ try {
   assert.ok((await page.textContent("#view-title")).startsWith("Deletion history of " + deletedPath));
 
   // Export, as JSON and as CSV: exactly the filtered records.
+  // In a history, the export waits for the log (a history follows names /export does not).
+  assert.equal(await page.isDisabled("#export"), true, "no export from a history");
   await apply(() => chooseOps("tag.*", "asset.delete"));
   const filtered = await everything("operation=tag.*,asset.delete");
   assert.ok(filtered.length > 1);
+  await shows(page, ids(filtered.slice(0, 50)), "the filtered log");
+  // An edit not applied yet does not change what is exported.
+  await page.fill("input[name=actor]", "nobody-applied-this");
   const download = async (button) => {
     const [d] = await Promise.all([page.waitForEvent("download"), page.click(button)]);
     return { name: d.suggestedFilename(), text: await readFile(await d.path(), "utf8") };

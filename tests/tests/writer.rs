@@ -252,6 +252,7 @@ async fn filters_pages_history_export_auth(store: &str) {
         ("outcome=maybe", "success, failure, error or aborted"),
         ("user=u_1", "unknown parameter \"user\""),
         ("cursor=zzz", "not a cursor"),
+        ("operation=,%20,", "names no operation"),
     ] {
         let r = writer.get(&format!("/api/v1/records?{query}"));
         assert_eq!(r.status, 400, "{query}");

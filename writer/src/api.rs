@@ -313,9 +313,18 @@ fn parse_query(params: &HashMap<String, String>, allowed: &[&str]) -> Result<Que
                 .ok_or_else(|| bad(format!("cursor={v:?} is not a cursor this API gave out")))
         })
         .transpose()?;
-    let operations = text("operation")
-        .map(|v| OperationFilter::parse_list(&v))
-        .unwrap_or_default();
+    let operations = match text("operation") {
+        None => Vec::new(),
+        Some(v) => {
+            let list = OperationFilter::parse_list(&v);
+            if list.is_empty() {
+                return Err(bad(format!(
+                    "operation={v:?} names no operation: write e.g. asset.rename,tag.*"
+                )));
+            }
+            list
+        }
+    };
     if operations.len() > MAX_OPERATIONS {
         return Err(bad(format!(
             "operation= names {} operations: at most {MAX_OPERATIONS}, or a prefix such as asset.*",

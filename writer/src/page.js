@@ -13,6 +13,7 @@ let operations = [];   // the operations stored, for the filter and the deletion
 let cursors = [];      // cursor of each page shown so far (null for the first)
 let nextCursor = null;
 let mode = { kind: "log" }; // or { kind: "history" | "deletions", resource }
+let shown = new URLSearchParams(); // the filters of the log on screen: what an export takes
 
 function api(path) {
   return fetch(path, { headers: { Authorization: "Bearer " + token } }).then(async (r) => {
@@ -202,6 +203,13 @@ async function load(cursor) {
   if (cursor) params.set("cursor", cursor);
   if (mode.kind === "deletions" && deletionOps().length) params.set("operation", deletionOps().join(","));
   const path = (inHistory || role !== "admin") ? "/api/v1/history" : "/api/v1/records";
+  if (!inHistory) { shown = new URLSearchParams(params); shown.delete("limit"); shown.delete("cursor"); }
+  // An export is of the log's filters; a history follows an asset's every name, which
+  // /export does not: its export waits for the log.
+  for (const id of ["export", "export-csv"]) {
+    $(id).disabled = inHistory;
+    $(id).title = inHistory ? "Back to the log to export its filtered records" : "";
+  }
   if (path === "/api/v1/history" && !params.get("resource")) {
     render([]); $("error").textContent = "Enter a resource id or path to see its history."; return;
   }
@@ -276,7 +284,8 @@ async function whoami() {
 }
 
 async function exportAs(format) {
-  const params = filters();
+  // Exactly the records on screen: the filters last applied, not edits not yet applied.
+  const params = new URLSearchParams(shown);
   if (format !== "json") params.set("format", format);
   $("error").textContent = "";
   try {
