@@ -306,6 +306,14 @@ impl ProxyConfig {
         if config.threads == 0 {
             return Err(invalid("`threads` must be at least 1".into()));
         }
+        // The spool syncs what waits in it on the flusher's turns: a long linger would leave
+        // spooled records unsynced that long.
+        if config.queue_linger_ms > MAX_LINGER_MS {
+            return Err(invalid(format!(
+                "`queue_linger_ms: {}` is more than {MAX_LINGER_MS}: records would wait that long for Redis, and spooled ones for their fsync; 10 (the default) to 50 is plenty",
+                config.queue_linger_ms
+            )));
+        }
         // A host name (`localhost:8080`) is resolved once, here: what is bound is an address.
         let mut config = config;
         for (key, listen) in std::iter::once(("listen", &mut config.listen)).chain(
@@ -433,6 +441,9 @@ fn default_capture_limit() -> usize {
 fn default_buffer() -> usize {
     10_000
 }
+
+/// The longest `queue_linger_ms` accepted.
+const MAX_LINGER_MS: u64 = 1000;
 
 fn default_linger_ms() -> u64 {
     10
@@ -572,6 +583,22 @@ mod tests {
         .unwrap_err();
         assert!(
             err.to_string().contains("`listen: 8080` is not an address"),
+            "{err}"
+        );
+        // The queue's linger: 10 ms unless set, and bounded.
+        let c = ProxyConfig::from_yaml(Path::new("p.yaml"), GOOD).unwrap();
+        assert_eq!(c.queue_linger_ms, 10);
+        let err = ProxyConfig::from_yaml(
+            Path::new("p.yaml"),
+            &format!(
+                "{GOOD}queue_linger_ms: 60000
+"
+            ),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("`queue_linger_ms: 60000` is more than 1000"),
             "{err}"
         );
     }
