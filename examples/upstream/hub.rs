@@ -38,7 +38,7 @@ fn hub<R>(f: impl FnOnce(&mut Hub) -> R) -> R {
 pub(crate) fn answer(
     method: &Method,
     path: &str,
-    _query: &HashMap<String, String>,
+    query: &HashMap<String, String>,
     body: &Value,
 ) -> Option<Response> {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
@@ -139,6 +139,50 @@ pub(crate) fn answer(
         ("POST", ["spaces", org, name, "pause" | "restart"]) => ok(runtime(org, name)),
         ("POST" | "PUT" | "PATCH", ["spaces", _, _, "secrets"]) => ok(json!({})),
         ("DELETE", ["spaces", _, _, "secrets"]) => ok(json!({})),
+        ("GET", ["spaces", org, name, "variables"]) => {
+            let key = format!("{org}/{name}");
+            ok(hub(|h| {
+                Value::Object(h.variables.get(&key).cloned().unwrap_or_default())
+            }))
+        }
+        // Lists: repos by author, collections by owner (what `list_models(author=)`,
+        // `list_spaces`, `list_collections(owner=)` read).
+        ("GET", [kind @ ("models" | "datasets" | "spaces")]) => {
+            let author = query.get("author").cloned();
+            ok(Value::Array(hub(|h| {
+                (h.repos.iter())
+                    .filter(|(key, repo)| {
+                        key.starts_with(&format!("{kind}/"))
+                            && author.as_ref().is_none_or(|a| {
+                                repo["id"]
+                                    .as_str()
+                                    .is_some_and(|id| id.starts_with(&format!("{a}/")))
+                            })
+                    })
+                    .map(|(_, repo)| repo.clone())
+                    .collect()
+            })))
+        }
+        ("GET", ["collections"]) => {
+            let owner = query.get("owner").cloned();
+            ok(Value::Array(hub(|h| {
+                (h.collections.values())
+                    .filter(|c| {
+                        owner
+                            .as_ref()
+                            .is_none_or(|o| c["owner"]["name"] == o.as_str())
+                    })
+                    .map(|c| {
+                        // A listed collection has no `position`: the library numbers the list.
+                        let mut c = c.clone();
+                        if let Some(c) = c.as_object_mut() {
+                            c.remove("position");
+                        }
+                        c
+                    })
+                    .collect()
+            })))
+        }
         ("POST" | "PUT" | "PATCH", ["spaces", org, name, "variables"]) => {
             let key = format!("{org}/{name}");
             ok(hub(|h| {

@@ -119,21 +119,38 @@ pub(crate) fn answer(
         ("GET", ["v1", "files", "purge", request]) => {
             ok(json!({"status": "Completed", "requestId": request}))
         }
-        ("POST", ["v1", "customMetadataFields"]) => json_response(
-            StatusCode::CREATED,
-            json!({"id": format!("cmf_{}", next_id()), "name": body["name"], "label": body["label"], "schema": body["schema"]}),
-        ),
-        ("GET", ["v1", "customMetadataFields"]) => ok(json!([])),
+        // Custom metadata fields, remembered: the list shows what was created.
+        ("POST", ["v1", "customMetadataFields"]) => {
+            let id = format!("cmf_{}", next_id());
+            let field = json!({"id": id, "name": body["name"], "label": body["label"], "schema": body["schema"]});
+            fields(|f| f.insert(id, field.clone()));
+            json_response(StatusCode::CREATED, field)
+        }
+        ("GET", ["v1", "customMetadataFields"]) => {
+            ok(Value::Array(fields(|f| f.values().cloned().collect())))
+        }
         ("PATCH", ["v1", "customMetadataFields", id]) => {
-            let mut schema = json!({"type": "Text"});
-            if let (Some(s), Some(new)) = (schema.as_object_mut(), body["schema"].as_object()) {
+            let known = fields(|f| f.get(*id).cloned());
+            let mut field = known.unwrap_or_else(
+                || json!({"id": id, "name": "brand", "label": "Brand", "schema": {"type": "Text"}}),
+            );
+            if let Some(label) = body.get("label") {
+                field["label"] = label.clone();
+            }
+            if let (Some(s), Some(new)) =
+                (field["schema"].as_object_mut(), body["schema"].as_object())
+            {
                 s.extend(new.clone());
             }
-            ok(
-                json!({"id": id, "name": "brand", "label": body.get("label").cloned().unwrap_or(json!("Brand")), "schema": schema}),
-            )
+            fields(|f| f.insert((*id).to_owned(), field.clone()));
+            ok(field)
         }
-        ("DELETE", ["v1", "customMetadataFields", _]) => no_content(),
+        ("DELETE", ["v1", "customMetadataFields", id]) => {
+            fields(|f| f.remove(*id));
+            no_content()
+        }
+        // The files list (`files.list`, the SDK's `assets.list`): what the store holds.
+        ("GET", ["v1", "files"]) => ok(Value::Array(files(|f| f.values().cloned().collect()))),
         // Illustrative (dashboard-only) operations, with the fields of ImageKit's dashboard
         // API description: public links (remembered, for the rules' `before:` GETs) and
         // media collections.
@@ -193,6 +210,17 @@ pub(crate) fn answer(
         }
         _ => return None,
     })
+}
+
+/// Custom metadata fields by id.
+static FIELDS: std::sync::Mutex<Option<std::collections::HashMap<String, Value>>> =
+    std::sync::Mutex::new(None);
+
+fn fields<R>(f: impl FnOnce(&mut std::collections::HashMap<String, Value>) -> R) -> R {
+    let mut fields = FIELDS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    f(fields.get_or_insert_with(Default::default))
 }
 
 /// Public links by id.

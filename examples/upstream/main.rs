@@ -1,5 +1,6 @@
-//! An example upstream API for auditgate's demo, tests and benchmarks: the media-library and
-//! organisation endpoints of `examples/rules/`, plus a few endpoints that misbehave on purpose.
+//! An example upstream API for auditgate's demo, tests and benchmarks: the ImageKit and
+//! Hugging Face endpoints of `examples/rules/`, the generic media-library endpoints the tests
+//! use, plus a few endpoints that misbehave on purpose.
 //!
 //! ```sh
 //! cargo run -p auditgate-tests --bin upstream -- --listen 127.0.0.1:3000
@@ -8,6 +9,10 @@
 //! ```
 //!
 //! Behaviour, for any method and path:
+//! - ImageKit's Media and upload API (`imagekit.rs`) and the Hugging Face Hub's API (`hub.rs`),
+//!   the routes of `examples/rules/`, answered as their SDKs parse them; files, custom metadata
+//!   fields, public links, repos, Space runtimes and variables, and collections are remembered
+//!   and listed.
 //! - `POST /v1/files` creates a file: `{"fileId", "filePath", "name", "size"}` (201), and the
 //!   upstream remembers it: `GET /v1/files/{id}/details` answers it, `PATCH /v1/files/{id}/details` with `{"name"}` renames it (its `filePath` follows),
 //!   `POST /v1/files/move` with `{"sourceFilePath", "destinationPath"}` moves it, and

@@ -97,6 +97,15 @@ def main() -> int:
     api.set_space_sleep_time(SPACE, 3600)
     audited("spaces.update_sleep_time", "POST", f"/api/spaces/{SPACE}/sleeptime")
 
+    # Reads (not audited): the Space, its runtime, its variables, the org's Spaces.
+    if api.space_info(SPACE).id != SPACE:
+        raise RuntimeError("space_info answered another id")
+    if api.get_space_runtime(SPACE).requested_hardware != "t4-small":
+        raise RuntimeError("get_space_runtime does not show the hardware asked for")
+    api.get_space_variables(SPACE)
+    if SPACE not in [s.id for s in api.list_spaces(author=ORG)]:
+        raise RuntimeError("list_spaces does not list the Space made")
+
     # Persistent storage: request_space_storage / delete_space_storage in huggingface_hub
     # 1.x, removed in 2.0 for mounted volumes.
     if hasattr(api, "request_space_storage"):
@@ -135,6 +144,12 @@ def main() -> int:
     if not slug.startswith(f"{ORG}/"):
         raise RuntimeError(f"create_collection answered slug {slug!r}")
     audited("collection.create", "POST", "/api/collections")
+
+    # Reads (not audited: GETs): the library parses what the example API answers.
+    if api.get_collection(slug).title != "Favourites":
+        raise RuntimeError("get_collection answered another title")
+    if slug not in [c.slug for c in api.list_collections(owner=ORG)]:
+        raise RuntimeError("list_collections does not list the collection made")
 
     collection = api.update_collection_metadata(slug, title="Top picks", private=True)
     audited("collection.update", "PATCH", f"/api/collections/{slug}")

@@ -110,6 +110,14 @@ def main() -> int:
     if not second_version:
         raise SystemExit(f"upload answered no versionInfo.id: {second.to_json()}")
 
+    # Reads (not audited: GETs): the SDK parses what the example API answers.
+    if client.files.get(file_id).file_path != f"{run}/forest/tree.png":
+        raise SystemExit("files.get answered another path")
+    if not any(a.file_id == file_id for a in client.assets.list() if getattr(a, "file_id", None)):
+        raise SystemExit("assets.list does not list the uploaded file")
+    if not any(f.id == field.id for f in client.custom_metadata_fields.list()):
+        raise SystemExit("custom_metadata_fields.list does not list the field made")
+
     # A draft asset (unpublished), through the V2 upload API.
     draft = client.beta.v2.files.upload(
         file=("draft.png", PNG, "image/png"),
