@@ -94,18 +94,23 @@ fn form_object(text: &str) -> Value {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         let decode = |s: &str| decode_param(&s.replace('+', " ")).into_owned();
         let (name, value) = (decode(name), Value::String(decode(value)));
-        match object.get_mut(&name) {
-            Some(Value::Array(values)) => values.push(value),
-            Some(first) => {
-                let first = first.take();
-                object.insert(name, Value::Array(vec![first, value]));
-            }
-            None => {
-                object.insert(name, value);
-            }
-        }
+        push_field(&mut object, name, value);
     }
     Value::Object(object)
+}
+
+/// Adds a form field: a name given more than once becomes an array of its values, in order.
+fn push_field(object: &mut Map<String, Value>, name: String, value: Value) {
+    match object.get_mut(&name) {
+        Some(Value::Array(values)) => values.push(value),
+        Some(first) => {
+            let first = first.take();
+            object.insert(name, Value::Array(vec![first, value]));
+        }
+        None => {
+            object.insert(name, value);
+        }
+    }
 }
 
 /// A `multipart/form-data` request body's fields, read the way the upstreams behind auditgate
@@ -223,16 +228,7 @@ fn multipart_object(bytes: &[u8], boundary: &str, cut: bool) -> Option<Value> {
             break; // a part whose end was not captured
         };
         if let Some((name, value)) = multipart_field(&bytes[start..end])? {
-            match object.get_mut(&name) {
-                Some(Value::Array(values)) => values.push(value),
-                Some(first) => {
-                    let first = first.take();
-                    object.insert(name, Value::Array(vec![first, value]));
-                }
-                None => {
-                    object.insert(name, value);
-                }
-            }
+            push_field(&mut object, name, value);
         }
         at = end + 2;
     }
