@@ -78,6 +78,87 @@ fn anon_mib() -> u64 {
         / 1024
 }
 
+/// Inserts `count` records into a new file with the store's schema, indexes and pragmas, straight
+/// from memory: the same statements the store runs, in transactions of the writer's commit size,
+/// without Redis, parsing, or anything else. Answers records per second.
+fn bare_sqlite_loop(
+    path: &str,
+    template: &AuditRecord,
+    count: u64,
+) -> Result<f64, Box<dyn std::error::Error>> {
+    let (file, options) = path.split_once('?').unwrap_or((path, ""));
+    let synchronous = if options == "synchronous=normal" {
+        "NORMAL"
+    } else {
+        "FULL"
+    };
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{file}{suffix}"));
+    }
+    // The store makes the schema; then a plain connection does the inserting.
+    drop(store::SqliteStore::open(file)?);
+    let mut conn = rusqlite::Connection::open(file)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", synchronous)?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.pragma_update(None, "cache_size", -65536)?;
+    // id, time, JSON, operation, actor, request id, resource keys.
+    type BareRow = (String, i64, String, String, String, String, Vec<String>);
+    let rows: Vec<BareRow> = (0..count)
+        .map(|i| {
+            let r = record(template, i);
+            let keys = vec![
+                r.resources[0].id.clone().unwrap_or_default(),
+                format!("file:{}", r.resources[0].id.clone().unwrap_or_default()),
+                r.resources[0].path.clone().unwrap_or_default(),
+            ];
+            let json = serde_json::to_string(&r).unwrap_or_default();
+            let actor = r.actor.and_then(|a| a.id).unwrap_or_default();
+            (
+                r.id.to_string(),
+                r.time.timestamp_micros(),
+                json,
+                r.operation,
+                actor,
+                r.request.id,
+                keys,
+            )
+        })
+        .collect();
+    let started = Instant::now();
+    for chunk in rows.chunks(auditgate_writer::ingest::DEFAULT_COMMIT_MAX) {
+        let tx = conn.transaction()?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO records (id, time_us, record, operation, actor, request_id, outcome, status, origin_instance, origin_seq, tenant)
+                 VALUES (?, ?, ?, ?, ?, ?, 'success', 200, 'bench', ?, NULL)
+                 ON CONFLICT (id) DO NOTHING RETURNING seq",
+            )?;
+            let mut resource = tx.prepare_cached(
+                "INSERT OR IGNORE INTO resources (bucket, key, record_seq) VALUES (?, ?, ?)",
+            )?;
+            let mut link =
+                tx.prepare_cached("INSERT OR IGNORE INTO resource_links (a, b) VALUES (?, ?)")?;
+            let mut bucket =
+                tx.prepare_cached("INSERT OR IGNORE INTO resource_buckets VALUES (?)")?;
+            for (n, (id, time, json, operation, actor, request, keys)) in chunk.iter().enumerate() {
+                let seq: i64 = insert.query_row(
+                    rusqlite::params![id, time, json, operation, actor, request, n as i64],
+                    |row| row.get(0),
+                )?;
+                for key in keys {
+                    resource.execute(rusqlite::params![seq >> 16, key, seq])?;
+                }
+                link.execute(rusqlite::params![keys[1], keys[2]])?;
+                link.execute(rusqlite::params![keys[2], keys[1]])?;
+                bucket.execute([seq >> 16])?;
+            }
+        }
+        tx.commit()?;
+    }
+    Ok(count as f64 / started.elapsed().as_secs_f64())
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
@@ -154,6 +235,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         store_url.split("://").next().unwrap_or(store_url),
         count as f64 / took.as_secs_f64()
     );
+
+    // What SQLite itself does with the same rows, in the same run: the target is the drain at
+    // 0.95x this loop or better.
+    if let Some(path) = store_url.strip_prefix("sqlite://") {
+        let (file, options) = path.split_once('?').unwrap_or((path, ""));
+        let bare = bare_sqlite_loop(&format!("{file}.bare?{options}"), &template, count)?;
+        let drained = count as f64 / took.as_secs_f64();
+        println!(
+            "bare rusqlite loop, same schema and indexes: {bare:.0} records/s; the drain is {:.2}x it",
+            drained / bare
+        );
+    }
 
     // What the writer does hourly: refresh the planner's statistics.
     store.optimize().await?;
@@ -287,7 +380,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut bytes = 0usize;
     let mut chunks = 0u64;
     while let Some(chunk) = rx.recv().await {
-        bytes += chunk?.len();
+        bytes += chunk?.iter().map(String::len).sum::<usize>();
         chunks += 1;
         if chunks.is_multiple_of(64) {
             rss_max = rss_max.max(anon_mib());

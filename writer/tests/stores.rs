@@ -301,3 +301,55 @@ async fn a_large_postgres_batch_is_stored_once_across_both_halves() {
         .unwrap();
     assert_eq!(by_path.records, vec![one.json.clone()]);
 }
+
+/// A database whose default collation is a linguistic one (ICU `en`, as many are made): the
+/// `asset.*` prefix still holds exactly the operations that begin with `asset.`, where that
+/// collation sorts `@` and `(` between `.` and `/`; and a history still follows linked names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operation_prefixes_are_byte_ranges_under_a_linguistic_database_collation() {
+    let pg = PostgresServer::start();
+    client(&pg)
+        .await
+        .batch_execute(
+            "CREATE DATABASE linguistic TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en' LOCALE 'C.UTF-8'",
+        )
+        .await
+        .unwrap();
+    let url = format!("{}/linguistic", pg.url().rsplit_once('/').unwrap().0);
+    let store = PostgresStore::connect(&url).await.unwrap();
+    let operations = ["asset.rename", "asset@shared", "asset(copy)", "assets.list"];
+    let records: Vec<Incoming> = operations
+        .iter()
+        .enumerate()
+        .map(|(n, op)| {
+            let mut r = record(n as u64);
+            r.operation = (*op).into();
+            Incoming::from_record(r).unwrap()
+        })
+        .collect();
+    assert_eq!(store.insert(&records).await.unwrap(), 4);
+    let page = store
+        .query(&Query {
+            operation: vec![auditgate_writer::store::OperationFilter::Prefix(
+                "asset.".into(),
+            )],
+            limit: 100,
+            ..Query::default()
+        })
+        .await
+        .unwrap();
+    let found: Vec<String> = page
+        .records
+        .iter()
+        .map(|json| {
+            serde_json::from_str::<serde_json::Value>(json).unwrap()["operation"].to_string()
+        })
+        .collect();
+    assert_eq!(found, ["\"asset.rename\""]);
+    // `record(n)` names a file by id and path: the history query follows the link.
+    let path = records[0].record.resources[0].path.clone().unwrap();
+    assert!(
+        store.linked(&path).await.unwrap().len() > 1,
+        "the path's id is linked"
+    );
+}

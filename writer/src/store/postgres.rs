@@ -18,42 +18,47 @@ use super::{
 /// PostgreSQL's unique keys on a partitioned table must hold the partition key, so a record is
 /// unique by `(time_us, id)`: a redelivered record carries its time with it. `{records}` and
 /// `{resources}` are the table names (a migration builds new tables beside the old ones).
+///
+/// Key columns are `COLLATE "C"`: they are identifiers, compared byte by byte. Under the
+/// database's default collation, when it is a linguistic one, every index insert compares
+/// through `strcoll`, and the `operation` prefix range `asset.` <= x < `asset/` holds whatever
+/// that collation sorts between `.` and `/` (ICU's `en` puts `@`, `*`, `(`… there).
 fn tables_sql(records: &str, resources: &str) -> String {
     format!(
         r#"
 CREATE SEQUENCE IF NOT EXISTS record_seqs;
 CREATE TABLE IF NOT EXISTS {records} (
     seq             BIGINT NOT NULL DEFAULT nextval('record_seqs'),
-    id              TEXT   NOT NULL,
+    id              TEXT   COLLATE "C" NOT NULL,
     time_us         BIGINT NOT NULL,
-    operation       TEXT   NOT NULL,
-    actor           TEXT,
-    request_id      TEXT   NOT NULL,
-    outcome         TEXT   NOT NULL,
+    operation       TEXT   COLLATE "C" NOT NULL,
+    actor           TEXT   COLLATE "C",
+    request_id      TEXT   COLLATE "C" NOT NULL,
+    outcome         TEXT   COLLATE "C" NOT NULL,
     status          INTEGER,
-    origin_instance TEXT,
+    origin_instance TEXT   COLLATE "C",
     origin_seq      BIGINT,
     record          TEXT   NOT NULL,
     PRIMARY KEY (time_us, seq),
     UNIQUE (time_us, id)
 ) PARTITION BY RANGE (time_us);
 CREATE TABLE IF NOT EXISTS {resources} (
-    key        TEXT   NOT NULL,
+    key        TEXT   COLLATE "C" NOT NULL,
     time_us    BIGINT NOT NULL,
     record_seq BIGINT NOT NULL,
     PRIMARY KEY (key, time_us, record_seq)
 ) PARTITION BY RANGE (time_us);
 CREATE TABLE IF NOT EXISTS origin_floor (
-    instance TEXT PRIMARY KEY,
+    instance TEXT COLLATE "C" PRIMARY KEY,
     seq      BIGINT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS resource_links (
-    a TEXT NOT NULL,
-    b TEXT NOT NULL,
+    a TEXT COLLATE "C" NOT NULL,
+    b TEXT COLLATE "C" NOT NULL,
     PRIMARY KEY (a, b)
 );
 CREATE TABLE IF NOT EXISTS origin_crashes (
-    instance TEXT   NOT NULL,
+    instance TEXT   COLLATE "C" NOT NULL,
     from_seq BIGINT NOT NULL,
     to_seq   BIGINT NOT NULL,
     PRIMARY KEY (instance, from_seq, to_seq)
@@ -205,7 +210,7 @@ async fn set_up(client: &mut Client) -> Result<(), StoreError> {
     tx.batch_execute(&tables_sql("records", "resources"))
         .await?;
     // A store from before `tenant` had a column gets it (empty: those records have none).
-    tx.batch_execute("ALTER TABLE records ADD COLUMN IF NOT EXISTS tenant TEXT")
+    tx.batch_execute("ALTER TABLE records ADD COLUMN IF NOT EXISTS tenant TEXT COLLATE \"C\"")
         .await?;
     tx.batch_execute(INDEXES).await?;
     partition_ddl(&tx, "records", "resources", months_ahead()).await?;
@@ -250,6 +255,16 @@ async fn migrate_unpartitioned(tx: &Transaction<'_>) -> Result<(), StoreError> {
     .await?;
     Ok(())
 }
+
+/// The shared recursive query with each name in byte order (`COLLATE "C"`): the two terms of
+/// a recursive query must agree on a collation, and a store made before its columns were
+/// `"C"` has the database's default one.
+static POSTGRES_LINKED_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    LINKED_SQL
+        .replace("CAST(?1 AS TEXT)", "CAST($1 AS TEXT) COLLATE \"C\"")
+        .replace("SELECT l.b FROM", "SELECT l.b COLLATE \"C\" FROM")
+        .replace("ON l.a = linked.name", "ON l.a COLLATE \"C\" = linked.name")
+});
 
 /// Records in a PostgreSQL database, in monthly partitions.
 #[derive(Clone)]
@@ -353,7 +368,9 @@ impl PostgresStore {
 /// `$n` placeholders; the operation index (`text_pattern_ops`) serves prefix ranges.
 const POSTGRES: Dialect = Dialect {
     placeholder: |n| format!("${n}"),
-    prefix_column: "r.operation",
+    // Byte order whatever the column's collation (a store made before its columns were
+    // `COLLATE "C"`): under a linguistic one, `asset.` <= x < `asset/` also holds `asset@x`.
+    prefix_column: "r.operation COLLATE \"C\"",
     // By the primary key, so each partition is probed by (time, seq), not by seq alone.
     resource_columns: "(r.time_us, r.seq)",
     resource_rows: "SELECT time_us, record_seq FROM resources WHERE key = ",
@@ -650,10 +667,7 @@ impl Store for PostgresStore {
 
     async fn linked(&self, name: &str) -> Result<Vec<String>, StoreError> {
         let name = crate::store::indexed(name).into_owned();
-        let rows = self
-            .reader
-            .query(&LINKED_SQL.replace("?1", "$1"), &[&name])
-            .await?;
+        let rows = self.reader.query(&*POSTGRES_LINKED_SQL, &[&name]).await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
