@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 mod coverage_cmd;
+mod evidence_cmd;
 mod logs_cmd;
 mod rules_cmd;
 
@@ -46,6 +47,18 @@ enum Command {
     },
     /// Read the audit log from a writer's API.
     Logs(logs_cmd::LogsArgs),
+    /// Check a store's (or an export's) hash chains and signed checkpoints: exit 0 intact,
+    /// 1 tampered (the first record altered, inserted or removed is named).
+    Verify(evidence_cmd::VerifyArgs),
+    /// Make the Ed25519 key pair that signs checkpoints: FILE (private) and FILE.pub.
+    Keygen {
+        /// Where the private key goes; the public key goes to FILE.pub.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// The key's name, in every signature it makes.
+        #[arg(long, default_value = "auditgate")]
+        name: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -67,6 +80,8 @@ fn main() -> ExitCode {
             report(run_writer(config))
         }
         Command::Logs(args) => logs_cmd::run(args),
+        Command::Verify(args) => evidence_cmd::verify(args),
+        Command::Keygen { out, name } => evidence_cmd::keygen(&out, &name),
     }
 }
 

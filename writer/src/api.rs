@@ -40,6 +40,10 @@ pub(crate) struct AppState {
     /// Signs and checks minted tokens (`POST /api/v1/tokens`), when configured.
     pub(crate) mint_key: Option<crate::minted::MintKey>,
     pub(crate) metrics: Option<PrometheusHandle>,
+    /// The public half of the checkpoint signing key, and where checkpoints are also kept,
+    /// for `GET /api/v1/verify`.
+    pub(crate) verifier: Option<crate::chain::VerifierKey>,
+    pub(crate) checkpoint_dir: Option<std::path::PathBuf>,
 }
 
 /// An error answer: status and a message that says what to fix.
@@ -126,6 +130,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/gaps", get(gaps))
         .route("/api/v1/operations", get(operations))
         .route("/api/v1/whoami", get(whoami))
+        .route("/api/v1/verify", get(verify))
         .route("/api/v1/tokens", axum::routing::post(mint))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -553,38 +558,64 @@ async fn export(
 ) -> Result<Response, ApiError> {
     let access = state.authorize(&headers, Role::Admin)?;
     let mut params = params;
-    let format = match params.remove("format").as_deref() {
-        None | Some("") => Format::Json,
-        Some(name) => Format::parse(name)
-            .ok_or_else(|| bad(format!("format={name:?}: use {}", Format::NAMES)))?,
+    let (format, bundle) = match params.remove("format").as_deref() {
+        None | Some("") => (Format::Json, false),
+        // The records as the JSON export holds them, with the signed checkpoints beside
+        // them: what `auditgate verify --export` checks offline with the public key alone.
+        Some("bundle") => (Format::Json, true),
+        Some(name) => (
+            Format::parse(name)
+                .ok_or_else(|| bad(format!("format={name:?}: use {} or bundle", Format::NAMES)))?,
+            false,
+        ),
     };
     // Everything the filters select: paging parameters are read (a query string from
     // `/records` can be reused as it is) but do not narrow an export.
     let mut query = parse_query(&params, FILTERS)?;
     access.scope(&mut query)?;
     query.cursor = None;
+    let (start, end) = if bundle {
+        let unfiltered = Query {
+            limit: query.limit,
+            order: query.order,
+            ..Query::default()
+        };
+        let filtered = format!("{query:?}") != format!("{unfiltered:?}");
+        let checkpoints = state.store.checkpoints().await?;
+        (
+            bytes::Bytes::from(format!("{{\"filtered\":{filtered},\"records\":[\n")),
+            bytes::Bytes::from(format!(
+                "\n],\"checkpoints\":{}}}\n",
+                serde_json::Value::from(checkpoints)
+            )),
+        )
+    } else {
+        (format.start(), format.end())
+    };
     let pages = state.store.export(query);
     // (pages, whether no record has been written yet, whether the end has been written)
-    let stream = futures_util::stream::unfold(
-        (pages, true, false),
-        move |(mut rx, first, done)| async move {
-            if done {
-                return None;
-            }
-            match rx.recv().await {
-                Some(Ok(records)) => {
-                    let chunk = format.page(&records, first);
-                    Some((Ok(chunk), (rx, first && records.is_empty(), false)))
+    let stream =
+        futures_util::stream::unfold((pages, true, false), move |(mut rx, first, done)| {
+            let end = end.clone();
+            async move {
+                if done {
+                    return None;
                 }
-                Some(Err(e)) => Some((Err(std::io::Error::other(e)), (rx, first, true))),
-                None => Some((Ok(format.end()), (rx, first, true))),
+                match rx.recv().await {
+                    Some(Ok(records)) => {
+                        let chunk = format.page(&records, first);
+                        Some((Ok(chunk), (rx, first && records.is_empty(), false)))
+                    }
+                    Some(Err(e)) => Some((Err(std::io::Error::other(e)), (rx, first, true))),
+                    None => Some((Ok(end), (rx, first, true))),
+                }
             }
-        },
-    );
-    let stream = futures_util::stream::once(async move { Ok::<_, std::io::Error>(format.start()) })
-        .chain(stream);
+        });
+    let stream =
+        futures_util::stream::once(async move { Ok::<_, std::io::Error>(start) }).chain(stream);
     let filename = format!(
-        "attachment; filename=\"auditgate-export-{}.{}\"",
+        "attachment; filename=\"auditgate-{}-{}.{}\"",
+        if bundle { "bundle" } else { "export" },
         Utc::now().format("%Y%m%dT%H%M%SZ"),
         format.extension()
     );
@@ -598,6 +629,29 @@ async fn export(
         h.insert(header::CONTENT_DISPOSITION, v);
     }
     Ok(response)
+}
+
+/// `GET /api/v1/verify`: what `auditgate verify` reports for this store, with the writer's
+/// own public key and `checkpoint_dir`. Every tenant's records are in the chain, so only an
+/// unscoped admin token may ask. An auditor who does not trust the writer runs
+/// `auditgate verify` with the public key instead.
+async fn verify(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    state.authorize(&headers, Role::Admin)?.unscoped()?;
+    let extra = match &state.checkpoint_dir {
+        Some(dir) if dir.exists() => crate::verify::read_checkpoint_dir(dir).map_err(|e| {
+            ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot read {}: {e}", dir.display()),
+            )
+        })?,
+        _ => Vec::new(),
+    };
+    let report =
+        crate::verify::verify_store(&*state.store, &extra, state.verifier.as_ref()).await?;
+    Ok(axum::Json(report).into_response())
 }
 
 /// `GET /api/v1/whoami`: what the token in hand may see, `{"role", "tenant"}` (`tenant` null

@@ -44,6 +44,25 @@ pub struct WriterConfig {
     /// transactions. Default 16384.
     #[serde(default = "default_commit_max")]
     pub commit_max: usize,
+    /// Chain what is stored (`chain: {uid, seq, prev, hash}` on each record; crate::chain).
+    /// Default true; false only for a store that is a copy, or to measure what it costs.
+    #[serde(default = "default_true")]
+    pub chain: bool,
+    /// This writer's chain. Default: its consumer name. Writers sharing a store need
+    /// distinct ones (they have distinct consumer names already).
+    #[serde(default)]
+    pub chain_uid: Option<String>,
+    /// The Ed25519 private key (`auditgate keygen`) that signs checkpoints of the chain.
+    /// Default: none (the chain is kept, no checkpoint is signed).
+    #[serde(default)]
+    pub signing_key_file: Option<PathBuf>,
+    /// How often the chain's head is signed, when it has moved. Default 60.
+    #[serde(default = "default_checkpoint_seconds")]
+    pub checkpoint_seconds: u64,
+    /// Where each signed checkpoint is also written, as a file of its own: the directory an
+    /// operator ships off the box (an object-locked bucket, another host). Default: none.
+    #[serde(default)]
+    pub checkpoint_dir: Option<PathBuf>,
 }
 
 /// One API token.
@@ -71,6 +90,23 @@ pub enum Role {
 }
 
 impl WriterConfig {
+    /// The checkpoint signing key, read from `signing_key_file`.
+    pub fn signing_key(&self) -> Result<Option<crate::chain::SigningKey>, WriterError> {
+        let Some(path) = &self.signing_key_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| WriterError::ReadConfig {
+            path: path.clone(),
+            source,
+        })?;
+        crate::chain::SigningKey::parse(&text)
+            .map(Some)
+            .map_err(|e| WriterError::SigningKey {
+                path: path.clone(),
+                why: e.to_string(),
+            })
+    }
+
     /// Reads a config file; a relative SQLite path is taken relative to the file's folder.
     pub fn load(path: impl AsRef<Path>) -> Result<WriterConfig, WriterError> {
         let path = path.as_ref();
@@ -93,7 +129,14 @@ impl WriterConfig {
             let base = path.parent().unwrap_or(Path::new("."));
             config.store = format!("sqlite://{}", base.join(PathBuf::from(file)).display());
         }
-        if let Some(file) = &mut config.token_key_file {
+        for file in [
+            &mut config.token_key_file,
+            &mut config.signing_key_file,
+            &mut config.checkpoint_dir,
+        ]
+        .into_iter()
+        .flatten()
+        {
             *file = path.parent().unwrap_or(Path::new(".")).join(&*file);
         }
         for t in &config.tokens {
@@ -125,6 +168,14 @@ impl WriterConfig {
             .map(Some)
             .ok_or_else(|| WriterError::TokenKey { path: path.clone() })
     }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_checkpoint_seconds() -> u64 {
+    60
 }
 
 fn default_listen() -> String {

@@ -42,6 +42,19 @@ pub enum WriterError {
         /// The key file.
         path: PathBuf,
     },
+    /// `signing_key_file` is not an auditgate private key.
+    #[error("{}: signing_key_file: {why}: make one with `auditgate keygen --out FILE` and name FILE here (FILE.pub goes to the auditors)", path.display())]
+    SigningKey {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// `chain_uid` cannot name a chain.
+    #[error(
+        "chain_uid {0:?}: a chain's uid is 1 to 200 characters, none of them control characters"
+    )]
+    ChainUid(String),
     /// The store cannot be opened or set up.
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -31,6 +31,8 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::watch;
 
 mod api;
+pub mod chain;
+pub mod checkpoints;
 pub mod config;
 mod error;
 pub mod export;
@@ -38,6 +40,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod minted;
 pub mod store;
+pub mod verify;
 
 pub use config::{Role, TokenConfig, WriterConfig};
 pub use error::WriterError;
@@ -66,6 +69,7 @@ pub struct Writer {
     store: Arc<dyn store::Store>,
     consumer: Consumer,
     mint_key: Option<minted::MintKey>,
+    evidence: Option<Arc<checkpoints::Evidence>>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -87,6 +91,20 @@ impl Writer {
             .clone()
             .or_else(auditgate_queue::hostname)
             .unwrap_or_else(|| "writer".to_owned());
+        let evidence = if config.chain {
+            let uid = config.chain_uid.clone().unwrap_or_else(|| name.clone());
+            if !chain::valid_uid(&uid) {
+                return Err(WriterError::ChainUid(uid));
+            }
+            store.chain_as(&uid).await?;
+            Some(Arc::new(checkpoints::Evidence {
+                uid,
+                key: config.signing_key()?,
+                dir: config.checkpoint_dir.clone(),
+            }))
+        } else {
+            None
+        };
         let mut consumer_config = ConsumerConfig::new(config.redis.clone(), name);
         consumer_config.batch = config.batch;
         consumer_config.claim_idle = Duration::from_secs(config.claim_idle_seconds);
@@ -109,6 +127,7 @@ impl Writer {
             store,
             consumer,
             mint_key,
+            evidence,
         })
     }
 
@@ -125,6 +144,7 @@ impl Writer {
             store,
             consumer,
             mint_key,
+            evidence,
         } = self;
         let tokens = config
             .tokens
@@ -148,6 +168,11 @@ impl Writer {
             tokens,
             mint_key,
             metrics,
+            verifier: evidence
+                .as_ref()
+                .and_then(|e| e.key.as_ref())
+                .map(chain::SigningKey::verifier),
+            checkpoint_dir: config.checkpoint_dir.clone(),
         });
         let addr = listener.local_addr().map_err(WriterError::Serve)?;
         tracing::info!(%addr, store = %config.store, "auditgate writer started");
@@ -162,8 +187,17 @@ impl Writer {
         let retention = tokio::spawn(retention(
             store.clone(),
             config.retention_days,
+            evidence.clone(),
             stop_rx.clone(),
         ));
+        let periodic = evidence.clone().map(|e| {
+            tokio::spawn(checkpoints::every(
+                store.clone(),
+                e,
+                Duration::from_secs(config.checkpoint_seconds.max(1)),
+                stop_rx.clone(),
+            ))
+        });
         let gauges = tokio::spawn(redis_gauges(config.redis.clone(), stop_rx.clone()));
         let mut server_stop = stop_rx.clone();
         let server = tokio::spawn(async move {
@@ -178,6 +212,15 @@ impl Writer {
         tracing::info!("shutting down: finishing the batch in hand");
         stop_tx.send_replace(true);
         let _ = ingest.await;
+        // The last checkpoint covers everything this writer stored.
+        if let Some(periodic) = periodic {
+            periodic.abort();
+        }
+        if let Some(evidence) = &evidence
+            && let Err(e) = evidence.sign_head(&*store).await
+        {
+            tracing::warn!(error = %e, "signing the last checkpoint failed");
+        }
         retention.abort();
         gauges.abort();
         let _ = server.await;
@@ -187,7 +230,12 @@ impl Writer {
 
 /// Deletes records older than the retention period and refreshes the planner's statistics,
 /// at start and every hour.
-async fn retention(store: Arc<dyn store::Store>, days: u32, mut stop: watch::Receiver<bool>) {
+async fn retention(
+    store: Arc<dyn store::Store>,
+    days: u32,
+    evidence: Option<Arc<checkpoints::Evidence>>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         if let Err(e) = store.optimize().await {
             tracing::warn!(error = %e, "refreshing the store's statistics failed");
@@ -199,7 +247,20 @@ async fn retention(store: Arc<dyn store::Store>, days: u32, mut stop: watch::Rec
             }
         }
         let before = Utc::now() - chrono::Duration::days(i64::from(days));
-        match store.delete_before(before).await {
+        // Each chain is cut only at a signed retention checkpoint, so verification stays
+        // whole; without a signing key, chained records are kept.
+        let cuts = match &evidence {
+            Some(evidence) => evidence.sign_cuts(&*store, before).await,
+            None => Ok(Vec::new()),
+        };
+        let cuts = match cuts {
+            Ok(cuts) => cuts,
+            Err(e) => {
+                tracing::warn!(error = %e, "retention: signing the chains' cuts failed; chained records kept");
+                Vec::new()
+            }
+        };
+        match store.delete_before(before, &cuts).await {
             Ok(0) => {}
             Ok(n) => {
                 ::metrics::counter!(metrics::RETAINED_DELETED).increment(n);

@@ -28,3 +28,10 @@ pub(crate) fn dead_letters(n: u64) {
         metrics::counter!(DEAD_LETTERS).increment(n);
     }
 }
+
+/// Checkpoints that could not be signed, stored or written to `checkpoint_dir`.
+pub const CHECKPOINT_FAILURES: &str = "auditgate_writer_checkpoint_failures_total";
+
+pub(crate) fn checkpoint_failed() {
+    metrics::counter!(CHECKPOINT_FAILURES).increment(1);
+}

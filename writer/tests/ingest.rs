@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use auditgate_queue::{Consumer, ConsumerConfig, QueueConfig, RecordSink, RedisConfig, RedisQueue};
 use auditgate_tests::{RedisServer, record, wait_until};
-use auditgate_writer::store::{Gap, Incoming, Page, Query, SqliteStore, Store, StoreError};
+use auditgate_writer::store::{
+    ChainHead, Gap, Incoming, Page, Query, ScannedRow, SqliteStore, Store, StoreError,
+};
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 
@@ -37,8 +39,42 @@ impl Store for SlowStore {
     async fn gaps(&self) -> Result<Vec<Gap>, StoreError> {
         self.inner.gaps().await
     }
-    async fn delete_before(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
-        self.inner.delete_before(before).await
+    async fn delete_before(
+        &self,
+        before: DateTime<Utc>,
+        cuts: &[ChainHead],
+    ) -> Result<u64, StoreError> {
+        self.inner.delete_before(before, cuts).await
+    }
+    async fn chain_as(&self, uid: &str) -> Result<ChainHead, StoreError> {
+        self.inner.chain_as(uid).await
+    }
+    async fn chain_heads(&self) -> Result<Vec<ChainHead>, StoreError> {
+        self.inner.chain_heads().await
+    }
+    async fn chain_floors(&self) -> Result<Vec<ChainHead>, StoreError> {
+        self.inner.chain_floors().await
+    }
+    async fn retention_cuts(&self, before: DateTime<Utc>) -> Result<Vec<ChainHead>, StoreError> {
+        self.inner.retention_cuts(before).await
+    }
+    async fn scan(
+        &self,
+        superseded: bool,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<ScannedRow>, StoreError> {
+        self.inner.scan(superseded, after, limit).await
+    }
+    async fn save_checkpoint(
+        &self,
+        checkpoint: &auditgate_writer::chain::Checkpoint,
+        note: &str,
+    ) -> Result<(), StoreError> {
+        self.inner.save_checkpoint(checkpoint, note).await
+    }
+    async fn checkpoints(&self) -> Result<Vec<String>, StoreError> {
+        self.inner.checkpoints().await
     }
     async fn count(&self) -> Result<u64, StoreError> {
         self.inner.count().await

@@ -109,7 +109,10 @@ async fn postgres_records_live_in_monthly_partitions_that_retention_drops_whole(
     // Two writers' retention at once: both succeed, and together they delete those 14.
     let before = Utc.with_ymd_and_hms(2026, 10, 10, 12, 0, 15).unwrap();
     let other = PostgresStore::connect(&pg.url()).await.unwrap();
-    let (a, b) = tokio::join!(store.delete_before(before), other.delete_before(before));
+    let (a, b) = tokio::join!(
+        store.delete_before(before, &[]),
+        other.delete_before(before, &[])
+    );
     let (a, b) = (a.unwrap(), b.unwrap());
     assert!(a + b >= 14 && a.max(b) <= 14, "{a} + {b}");
     assert_eq!(

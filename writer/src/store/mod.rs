@@ -288,6 +288,119 @@ fn indexed_owned(value: &str) -> String {
     indexed(value).into_owned()
 }
 
+/// A chain's last link, as the store keeps it (`chain_heads`), or a retention cut.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainHead {
+    /// The chain.
+    pub uid: String,
+    /// Its last link's `seq` (0: nothing chained yet).
+    pub seq: u64,
+    /// That link's hash.
+    pub hash: [u8; 32],
+}
+
+impl ChainHead {
+    /// A chain with no link yet.
+    pub fn empty(uid: &str) -> ChainHead {
+        ChainHead {
+            uid: uid.to_owned(),
+            seq: 0,
+            hash: crate::chain::GENESIS,
+        }
+    }
+
+    /// A head from its stored columns (the hash in hex).
+    pub(crate) fn read(uid: String, seq: i64, hash: &str) -> Result<ChainHead, StoreError> {
+        let hash = crate::chain::unhex32(hash)
+            .ok_or_else(|| StoreError::Other(format!("chain {uid}: a stored hash is not hex")))?;
+        Ok(ChainHead {
+            uid,
+            seq: seq.max(0) as u64,
+            hash,
+        })
+    }
+
+    /// The link after this head for a record whose canonical JSON is `canonical`.
+    pub fn next(&self, canonical: &[u8]) -> crate::chain::Link {
+        let head = (self.seq > 0).then_some((self.seq, self.hash));
+        crate::chain::Link::after(head, &self.uid, canonical)
+    }
+
+    /// Moves the head to `link`.
+    pub fn advance(&mut self, link: &crate::chain::Link) {
+        self.seq = link.seq;
+        self.hash = link.hash;
+    }
+}
+
+/// A stored row as `verify` reads it, in store order.
+#[derive(Debug, Clone)]
+pub struct ScannedRow {
+    /// The row's place in the store (its table's own sequence).
+    pub store_seq: i64,
+    /// The stored JSON.
+    pub json: String,
+    /// The chain columns, where the row was chained.
+    pub chain: Option<(String, i64)>,
+    /// The indexed columns as stored, for a live record (`None` for a superseded one).
+    pub columns: Option<Columns>,
+}
+
+/// What the filters read instead of the JSON: a change to one of them is a change to the
+/// record, as far as a reader of the page is concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Columns {
+    /// `id`.
+    pub id: String,
+    /// `time` in microseconds.
+    pub time_us: i64,
+    /// `operation`.
+    pub operation: String,
+    /// `actor.id`.
+    pub actor: Option<String>,
+    /// `request.id`.
+    pub request_id: String,
+    /// `outcome`.
+    pub outcome: String,
+    /// `tenant`.
+    pub tenant: Option<String>,
+}
+
+impl Columns {
+    /// The columns a record's JSON gives, as the store fills them.
+    pub fn of(record: &AuditRecord, json: &str) -> Columns {
+        let row = Row::of(&Incoming::new(record.clone(), json.to_owned()));
+        Columns {
+            id: row.id,
+            time_us: row.time_us,
+            operation: row.operation,
+            actor: row.actor,
+            request_id: row.request_id,
+            outcome: row.outcome.to_owned(),
+            tenant: row.tenant,
+        }
+    }
+}
+
+/// A record about to be chained: its canonical JSON (what the hash covers) and where it stands.
+pub(crate) struct Chained {
+    pub(crate) canonical: crate::chain::Canonical,
+}
+
+impl Chained {
+    /// Each record's canonical JSON; a record whose JSON does not read is refused whole.
+    pub(crate) fn all(records: &[Incoming]) -> Result<Vec<Chained>, StoreError> {
+        records
+            .iter()
+            .map(|r| {
+                crate::chain::Canonical::of(&r.json)
+                    .map(|canonical| Chained { canonical })
+                    .map_err(|e| StoreError::Other(e.to_string()))
+            })
+            .collect()
+    }
+}
+
 /// What the writer needs from a database.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -311,8 +424,14 @@ pub trait Store: Send + Sync + 'static {
     /// For each producer instance, the ranges of `origin.seq` not in the store.
     async fn gaps(&self) -> Result<Vec<Gap>, StoreError>;
 
-    /// Deletes records older than `before`; returns how many.
-    async fn delete_before(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
+    /// Deletes records older than `before`; returns how many. A chained record goes only when
+    /// its chain has a cut in `cuts` at or after it (see `retention_cuts`), which becomes the
+    /// chain's floor; the caller signs each cut first.
+    async fn delete_before(
+        &self,
+        before: DateTime<Utc>,
+        cuts: &[ChainHead],
+    ) -> Result<u64, StoreError>;
 
     /// How many records are stored.
     async fn count(&self) -> Result<u64, StoreError>;
@@ -328,6 +447,40 @@ pub trait Store: Send + Sync + 'static {
     /// Refreshes the planner's statistics (`ANALYZE`), so that each filter uses its index.
     /// The writer calls it at start and hourly.
     async fn optimize(&self) -> Result<(), StoreError>;
+
+    /// From now on, chains what `insert` stores as chain `uid` (crate::chain), continuing
+    /// the chain where the store left it. Returns its head.
+    async fn chain_as(&self, uid: &str) -> Result<ChainHead, StoreError>;
+
+    /// Every chain's head, as stored.
+    async fn chain_heads(&self) -> Result<Vec<ChainHead>, StoreError>;
+
+    /// Where retention may cut each chain so that no link newer than `before` goes: the
+    /// newest link with every link up to it older than `before` (and that link's hash), for
+    /// each chain that has one.
+    async fn retention_cuts(&self, before: DateTime<Utc>) -> Result<Vec<ChainHead>, StoreError>;
+
+    /// Up to `limit` rows after `after`, in store order: the live records, or (`superseded`)
+    /// the received records a complete one replaced, which keep their place in the chain.
+    async fn scan(
+        &self,
+        superseded: bool,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<ScannedRow>, StoreError>;
+
+    /// Keeps a signed checkpoint.
+    async fn save_checkpoint(
+        &self,
+        checkpoint: &crate::chain::Checkpoint,
+        note: &str,
+    ) -> Result<(), StoreError>;
+
+    /// Every checkpoint kept, oldest first.
+    async fn checkpoints(&self) -> Result<Vec<String>, StoreError>;
+
+    /// The retention floors: per chain, the link up to which retention has deleted.
+    async fn chain_floors(&self) -> Result<Vec<ChainHead>, StoreError>;
 }
 
 /// Opens the store a `store:` URL names, creating or migrating its schema.

@@ -9,8 +9,8 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, GenericClient, NoTls, Transaction};
 
 use super::{
-    Cursor, Dialect, GAPS_SQL, Gap, Incoming, LINKED_SQL, OPERATIONS_SQL, Page, Param, Query, Row,
-    Store, StoreError, page_sql,
+    ChainHead, Columns, Cursor, Dialect, GAPS_SQL, Gap, Incoming, LINKED_SQL, OPERATIONS_SQL, Page,
+    Param, Query, Row, ScannedRow, Store, StoreError, page_sql,
 };
 
 /// The tables, partitioned by month of `time_us` (docs/operators.md, "PostgreSQL"):
@@ -56,6 +56,30 @@ CREATE TABLE IF NOT EXISTS resource_links (
     a TEXT COLLATE "C" NOT NULL,
     b TEXT COLLATE "C" NOT NULL,
     PRIMARY KEY (a, b)
+);
+CREATE TABLE IF NOT EXISTS chain_heads (
+    uid  TEXT   COLLATE "C" PRIMARY KEY,
+    seq  BIGINT NOT NULL,
+    hash TEXT   NOT NULL
+);
+CREATE TABLE IF NOT EXISTS chain_superseded (
+    seq       BIGSERIAL PRIMARY KEY,
+    chain_uid TEXT   COLLATE "C" NOT NULL,
+    chain_seq BIGINT NOT NULL,
+    record    TEXT   NOT NULL
+);
+CREATE TABLE IF NOT EXISTS chain_floors (
+    uid  TEXT   COLLATE "C" PRIMARY KEY,
+    seq  BIGINT NOT NULL,
+    hash TEXT   NOT NULL
+);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    seq       BIGSERIAL PRIMARY KEY,
+    uid       TEXT    COLLATE "C" NOT NULL,
+    size      BIGINT  NOT NULL,
+    retention BOOLEAN NOT NULL,
+    note      TEXT    NOT NULL,
+    UNIQUE (uid, size, retention)
 );
 CREATE TABLE IF NOT EXISTS origin_crashes (
     instance TEXT   COLLATE "C" NOT NULL,
@@ -212,6 +236,12 @@ async fn set_up(client: &mut Client) -> Result<(), StoreError> {
     // A store from before `tenant` had a column gets it (empty: those records have none).
     tx.batch_execute("ALTER TABLE records ADD COLUMN IF NOT EXISTS tenant TEXT COLLATE \"C\"")
         .await?;
+    // And before the chain: its records stay unchained.
+    tx.batch_execute(
+        "ALTER TABLE records ADD COLUMN IF NOT EXISTS chain_uid TEXT COLLATE \"C\";
+         ALTER TABLE records ADD COLUMN IF NOT EXISTS chain_seq BIGINT;",
+    )
+    .await?;
     tx.batch_execute(INDEXES).await?;
     partition_ddl(&tx, "records", "resources", months_ahead()).await?;
     tx.commit().await?;
@@ -277,6 +307,8 @@ pub struct PostgresStore {
     /// about one core's speed, so two halves commit side by side.
     second_writer: Arc<Mutex<Client>>,
     reader: Arc<Client>,
+    /// The chain inserts extend, once `chain_as` has named it.
+    chain: Arc<std::sync::Mutex<Option<ChainHead>>>,
 }
 
 /// A batch at least this large is split over both writer connections.
@@ -361,6 +393,7 @@ impl PostgresStore {
             writer: Arc::new(Mutex::new(writer)),
             second_writer: Arc::new(Mutex::new(second_writer)),
             reader: Arc::new(reader),
+            chain: Arc::new(std::sync::Mutex::new(None)),
         })
     }
 }
@@ -512,10 +545,353 @@ async fn insert_part(client: &Mutex<Client>, records: &[Incoming]) -> Result<usi
     Ok(new.len())
 }
 
+/// Inserts a batch in one transaction, each new record the next link of the chain after
+/// `head` (see the SQLite store's `insert_chained`). One transaction, not two halves: a chain
+/// cannot have its links committed out of order. Another writer storing one of the same
+/// records meanwhile makes the commit fail, and the batch is read again.
+async fn insert_chained(
+    client: &Mutex<Client>,
+    records: &[Incoming],
+    mut head: ChainHead,
+) -> Result<(usize, ChainHead), StoreError> {
+    let rows = Row::one_per_id(Row::all(records));
+    let mut client = client.lock().await;
+    let tx = client.transaction().await?;
+    let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+    let mut stored: std::collections::HashMap<
+        String,
+        (String, String, Option<String>, Option<i64>),
+    > = std::collections::HashMap::new();
+    for row in tx
+        .query(
+            "SELECT id, outcome, record, chain_uid, chain_seq FROM records WHERE id = ANY($1)",
+            &[&ids],
+        )
+        .await?
+    {
+        stored.insert(row.get(0), (row.get(1), row.get(2), row.get(3), row.get(4)));
+    }
+    let before = head.seq as i64;
+    let (mut new, mut replaced, mut superseded) = (Vec::new(), Vec::new(), Vec::new());
+    for r in &rows {
+        let replaces = match stored.get(&r.id) {
+            None => false,
+            Some((outcome, ..)) if outcome == "unknown" && r.outcome != "unknown" => true,
+            Some(_) => continue, // already stored: exactly once
+        };
+        let canonical =
+            crate::chain::Canonical::of(&r.json).map_err(|e| StoreError::Other(e.to_string()))?;
+        let link = head.next(canonical.text().as_bytes());
+        let json = canonical.chained(&link);
+        head.advance(&link);
+        if replaces {
+            if let Some((_, old, Some(uid), Some(at))) = stored.get(&r.id) {
+                superseded.push((uid.clone(), *at, old.clone()));
+            }
+            replaced.push((r, json, link.seq as i64));
+        } else {
+            new.push((r, json, link.seq as i64));
+        }
+    }
+    let mut record_seqs: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
+    if !new.is_empty() {
+        let col = |f: &dyn Fn(&Row) -> Option<String>| -> Vec<Option<String>> {
+            new.iter().map(|(r, ..)| f(r)).collect()
+        };
+        let ids = col(&|r| Some(r.id.clone()));
+        let times: Vec<i64> = new.iter().map(|(r, ..)| r.time_us).collect();
+        let jsons: Vec<&str> = new.iter().map(|(_, j, _)| j.as_str()).collect();
+        let operations = col(&|r| Some(r.operation.clone()));
+        let actors = col(&|r| r.actor.clone());
+        let request_ids = col(&|r| Some(r.request_id.clone()));
+        let outcomes = col(&|r| Some(r.outcome.to_owned()));
+        let statuses: Vec<Option<i32>> = new.iter().map(|(r, ..)| r.status).collect();
+        let instances = col(&|r| r.instance.clone());
+        let seqs: Vec<Option<i64>> = new.iter().map(|(r, ..)| r.origin_seq).collect();
+        let tenants = col(&|r| r.tenant.clone());
+        let chain_uids: Vec<&str> = new.iter().map(|_| head.uid.as_str()).collect();
+        let chain_seqs: Vec<i64> = new.iter().map(|(.., s)| *s).collect();
+        let inserted = tx
+            .query(
+                "INSERT INTO records (id, time_us, record, operation, actor, request_id, outcome, status, origin_instance, origin_seq, tenant, chain_uid, chain_seq)
+                 SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int[], $9::text[], $10::bigint[], $11::text[], $12::text[], $13::bigint[])
+                 ON CONFLICT (time_us, id) DO NOTHING
+                 RETURNING seq, id",
+                &[&ids, &times, &jsons, &operations, &actors, &request_ids, &outcomes, &statuses, &instances, &seqs, &tenants, &chain_uids, &chain_seqs],
+            )
+            .await?;
+        if inserted.len() != new.len() {
+            return Err(StoreError::Other(
+                "another writer stored some of these records meanwhile; the batch is read again"
+                    .into(),
+            ));
+        }
+        record_seqs.extend(inserted.iter().map(|row| (row.get(1), row.get(0))));
+    }
+    for (r, json, chain_seq) in &replaced {
+        let updated = tx
+            .query(
+                "UPDATE records SET record = $1, tenant = $2, operation = $3, actor = $4,
+                     request_id = $5, outcome = $6, status = $7, chain_uid = $8, chain_seq = $9
+                 WHERE id = $10 AND time_us = $11 AND outcome = 'unknown' RETURNING seq",
+                &[
+                    json,
+                    &r.tenant,
+                    &r.operation,
+                    &r.actor,
+                    &r.request_id,
+                    &r.outcome,
+                    &r.status,
+                    &head.uid,
+                    chain_seq,
+                    &r.id,
+                    &r.time_us,
+                ],
+            )
+            .await?;
+        let Some(row) = updated.first() else {
+            return Err(StoreError::Other(
+                "another writer completed a record of this batch meanwhile; the batch is read again"
+                    .into(),
+            ));
+        };
+        record_seqs.insert(r.id.clone(), row.get(0));
+    }
+    for (uid, at, old) in &superseded {
+        tx.execute(
+            "INSERT INTO chain_superseded (chain_uid, chain_seq, record) VALUES ($1, $2, $3)",
+            &[uid, at, old],
+        )
+        .await?;
+    }
+    let (mut keys, mut key_times, mut key_seqs) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut link_a, mut link_b) = (Vec::new(), Vec::new());
+    let (mut crash_instances, mut crash_from, mut crash_to) = (Vec::new(), Vec::new(), Vec::new());
+    for r in &rows {
+        if let Some(seq) = record_seqs.get(&r.id) {
+            for key in &r.keys {
+                keys.push(key.clone());
+                key_times.push(r.time_us);
+                key_seqs.push(*seq);
+            }
+        }
+        for (a, b) in &r.links {
+            link_a.push(a.clone());
+            link_b.push(b.clone());
+        }
+        if let (Some(instance), Some((from, to))) = (&r.instance, r.after_crash) {
+            crash_instances.push(instance.clone());
+            crash_from.push(from);
+            crash_to.push(to);
+        }
+    }
+    if !link_a.is_empty() {
+        tx.execute(
+            "INSERT INTO resource_links (a, b)
+             SELECT * FROM UNNEST($1::text[], $2::text[]) ON CONFLICT DO NOTHING",
+            &[&link_a, &link_b],
+        )
+        .await?;
+    }
+    if !crash_instances.is_empty() {
+        tx.execute(
+            "INSERT INTO origin_crashes (instance, from_seq, to_seq)
+             SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[]) ON CONFLICT DO NOTHING",
+            &[&crash_instances, &crash_from, &crash_to],
+        )
+        .await?;
+    }
+    if !keys.is_empty() {
+        tx.execute(
+            "INSERT INTO resources (key, time_us, record_seq)
+             SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[]) ON CONFLICT DO NOTHING",
+            &[&keys, &key_times, &key_seqs],
+        )
+        .await?;
+    }
+    // The head moves only from where this writer saw it: a second writer using the same
+    // chain uid fails here instead of forking the chain.
+    let moved = tx
+        .execute(
+            "INSERT INTO chain_heads (uid, seq, hash) VALUES ($1, $2, $3)
+             ON CONFLICT (uid) DO UPDATE SET seq = excluded.seq, hash = excluded.hash
+             WHERE chain_heads.seq = $4",
+            &[
+                &head.uid,
+                &(head.seq as i64),
+                &crate::chain::hex(&head.hash),
+                &before,
+            ],
+        )
+        .await?;
+    if moved != 1 {
+        return Err(StoreError::Other(format!(
+            "chain {}: another writer extends the same chain; give each writer its own chain_uid",
+            head.uid
+        )));
+    }
+    tx.commit().await?;
+    Ok((record_seqs.len(), head))
+}
+
+/// Chain heads (or floors) from rows of `(uid, seq, hash)`.
+async fn heads(client: &impl GenericClient, sql: &str) -> Result<Vec<ChainHead>, StoreError> {
+    client
+        .query(sql, &[])
+        .await?
+        .iter()
+        .map(|r| ChainHead::read(r.get(0), r.get(1), &r.get::<_, String>(2)))
+        .collect()
+}
+
 #[async_trait::async_trait]
 impl Store for PostgresStore {
+    async fn chain_as(&self, uid: &str) -> Result<ChainHead, StoreError> {
+        let row = self
+            .writer
+            .lock()
+            .await
+            .query_opt(
+                "SELECT uid, seq, hash FROM chain_heads WHERE uid = $1",
+                &[&uid],
+            )
+            .await?;
+        let head = match row {
+            Some(r) => ChainHead::read(r.get(0), r.get(1), &r.get::<_, String>(2))?,
+            None => ChainHead::empty(uid),
+        };
+        *self.chain.lock().unwrap_or_else(|p| p.into_inner()) = Some(head.clone());
+        Ok(head)
+    }
+
+    async fn chain_heads(&self) -> Result<Vec<ChainHead>, StoreError> {
+        heads(
+            &*self.reader,
+            "SELECT uid, seq, hash FROM chain_heads ORDER BY uid",
+        )
+        .await
+    }
+
+    async fn chain_floors(&self) -> Result<Vec<ChainHead>, StoreError> {
+        heads(
+            &*self.reader,
+            "SELECT uid, seq, hash FROM chain_floors ORDER BY uid",
+        )
+        .await
+    }
+
+    async fn retention_cuts(&self, before: DateTime<Utc>) -> Result<Vec<ChainHead>, StoreError> {
+        let before = before.timestamp_micros();
+        let mut cuts = Vec::new();
+        for head in self.chain_heads().await? {
+            let first_young: Option<i64> = self
+                .reader
+                .query_one(
+                    "SELECT MIN(chain_seq) FROM records WHERE chain_uid = $1 AND time_us >= $2",
+                    &[&head.uid, &before],
+                )
+                .await?
+                .get(0);
+            let cut = first_young.map_or(head.seq as i64, |s| s - 1);
+            if cut < 1 {
+                continue;
+            }
+            let row = self
+                .reader
+                .query_opt(
+                    "SELECT record FROM records WHERE chain_uid = $1 AND chain_seq = $2
+                     UNION ALL SELECT record FROM chain_superseded WHERE chain_uid = $1 AND chain_seq = $2
+                     LIMIT 1",
+                    &[&head.uid, &cut],
+                )
+                .await?;
+            let stored = row.and_then(|r| crate::chain::Stored::parse(&r.get::<_, String>(0)).ok());
+            if let Some(stored) = stored {
+                cuts.push(ChainHead {
+                    uid: head.uid,
+                    seq: cut as u64,
+                    hash: stored.link.hash,
+                });
+            }
+        }
+        Ok(cuts)
+    }
+
+    async fn scan(
+        &self,
+        superseded: bool,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<ScannedRow>, StoreError> {
+        let sql = if superseded {
+            "SELECT seq, record, chain_uid, chain_seq, NULL::text, NULL::bigint, NULL::text, NULL::text, NULL::text, NULL::text, NULL::text
+             FROM chain_superseded WHERE seq > $1 ORDER BY seq LIMIT $2"
+        } else {
+            "SELECT seq, record, chain_uid, chain_seq, id, time_us, operation, actor, request_id, outcome, tenant
+             FROM records WHERE seq > $1 ORDER BY seq LIMIT $2"
+        };
+        let rows = self.reader.query(sql, &[&after, &(limit as i64)]).await?;
+        Ok(rows
+            .iter()
+            .map(|r| ScannedRow {
+                store_seq: r.get(0),
+                json: r.get(1),
+                chain: match (r.get::<_, Option<String>>(2), r.get::<_, Option<i64>>(3)) {
+                    (Some(uid), Some(seq)) => Some((uid, seq)),
+                    _ => None,
+                },
+                columns: r.get::<_, Option<String>>(4).map(|id| Columns {
+                    id,
+                    time_us: r.get(5),
+                    operation: r.get(6),
+                    actor: r.get(7),
+                    request_id: r.get(8),
+                    outcome: r.get(9),
+                    tenant: r.get(10),
+                }),
+            })
+            .collect())
+    }
+
+    async fn save_checkpoint(
+        &self,
+        checkpoint: &crate::chain::Checkpoint,
+        note: &str,
+    ) -> Result<(), StoreError> {
+        self.writer
+            .lock()
+            .await
+            .execute(
+                "INSERT INTO checkpoints (uid, size, retention, note) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT DO NOTHING",
+                &[
+                    &checkpoint.uid,
+                    &(checkpoint.size as i64),
+                    &checkpoint.retention,
+                    &note,
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn checkpoints(&self) -> Result<Vec<String>, StoreError> {
+        let rows = self
+            .reader
+            .query("SELECT note FROM checkpoints ORDER BY seq", &[])
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
     /// The months the batch falls in get their partitions first; see `insert_halves`.
     async fn insert(&self, records: &[Incoming]) -> Result<usize, StoreError> {
+        let head = self.chain.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(head) = head {
+            self.ensure_partitions(records).await?;
+            let (inserted, head) = insert_chained(&self.writer, records, head).await?;
+            *self.chain.lock().unwrap_or_else(|p| p.into_inner()) = Some(head);
+            return Ok(inserted);
+        }
         self.ensure_partitions(records).await?;
         match self.insert_halves(records).await {
             // Another writer's retention dropped a month this one thought was there (a late
@@ -588,11 +964,46 @@ impl Store for PostgresStore {
 
     /// Months wholly before `before` are dropped as partitions, in a short transaction of
     /// their own; the records of the month `before` falls in are deleted row by row first.
-    async fn delete_before(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+    async fn delete_before(
+        &self,
+        before: DateTime<Utc>,
+        cuts: &[ChainHead],
+    ) -> Result<u64, StoreError> {
         let cut = Month::of(before.timestamp_micros());
         let (before, cut_start) = (before.timestamp_micros(), cut.start_us());
         let mut client = self.writer.lock().await;
         let tx = client.transaction().await?;
+        let cut_uids: Vec<&str> = cuts.iter().map(|c| c.uid.as_str()).collect();
+        let cut_seqs: Vec<i64> = cuts.iter().map(|c| c.seq as i64).collect();
+        let cut_hashes: Vec<String> = cuts.iter().map(|c| crate::chain::hex(&c.hash)).collect();
+        tx.execute(
+            "INSERT INTO chain_floors (uid, seq, hash)
+             SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[])
+             ON CONFLICT (uid) DO UPDATE SET seq = excluded.seq, hash = excluded.hash
+             WHERE excluded.seq > chain_floors.seq",
+            &[&cut_uids, &cut_seqs, &cut_hashes],
+        )
+        .await?;
+        tx.execute(
+            "DELETE FROM chain_superseded s USING UNNEST($1::text[], $2::bigint[]) c(uid, seq)
+             WHERE s.chain_uid = c.uid AND s.chain_seq <= c.seq",
+            &[&cut_uids, &cut_seqs],
+        )
+        .await?;
+        // A month holding a chained record above its chain's cut (or of a chain without one)
+        // is not dropped whole: its old records go one by one, the rest stay.
+        let keeps =
+            "EXISTS (SELECT 1 FROM records k LEFT JOIN UNNEST($1::text[], $2::bigint[]) c(uid, seq)
+                     ON c.uid = k.chain_uid WHERE k.time_us < $3 AND k.chain_uid IS NOT NULL
+                     AND (c.seq IS NULL OR k.chain_seq > c.seq))";
+        let held: bool = tx
+            .query_one(
+                &format!("SELECT {keeps}"),
+                &[&cut_uids, &cut_seqs, &cut_start],
+            )
+            .await?
+            .get(0);
+        let cut_start = if held { i64::MIN } else { cut_start };
         // What the deleted records said of their producers' sequences stays known, so that
         // `/gaps` does not report the deleted range as lost.
         tx.execute(
@@ -615,13 +1026,14 @@ impl Store for PostgresStore {
         // `resources` leads with the time).
         let deleted = tx
             .execute(
-                "DELETE FROM records WHERE time_us >= $1 AND time_us < $2",
-                &[&cut_start, &before],
+                "DELETE FROM records r WHERE time_us >= $1 AND time_us < $2
+                 AND (r.chain_uid IS NULL OR r.chain_seq <= (SELECT c.seq FROM UNNEST($3::text[], $4::bigint[]) c(uid, seq) WHERE c.uid = r.chain_uid))",
+                &[&cut_start, &before, &cut_uids, &cut_seqs],
             )
             .await?;
         tx.commit().await?;
 
-        if partition_months(&*client).await?.iter().any(|m| *m < cut) {
+        if !held && partition_months(&*client).await?.iter().any(|m| *m < cut) {
             let tx = client.transaction().await?;
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PARTITION_LOCK])
                 .await?;

@@ -10,8 +10,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::mpsc;
 
 use super::{
-    Cursor, Dialect, GAPS_SQL, Gap, Incoming, LINKED_SQL, OPERATIONS_SQL, Page, Param, Query, Row,
-    Store, StoreError, page_sql,
+    ChainHead, Chained, Columns, Cursor, Dialect, GAPS_SQL, Gap, Incoming, LINKED_SQL,
+    OPERATIONS_SQL, Page, Param, Query, Row, ScannedRow, Store, StoreError, page_sql,
 };
 
 const SCHEMA: &str = r#"
@@ -27,7 +27,9 @@ CREATE TABLE IF NOT EXISTS records (
     origin_instance TEXT,
     origin_seq      INTEGER,
     record          TEXT    NOT NULL,
-    tenant          TEXT
+    tenant          TEXT,
+    chain_uid       TEXT,
+    chain_seq       INTEGER
 );
 CREATE INDEX IF NOT EXISTS records_time      ON records (time_us, seq);
 CREATE INDEX IF NOT EXISTS records_tenant    ON records (tenant, time_us, seq);
@@ -71,6 +73,32 @@ CREATE TABLE IF NOT EXISTS origin_crashes (
     to_seq   INTEGER NOT NULL,
     PRIMARY KEY (instance, from_seq, to_seq)
 );
+-- The evidence (crate::chain): each chain's head, the received records a complete one
+-- replaced (they keep their link), retention's cuts, and the signed checkpoints.
+CREATE TABLE IF NOT EXISTS chain_heads (
+    uid  TEXT    PRIMARY KEY,
+    seq  INTEGER NOT NULL,
+    hash TEXT    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS chain_superseded (
+    seq       INTEGER PRIMARY KEY AUTOINCREMENT,
+    chain_uid TEXT    NOT NULL,
+    chain_seq INTEGER NOT NULL,
+    record    TEXT    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS chain_floors (
+    uid  TEXT    PRIMARY KEY,
+    seq  INTEGER NOT NULL,
+    hash TEXT    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    seq       INTEGER PRIMARY KEY AUTOINCREMENT,
+    uid       TEXT    NOT NULL,
+    size      INTEGER NOT NULL,
+    retention INTEGER NOT NULL,
+    note      TEXT    NOT NULL,
+    UNIQUE (uid, size, retention)
+);
 PRAGMA user_version = 2;
 "#;
 
@@ -98,6 +126,8 @@ const BUCKET_BITS: u32 = 2;
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     path: PathBuf,
+    /// The chain inserts extend, once `chain_as` has named it.
+    chain: Arc<Mutex<Option<ChainHead>>>,
     writer: Arc<Mutex<Connection>>,
     reader: Arc<Mutex<Connection>>,
     _checkpoints: Arc<Checkpointer>,
@@ -181,6 +211,7 @@ impl SqliteStore {
         let reader = connect(&path)?;
         Ok(SqliteStore {
             _checkpoints: Arc::new(Checkpointer::start(&path)?),
+            chain: Arc::new(Mutex::new(None)),
             path,
             writer: Arc::new(Mutex::new(writer)),
             reader: Arc::new(Mutex::new(reader)),
@@ -225,6 +256,21 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             .is_some();
     if has_records && !has_tenant {
         tx.execute_batch("ALTER TABLE records ADD COLUMN tenant TEXT")?;
+    }
+    // A file from before the chain gets its columns (its records stay unchained).
+    let has_chain = has_records
+        && tx
+            .query_row(
+                "SELECT 1 FROM pragma_table_info('records') WHERE name = 'chain_uid'",
+                [],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+    if has_records && !has_chain {
+        tx.execute_batch(
+            "ALTER TABLE records ADD COLUMN chain_uid TEXT; ALTER TABLE records ADD COLUMN chain_seq INTEGER;",
+        )?;
     }
     if has_records && version < 2 {
         tx.execute_batch(MIGRATE_1_TO_2)?;
@@ -334,9 +380,309 @@ fn page(conn: &Connection, query: &Query) -> Result<Page, StoreError> {
     })
 }
 
+/// Inserts `rows` in one transaction, each new record the next link of the chain after
+/// `head`; a complete record replacing its received one is a new link too, and the received
+/// record keeps its link in `chain_superseded`. Returns the records stored and the new head.
+fn insert_chained(
+    conn: &mut Connection,
+    rows: &[Row],
+    chained: Vec<Chained>,
+    mut head: ChainHead,
+) -> Result<(usize, ChainHead), StoreError> {
+    let tx = conn.transaction()?;
+    let mut inserted = 0;
+    {
+        let mut existing = tx.prepare_cached(
+            "SELECT seq, outcome, record, chain_uid, chain_seq FROM records WHERE id = ?",
+        )?;
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO records (id, time_us, record, operation, actor, request_id, outcome, status, origin_instance, origin_seq, tenant, chain_uid, chain_seq)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq",
+        )?;
+        let mut replace = tx.prepare_cached(
+            "UPDATE records SET record = ?, tenant = ?, operation = ?, actor = ?, request_id = ?,
+                 outcome = ?, status = ?, chain_uid = ?, chain_seq = ? WHERE seq = ?",
+        )?;
+        let mut supersede = tx.prepare_cached(
+            "INSERT INTO chain_superseded (chain_uid, chain_seq, record) VALUES (?, ?, ?)",
+        )?;
+        let mut resource = tx.prepare_cached(
+            "INSERT OR IGNORE INTO resources (bucket, key, record_seq) VALUES (?, ?, ?)",
+        )?;
+        let mut link =
+            tx.prepare_cached("INSERT OR IGNORE INTO resource_links (a, b) VALUES (?, ?)")?;
+        let mut crash = tx.prepare_cached(
+            "INSERT OR IGNORE INTO origin_crashes (instance, from_seq, to_seq) VALUES (?, ?, ?)",
+        )?;
+        let mut buckets = Vec::new();
+        for (r, c) in rows.iter().zip(chained) {
+            type Found = (i64, String, String, Option<String>, Option<i64>);
+            let found: Option<Found> = existing
+                .query_row([&r.id], |row| {
+                    Ok((
+                        row.get(0)?,
+                        row.get(1)?,
+                        row.get(2)?,
+                        row.get(3)?,
+                        row.get(4)?,
+                    ))
+                })
+                .optional()?;
+            if let (Some(instance), Some((from, to))) = (&r.instance, r.after_crash) {
+                crash.execute(params![instance, from, to])?;
+            }
+            for (a, b) in &r.links {
+                link.execute(params![a, b])?;
+            }
+            let next = head.next(c.canonical.text().as_bytes());
+            let json = c.canonical.chained(&next);
+            let record_seq = match found {
+                None => insert.query_row(
+                    params![
+                        r.id,
+                        r.time_us,
+                        json,
+                        r.operation,
+                        r.actor,
+                        r.request_id,
+                        r.outcome,
+                        r.status,
+                        r.instance,
+                        r.origin_seq,
+                        r.tenant,
+                        next.uid,
+                        next.seq as i64
+                    ],
+                    |row| row.get::<_, i64>(0),
+                )?,
+                Some((seq, outcome, old, old_uid, old_seq))
+                    if outcome == "unknown" && r.outcome != "unknown" =>
+                {
+                    if let (Some(uid), Some(at)) = (old_uid, old_seq) {
+                        supersede.execute(params![uid, at, old])?;
+                    }
+                    replace.execute(params![
+                        json,
+                        r.tenant,
+                        r.operation,
+                        r.actor,
+                        r.request_id,
+                        r.outcome,
+                        r.status,
+                        next.uid,
+                        next.seq as i64,
+                        seq
+                    ])?;
+                    seq
+                }
+                Some(_) => continue, // already stored: exactly once
+            };
+            head.advance(&next);
+            inserted += 1;
+            let bucket = record_seq >> BUCKET_BITS;
+            if buckets.last() != Some(&bucket) {
+                buckets.push(bucket);
+            }
+            for key in &r.keys {
+                resource.execute(params![bucket, key, record_seq])?;
+            }
+        }
+        let mut bucket_row =
+            tx.prepare_cached("INSERT OR IGNORE INTO resource_buckets (bucket) VALUES (?)")?;
+        for bucket in buckets {
+            bucket_row.execute([bucket])?;
+        }
+        tx.execute(
+            "INSERT INTO chain_heads (uid, seq, hash) VALUES (?, ?, ?)
+             ON CONFLICT (uid) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+            params![head.uid, head.seq as i64, crate::chain::hex(&head.hash)],
+        )?;
+    }
+    tx.commit()?;
+    Ok((inserted, head))
+}
+
+/// Chain heads (or floors) from rows of `(uid, seq, hash)`.
+fn heads(conn: &Connection, sql: &str) -> Result<Vec<ChainHead>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, String>(2)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (uid, seq, hash) = row?;
+        out.push(ChainHead::read(uid, seq, &hash)?);
+    }
+    Ok(out)
+}
+
 #[async_trait::async_trait]
 impl Store for SqliteStore {
+    async fn chain_as(&self, uid: &str) -> Result<ChainHead, StoreError> {
+        let owned = uid.to_owned();
+        let found = Self::with(&self.writer, move |conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT uid, seq, hash FROM chain_heads WHERE uid = ?")?;
+            let row = stmt
+                .query_row([&owned], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
+                })
+                .optional()?;
+            row.map(|(uid, seq, hash)| ChainHead::read(uid, seq, &hash))
+                .transpose()
+        })
+        .await?;
+        let head = found.unwrap_or_else(|| ChainHead::empty(uid));
+        *self.chain.lock().unwrap_or_else(|p| p.into_inner()) = Some(head.clone());
+        Ok(head)
+    }
+
+    async fn chain_heads(&self) -> Result<Vec<ChainHead>, StoreError> {
+        Self::with(&self.reader, |conn| {
+            heads(conn, "SELECT uid, seq, hash FROM chain_heads ORDER BY uid")
+        })
+        .await
+    }
+
+    async fn chain_floors(&self) -> Result<Vec<ChainHead>, StoreError> {
+        Self::with(&self.reader, |conn| {
+            heads(conn, "SELECT uid, seq, hash FROM chain_floors ORDER BY uid")
+        })
+        .await
+    }
+
+    async fn retention_cuts(&self, before: DateTime<Utc>) -> Result<Vec<ChainHead>, StoreError> {
+        let before = before.timestamp_micros();
+        Self::with(&self.reader, move |conn| {
+            // The first link of each chain that is not old enough; the cut is the link before
+            // it (or the head, when every link is old enough).
+            let mut cuts = Vec::new();
+            for head in heads(conn, "SELECT uid, seq, hash FROM chain_heads")? {
+                let first_young: Option<i64> = conn.query_row(
+                    "SELECT MIN(chain_seq) FROM records WHERE chain_uid = ? AND time_us >= ?",
+                    params![head.uid, before],
+                    |r| r.get(0),
+                )?;
+                let cut = first_young.map_or(head.seq as i64, |s| s - 1);
+                if cut < 1 {
+                    continue;
+                }
+                let json: Option<String> = conn
+                    .query_row(
+                        "SELECT record FROM records WHERE chain_uid = ? AND chain_seq = ?
+                         UNION ALL SELECT record FROM chain_superseded WHERE chain_uid = ? AND chain_seq = ?",
+                        params![head.uid, cut, head.uid, cut],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if let Some(stored) = json.and_then(|j| crate::chain::Stored::parse(&j).ok()) {
+                    cuts.push(ChainHead {
+                        uid: head.uid,
+                        seq: cut as u64,
+                        hash: stored.link.hash,
+                    });
+                }
+            }
+            Ok(cuts)
+        })
+        .await
+    }
+
+    async fn scan(
+        &self,
+        superseded: bool,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<ScannedRow>, StoreError> {
+        Self::with(&self.reader, move |conn| {
+            let sql = if superseded {
+                "SELECT seq, record, chain_uid, chain_seq, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+                 FROM chain_superseded WHERE seq > ? ORDER BY seq LIMIT ?"
+            } else {
+                "SELECT seq, record, chain_uid, chain_seq, id, time_us, operation, actor, request_id, outcome, tenant
+                 FROM records WHERE seq > ? ORDER BY seq LIMIT ?"
+            };
+            let mut stmt = conn.prepare_cached(sql)?;
+            let rows = stmt.query_map(params![after, limit as i64], |r| {
+                let chain = match (r.get::<_, Option<String>>(2)?, r.get::<_, Option<i64>>(3)?) {
+                    (Some(uid), Some(seq)) => Some((uid, seq)),
+                    _ => None,
+                };
+                let columns = match r.get::<_, Option<String>>(4)? {
+                    Some(id) => Some(Columns {
+                        id,
+                        time_us: r.get(5)?,
+                        operation: r.get(6)?,
+                        actor: r.get(7)?,
+                        request_id: r.get(8)?,
+                        outcome: r.get(9)?,
+                        tenant: r.get(10)?,
+                    }),
+                    None => None,
+                };
+                Ok(ScannedRow {
+                    store_seq: r.get(0)?,
+                    json: r.get(1)?,
+                    chain,
+                    columns,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn save_checkpoint(
+        &self,
+        checkpoint: &crate::chain::Checkpoint,
+        note: &str,
+    ) -> Result<(), StoreError> {
+        let (uid, size, retention, note) = (
+            checkpoint.uid.clone(),
+            checkpoint.size as i64,
+            checkpoint.retention,
+            note.to_owned(),
+        );
+        Self::with(&self.writer, move |conn| {
+            conn.execute(
+                "INSERT OR IGNORE INTO checkpoints (uid, size, retention, note) VALUES (?, ?, ?, ?)",
+                params![uid, size, retention, note],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn checkpoints(&self) -> Result<Vec<String>, StoreError> {
+        Self::with(&self.reader, |conn| {
+            let mut stmt = conn.prepare_cached("SELECT note FROM checkpoints ORDER BY seq")?;
+            let notes = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            Ok(notes.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
     async fn insert(&self, records: &[Incoming]) -> Result<usize, StoreError> {
+        let head = self.chain.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(head) = head {
+            let rows = Row::all(records);
+            let chained = Chained::all(records)?;
+            let state = self.chain.clone();
+            return Self::with(&self.writer, move |conn| {
+                let (inserted, head) = insert_chained(conn, &rows, chained, head)?;
+                *state.lock().unwrap_or_else(|p| p.into_inner()) = Some(head);
+                Ok(inserted)
+            })
+            .await;
+        }
         let rows = Row::all(records);
         Self::with(&self.writer, move |conn| {
             let tx = conn.transaction()?;
@@ -474,22 +820,58 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn delete_before(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+    async fn delete_before(
+        &self,
+        before: DateTime<Utc>,
+        cuts: &[ChainHead],
+    ) -> Result<u64, StoreError> {
         let before = before.timestamp_micros();
+        let cuts = cuts.to_vec();
         Self::with(&self.writer, move |conn| {
             let tx = conn.transaction()?;
+            // Which records may go: unchained ones by age alone; chained ones also at or below
+            // their chain's cut, so that retention leaves no hole above a signed floor.
+            tx.execute_batch(
+                "CREATE TEMP TABLE IF NOT EXISTS retention_cuts (uid TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+                 DELETE FROM retention_cuts;",
+            )?;
+            for cut in &cuts {
+                tx.execute(
+                    "INSERT INTO retention_cuts (uid, seq) VALUES (?, ?)",
+                    params![cut.uid, cut.seq as i64],
+                )?;
+                tx.execute(
+                    "INSERT INTO chain_floors (uid, seq, hash) VALUES (?, ?, ?)
+                     ON CONFLICT (uid) DO UPDATE SET seq = excluded.seq, hash = excluded.hash
+                     WHERE excluded.seq > chain_floors.seq",
+                    params![cut.uid, cut.seq as i64, crate::chain::hex(&cut.hash)],
+                )?;
+                tx.execute(
+                    "DELETE FROM chain_superseded WHERE chain_uid = ? AND chain_seq <= ?",
+                    params![cut.uid, cut.seq as i64],
+                )?;
+            }
+            tx.execute_batch(
+                "CREATE TEMP VIEW IF NOT EXISTS retention_goes AS
+                 SELECT r.seq, r.time_us FROM records r LEFT JOIN retention_cuts c ON c.uid = r.chain_uid
+                 WHERE r.chain_uid IS NULL OR r.chain_seq <= c.seq;",
+            )?;
             tx.execute(
                 "INSERT INTO origin_floor (instance, seq)
                  SELECT origin_instance, MAX(origin_seq) FROM records
-                 WHERE time_us < ? AND origin_instance IS NOT NULL GROUP BY origin_instance
+                 WHERE seq IN (SELECT seq FROM retention_goes WHERE time_us < ?)
+                   AND origin_instance IS NOT NULL GROUP BY origin_instance
                  ON CONFLICT (instance) DO UPDATE SET seq = MAX(seq, excluded.seq)",
                 [before],
             )?;
             tx.execute(
-                "DELETE FROM resources WHERE record_seq IN (SELECT seq FROM records WHERE time_us < ?)",
+                "DELETE FROM resources WHERE record_seq IN (SELECT seq FROM retention_goes WHERE time_us < ?)",
                 [before],
             )?;
-            let deleted = tx.execute("DELETE FROM records WHERE time_us < ?", [before])?;
+            let deleted = tx.execute(
+                "DELETE FROM records WHERE seq IN (SELECT seq FROM retention_goes WHERE time_us < ?)",
+                [before],
+            )?;
             tx.execute(
                 "DELETE FROM resource_buckets
                  WHERE NOT EXISTS (SELECT 1 FROM resources r WHERE r.bucket = resource_buckets.bucket)",
