@@ -48,6 +48,10 @@ pub(crate) struct LogsArgs {
     /// How to print
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
+    /// Keep printing records as they are stored (oldest first, one per line), until stopped:
+    /// for a shipper (Vector, Fluent Bit, a SIEM forwarder) to take them from here.
+    #[arg(long, conflicts_with = "history")]
+    follow: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -58,9 +62,36 @@ enum Format {
     Json,
     /// One record per line
     Ndjson,
+    /// RFC 4180 CSV, with a header row
+    Csv,
+    /// OCSF API Activity (class 6003), one event per line
+    Ocsf,
+    /// Elastic Common Schema, one document per line
+    Ecs,
+    /// ArcSight CEF, one line per record
+    Cef,
+}
+
+impl Format {
+    /// The writer's export format of the same name, for those it has.
+    fn export(self) -> Option<auditgate_writer::export::Format> {
+        use auditgate_writer::export::Format as Export;
+        match self {
+            Format::Csv => Some(Export::Csv),
+            Format::Ocsf => Some(Export::Ocsf),
+            Format::Ecs => Some(Export::Ecs),
+            Format::Cef => Some(Export::Cef),
+            Format::Table | Format::Json | Format::Ndjson => None,
+        }
+    }
 }
 
 pub(crate) fn run(args: LogsArgs) -> ExitCode {
+    if args.follow {
+        let Err(e) = follow(&args);
+        eprintln!("auditgate logs: {e:#}");
+        return ExitCode::FAILURE;
+    }
     match fetch(&args).and_then(|records| print(&args, &records)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -145,7 +176,85 @@ fn fetch(args: &LogsArgs) -> anyhow::Result<Vec<Value>> {
     Ok(records)
 }
 
+/// How far back each poll of `--follow` looks again: a record stored late, with a time up to
+/// this much older than the newest one seen, is still printed (once).
+const FOLLOW_OVERLAP: chrono::Duration = chrono::Duration::seconds(120);
+
+/// Polls the writer every second for records newer than the newest seen (less the overlap)
+/// and prints those not printed yet, oldest first, flushing each batch.
+fn follow(args: &LogsArgs) -> anyhow::Result<std::convert::Infallible> {
+    use std::io::Write as _;
+    let mut seen: std::collections::HashMap<String, DateTime<chrono::Utc>> =
+        std::collections::HashMap::new();
+    let mut since = args.since.clone();
+    let (mut header, mut wrote_header) = (true, false);
+    loop {
+        // The first poll shows the newest `--limit`, as `tail -f` does; later ones all that came.
+        let polled = LogsArgs {
+            since: since.clone(),
+            limit: if header { args.limit } else { 10_000 },
+            follow: false,
+            server: args.server.clone(),
+            token: args.token.clone(),
+            operation: args.operation.clone(),
+            actor: args.actor.clone(),
+            resource: args.resource.clone(),
+            request_id: args.request_id.clone(),
+            outcome: args.outcome.clone(),
+            until: None,
+            history: None,
+            format: args.format,
+        };
+        let mut records = fetch(&polled)?;
+        records.reverse(); // oldest first
+        let fresh: Vec<Value> = records
+            .into_iter()
+            .filter(|r| {
+                let id = r["id"].as_str().unwrap_or_default().to_owned();
+                let time = r["time"]
+                    .as_str()
+                    .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                    .map(|t| t.with_timezone(&chrono::Utc))
+                    .unwrap_or_default();
+                seen.insert(id, time).is_none()
+            })
+            .collect();
+        if !fresh.is_empty() {
+            let mut out = std::io::stdout().lock();
+            for record in &fresh {
+                match args.format.export() {
+                    Some(format) => {
+                        if !wrote_header && format == auditgate_writer::export::Format::Csv {
+                            out.write_all(&format.start())?;
+                            wrote_header = true;
+                        }
+                        writeln!(out, "{}", format.one(&record.to_string()))?;
+                    }
+                    None => writeln!(out, "{record}")?,
+                }
+            }
+            out.flush()?;
+        }
+        header = false;
+        if let Some(newest) = seen.values().max().copied() {
+            let from = newest - FOLLOW_OVERLAP;
+            seen.retain(|_, t| *t >= from);
+            since = Some(from.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+}
+
 fn print(args: &LogsArgs, records: &[Value]) -> anyhow::Result<()> {
+    if let Some(format) = args.format.export() {
+        use std::io::Write as _;
+        let stored: Vec<String> = records.iter().map(Value::to_string).collect();
+        let mut out = std::io::stdout().lock();
+        out.write_all(&format.start())?;
+        out.write_all(&format.page(&stored, true))?;
+        out.write_all(&format.end())?;
+        return Ok(());
+    }
     match args.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(records)?),
         Format::Ndjson => {
@@ -154,6 +263,7 @@ fn print(args: &LogsArgs, records: &[Value]) -> anyhow::Result<()> {
             }
         }
         Format::Table => print_table(records),
+        Format::Csv | Format::Ocsf | Format::Ecs | Format::Cef => {}
     }
     Ok(())
 }

@@ -21,8 +21,9 @@
 //! // The first link of a chain, and the record as stored.
 //! let link = Link::after(None, "writer-1", canonical.text().as_bytes());
 //! assert_eq!(link.seq, 1);
+//! // Stored as it arrived, with its link added.
 //! let stored = canonical.chained(&link);
-//! assert!(stored.starts_with(r#"{"a":[true,null,"é\n"],"b":1.5,"chain":{"hash":""#));
+//! assert!(stored.starts_with(r#"{"b": 1.50, "a": [true, null, "é\n"],"chain":{"hash":""#));
 //! assert_eq!(chain::Stored::parse(&stored).unwrap().recomputed, link.hash);
 //!
 //! // A signed checkpoint of the chain's head, opened with the public key.
@@ -137,6 +138,9 @@ pub struct Canonical {
     /// Byte offset of the first top-level member that sorts after `chain`, or of the closing
     /// brace.
     chain_at: usize,
+    /// The JSON as it arrived, when it holds no `chain` of its own: the record is stored as
+    /// that text with its chain added, so that what the producer wrote is served unchanged.
+    source: Option<String>,
 }
 
 impl Canonical {
@@ -144,7 +148,11 @@ impl Canonical {
     pub fn of(json: &str) -> Result<Canonical, ChainError> {
         let value: Value =
             serde_json::from_str(json).map_err(|e| ChainError::NotAnObject(e.to_string()))?;
-        Canonical::of_value(&value)
+        let mut canonical = Canonical::of_value(&value)?;
+        if value.get("chain").is_none() {
+            canonical.source = Some(json.trim().to_owned());
+        }
+        Ok(canonical)
     }
 
     /// [`Canonical::of`] for a parsed record.
@@ -172,7 +180,11 @@ impl Canonical {
         }
         let chain_at = chain_at.unwrap_or(text.len());
         text.push('}');
-        Ok(Canonical { text, chain_at })
+        Ok(Canonical {
+            text,
+            chain_at,
+            source: None,
+        })
     }
 
     /// The canonical JSON (what the hash covers).
@@ -180,9 +192,16 @@ impl Canonical {
         &self.text
     }
 
-    /// The record as stored: the canonical JSON with `chain` in its place.
+    /// The record as stored: the JSON as it arrived with `chain` added last (or, for a record
+    /// that came with a `chain` of its own, the canonical JSON with `chain` in its place).
     pub fn chained(&self, link: &Link) -> String {
         let member = format!(r#""chain":{}"#, link.json());
+        if let Some(source) = &self.source
+            && let Some(body) = source.strip_suffix('}')
+        {
+            let empty = body.trim_end() == "{";
+            return format!("{body}{}{member}}}", if empty { "" } else { "," });
+        }
         let (before, after) = self.text.split_at(self.chain_at);
         let mut out = String::with_capacity(self.text.len() + member.len() + 2);
         out.push_str(before);
@@ -282,8 +301,10 @@ fn write_string(out: &mut String, s: &str) {
 /// the shortest digits that read back, as an integer up to 21 digits, as a decimal fraction down
 /// to 1e-6, and with an exponent beyond.
 pub fn es_number(n: &serde_json::Number) -> String {
+    // A number beyond a double's range (`1e400`, which a client may send) has no ECMAScript
+    // form; RFC 8785 cannot hold it. It stays as written, so that it is still covered.
     let Some(x) = n.as_f64().filter(|x| x.is_finite()) else {
-        return "null".to_owned(); // JSON text holds no NaN or infinity: unreachable
+        return n.to_string();
     };
     if x == 0.0 {
         return "0".to_owned();
@@ -652,7 +673,8 @@ mod tests {
             (r#"{"z":1}"#, "{\"chain\":"),
             (r#"{"a":1,"z":2,"chain":"forged"}"#, "{\"a\":1,\"chain\":"),
         ] {
-            let stored = Canonical::of(json).unwrap().chained(&link);
+            let value: Value = serde_json::from_str(json).unwrap();
+            let stored = Canonical::of_value(&value).unwrap().chained(&link);
             assert!(stored.starts_with(prefix), "{stored}");
             let value: Value = serde_json::from_str(&stored).unwrap();
             assert_eq!(value["chain"]["uid"], "w");
@@ -663,6 +685,28 @@ mod tests {
                 Canonical::of_value(&without).unwrap().text()
             );
         }
+    }
+
+    #[test]
+    fn a_record_is_stored_as_it_arrived_with_its_link_added() {
+        let link = Link::after(None, "w", b"x");
+        let json = r#"{"z": 1, "big": 1e400, "n": 9007199254740993}"#;
+        let stored = Canonical::of(json).unwrap().chained(&link);
+        assert!(stored.starts_with(r#"{"z": 1, "big": 1e400, "n": 9007199254740993,"chain":"#));
+        let value: Value = serde_json::from_str(&stored).unwrap();
+        assert_eq!(value["big"].to_string(), "1e+400");
+        assert_eq!(
+            Canonical::of("{}")
+                .unwrap()
+                .chained(&link)
+                .find("\"chain\""),
+            Some(1)
+        );
+        // A record that came with a chain of its own is stored canonically, without it.
+        let forged = Canonical::of(r#"{"a":1,"chain":"forged"}"#)
+            .unwrap()
+            .chained(&link);
+        assert!(forged.starts_with(r#"{"a":1,"chain":{"hash""#), "{forged}");
     }
 
     #[test]

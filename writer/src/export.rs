@@ -1,5 +1,7 @@
-//! The formats of `GET /api/v1/export?format=`: the stored records as one JSON array (the
-//! default), or as CSV, one row per record, for the spreadsheet an auditor opens.
+//! The formats of `GET /api/v1/export?format=` and `auditgate logs --format`: the stored
+//! records as one JSON array (the default); CSV, one row per record, for the spreadsheet an
+//! auditor opens; and what SIEMs read: OCSF API Activity (class 6003) and Elastic ECS, one JSON
+//! object per line, and ArcSight CEF, one line per record.
 //!
 //! An export streams: the store hands over a page at a time and each format encodes it on its
 //! own, so memory stays bounded whatever the number of records.
@@ -28,6 +30,12 @@ pub enum Format {
     Json,
     /// RFC 4180 CSV with a header row: the fields an audit-log page shows, flattened.
     Csv,
+    /// OCSF 1.3 API Activity (class 6003), one event per line.
+    Ocsf,
+    /// Elastic Common Schema 8, one document per line.
+    Ecs,
+    /// ArcSight Common Event Format, one line per record.
+    Cef,
 }
 
 /// The CSV columns, in order.
@@ -59,18 +67,23 @@ impl Format {
         match name {
             "json" => Some(Format::Json),
             "csv" => Some(Format::Csv),
+            "ocsf" => Some(Format::Ocsf),
+            "ecs" => Some(Format::Ecs),
+            "cef" => Some(Format::Cef),
             _ => None,
         }
     }
 
     /// The names `parse` accepts, for an error message.
-    pub const NAMES: &'static str = "json or csv";
+    pub const NAMES: &'static str = "json, csv, ocsf, ecs or cef";
 
     /// The answer's `Content-Type`.
     pub fn content_type(self) -> &'static str {
         match self {
             Format::Json => "application/json",
             Format::Csv => "text/csv; charset=utf-8",
+            Format::Ocsf | Format::Ecs => "application/x-ndjson",
+            Format::Cef => "text/plain; charset=utf-8",
         }
     }
 
@@ -79,6 +92,9 @@ impl Format {
         match self {
             Format::Json => "json",
             Format::Csv => "csv",
+            Format::Ocsf => "ocsf.ndjson",
+            Format::Ecs => "ecs.ndjson",
+            Format::Cef => "cef",
         }
     }
 
@@ -87,6 +103,25 @@ impl Format {
         match self {
             Format::Json => Bytes::from_static(b"[\n"),
             Format::Csv => Bytes::from(format!("{}\r\n", CSV_COLUMNS.join(","))),
+            Format::Ocsf | Format::Ecs | Format::Cef => Bytes::new(),
+        }
+    }
+
+    /// One stored record (its JSON) in this format, without a separator; for `Json`, the
+    /// record as stored.
+    pub fn one(self, json: &str) -> String {
+        let record = || serde_json::from_str::<Value>(json).unwrap_or(Value::Null);
+        match self {
+            Format::Json => json.to_owned(),
+            Format::Csv => {
+                let mut out = String::new();
+                csv_row(&mut out, json);
+                out.truncate(out.trim_end_matches("\r\n").len());
+                out
+            }
+            Format::Ocsf => crate::siem::ocsf(&record()).to_string(),
+            Format::Ecs => crate::siem::ecs(&record()).to_string(),
+            Format::Cef => crate::siem::cef(&record()),
         }
     }
 
@@ -107,6 +142,12 @@ impl Format {
                     csv_row(&mut out, record);
                 }
             }
+            Format::Ocsf | Format::Ecs | Format::Cef => {
+                for record in records {
+                    out.push_str(&self.one(record));
+                    out.push('\n');
+                }
+            }
         }
         Bytes::from(out)
     }
@@ -115,7 +156,7 @@ impl Format {
     pub fn end(self) -> Bytes {
         match self {
             Format::Json => Bytes::from_static(b"\n]\n"),
-            Format::Csv => Bytes::new(),
+            Format::Csv | Format::Ocsf | Format::Ecs | Format::Cef => Bytes::new(),
         }
     }
 }

@@ -39,6 +39,7 @@ pub mod export;
 pub mod ingest;
 pub mod metrics;
 pub mod minted;
+pub mod siem;
 pub mod store;
 pub mod verify;
 
