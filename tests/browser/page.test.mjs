@@ -194,6 +194,15 @@ try {
   assert.deepEqual(rows.slice(1).map((row) => row[1]), filtered.map((r) => r.id), "CSV export");
   assert.ok(rows.slice(1).every((row) => row.length === rows[0].length), "every CSV row has every column");
 
+  // Verify shows what /api/v1/verify reports: the demo's chain intact.
+  const report = await api("/api/v1/verify");
+  assert.equal(report.intact, true, JSON.stringify(report.problems));
+  await page.click("#verify");
+  await page.waitForFunction(() => document.querySelector("#verified.good, #verified.bad"));
+  const verified = await page.$eval("#verified", (e) => e.textContent);
+  assert.ok(verified.startsWith(`Intact: ${report.records} records`), verified);
+  assert.ok(verified.includes(`chain ${report.chains[0].uid}: links 1–${report.chains[0].last}`), verified);
+
   // Readable at 1 280 px: nothing wider than the window, the table included.
   await apply(async () => {});
   await shows(page, ids((await api("/api/v1/records?limit=50")).records), "the log again");
@@ -221,6 +230,7 @@ try {
   assert.equal(await tpage.textContent("#org"), tenant);
   await shows(tpage, ids((await api("/api/v1/records?limit=50", tenantToken)).records), "a tenant's log");
   assert.ok((await api("/api/v1/records?limit=50", tenantToken)).records.every((r) => r.tenant === tenant));
+  assert.ok(await tpage.$eval("#verify", (b) => b.classList.contains("hidden")), "a tenant's token cannot verify every tenant's chain");
 
   // A phone: the table becomes cards, nothing wider than the screen.
   const phone = await (await browser.newContext({ viewport: { width: 390, height: 844 } })).newPage();

@@ -313,7 +313,12 @@ async fn filters_pages_history_export_auth(store: &str) {
     assert_eq!(csv_ids, failed_assets);
     let r = writer.get("/api/v1/export?format=xml");
     assert_eq!(r.status, 400);
-    assert!(r.json()["error"].as_str().unwrap().contains("json or csv"));
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("json, csv, ocsf, ecs, cef or bundle")
+    );
 
     // Who the page is signed in as.
     assert_eq!(

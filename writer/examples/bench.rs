@@ -193,6 +193,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Drain it with the writer's loop.
     let store: Arc<dyn Store> = Arc::from(store::open(store_url).await?);
+    // The writer chains what it stores unless told not to (`chain: false`); CHAIN=0 measures
+    // what the chain costs.
+    let chained = std::env::var("CHAIN").map_or(true, |v| v != "0");
+    if chained {
+        store.chain_as("bench").await?;
+    }
     let mut redis_config = RedisConfig::new(url);
     redis_config.stream = stream.clone();
     let mut consumer_config = ConsumerConfig::new(redis_config, "bench");
@@ -231,14 +237,34 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err(format!("the store holds {stored} records, not {count}").into());
     }
     println!(
-        "drained into {}: {:.0} records/s ({count} in {took:.1?})",
+        "drained into {}, chain {}: {:.0} records/s ({count} in {took:.1?})",
         store_url.split("://").next().unwrap_or(store_url),
+        if chained { "on" } else { "off" },
         count as f64 / took.as_secs_f64()
     );
+    if chained {
+        let started = Instant::now();
+        let report = auditgate_writer::verify::verify_store(&*store, &[], None).await?;
+        println!(
+            "verified the chain of {} records in {:.1?}: {}",
+            report.records,
+            started.elapsed(),
+            if report.intact {
+                "intact"
+            } else {
+                "NOT intact"
+            }
+        );
+        for problem in report.problems.iter().take(5) {
+            println!("  {}: {}", problem.kind, problem.message);
+        }
+    }
 
     // What SQLite itself does with the same rows, in the same run: the target is the drain at
     // 0.95x this loop or better.
-    if let Some(path) = store_url.strip_prefix("sqlite://") {
+    if let Some(path) = store_url.strip_prefix("sqlite://")
+        && std::env::var("BARE").is_ok_and(|v| v == "1")
+    {
         let (file, options) = path.split_once('?').unwrap_or((path, ""));
         let bare = bare_sqlite_loop(&format!("{file}.bare?{options}"), &template, count)?;
         let drained = count as f64 / took.as_secs_f64();

@@ -75,7 +75,7 @@ impl Format {
     }
 
     /// The names `parse` accepts, for an error message.
-    pub const NAMES: &'static str = "json, csv, ocsf, ecs or cef";
+    pub const NAMES: &'static str = "json, csv, ocsf, ecs, cef";
 
     /// The answer's `Content-Type`.
     pub fn content_type(self) -> &'static str {

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use auditgate_queue::{Consumer, Delivery};
+use auditgate_queue::Consumer;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -41,7 +41,7 @@ pub async fn ingest(
     let mut failing_since: Option<(std::time::Instant, u64)> = None;
     let mut committing: Option<Committing> = None;
     let errors = Arc::new(ErrorLog::default());
-    let mut read: Vec<Delivery> = Vec::new();
+    let mut read: Vec<Pending> = Vec::new();
     loop {
         if committing.is_none() && !read.is_empty() {
             let batch = take_front(&mut read, commit_max);
@@ -83,7 +83,23 @@ pub async fn ingest(
                     finish(&mut consumer, c).await;
                 }
             }
-            Ok(batch) => read.extend(batch),
+            // A chaining store needs each record's canonical JSON: made here, while the
+            // commit in flight runs on the store's thread.
+            Ok(batch) => {
+                let chains = store.chains();
+                read.extend(batch.into_iter().map(|d| {
+                    let incoming = Incoming::new(d.record, d.json);
+                    Pending {
+                        key: d.key,
+                        entry_id: d.entry_id,
+                        incoming: if chains {
+                            incoming.canonicalized()
+                        } else {
+                            incoming
+                        },
+                    }
+                }))
+            }
             Err(e) => {
                 let (since, failures) = failing_since.get_or_insert((std::time::Instant::now(), 0));
                 if *failures % 10 == 0 {
@@ -115,15 +131,22 @@ pub async fn ingest(
     }
 }
 
+/// A delivery read and not yet committed: its stream entry and the record as the store takes it.
+struct Pending {
+    key: String,
+    entry_id: String,
+    incoming: Incoming,
+}
+
 /// The first `n` deliveries (or all, when fewer), leaving the rest.
-fn take_front(read: &mut Vec<Delivery>, n: usize) -> Vec<Delivery> {
+fn take_front(read: &mut Vec<Pending>, n: usize) -> Vec<Pending> {
     let rest = read.split_off(read.len().min(n));
     std::mem::replace(read, rest)
 }
 
 fn start_commit(
     store: &Arc<dyn Store>,
-    deliveries: Vec<Delivery>,
+    deliveries: Vec<Pending>,
     shutdown: &watch::Receiver<bool>,
     errors: &Arc<ErrorLog>,
 ) -> Committing {
@@ -131,7 +154,7 @@ fn start_commit(
     let mut records = Vec::with_capacity(deliveries.len());
     for d in deliveries {
         ids.push((d.key, d.entry_id));
-        records.push(Incoming::new(d.record, d.json));
+        records.push(d.incoming);
     }
     let task = tokio::spawn(commit(
         store.clone(),

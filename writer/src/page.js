@@ -248,6 +248,8 @@ function showHistory(resource, kind = "history") {
 
 function applyRole() {
   for (const e of document.querySelectorAll(".admin")) e.classList.toggle("hidden", role !== "admin");
+  // The chain covers every tenant's records: only an unscoped token may verify it.
+  for (const e of document.querySelectorAll(".unscoped")) if ($("org").textContent) e.classList.add("hidden");
   $("who").textContent = role === "admin" ? "administrator" : "viewer (resource history only)";
 }
 
@@ -298,6 +300,32 @@ async function exportAs(format) {
   } catch (e) { $("error").textContent = "Export failed: " + e.message; }
 }
 
+// What `auditgate verify` reports, from the writer's own view (`GET /api/v1/verify`): an
+// auditor who trusts nothing here runs the command with the public key instead.
+async function verifyLog() {
+  const out = $("verified");
+  out.classList.remove("hidden", "bad", "good");
+  out.textContent = "Verifying the chain…";
+  try {
+    const report = await api("/api/v1/verify");
+    const chains = report.chains.map((c) => {
+      const signed = c.newest_checkpoint ? `, signed up to link ${c.newest_checkpoint[0]} at ${fmtTime(c.newest_checkpoint[1])}` : ", no signed checkpoint yet";
+      return `chain ${c.uid}: links ${c.first ?? 0}–${c.last ?? 0}${signed}`;
+    });
+    out.replaceChildren();
+    out.classList.add(report.intact ? "good" : "bad");
+    out.append(el("strong", { textContent: report.intact
+      ? `Intact: ${report.records} records, ${report.checkpoints_verified} checkpoints verified.`
+      : `Tampered: ${report.problems.length} problem(s) found.` }));
+    const list = el("ul");
+    for (const line of chains) list.append(el("li", { textContent: line }));
+    for (const p of report.problems.slice(0, 20)) {
+      list.append(el("li", { className: "problem", textContent: `${p.kind}: ${p.id ? "record " + p.id + ": " : ""}${p.message}` }));
+    }
+    out.append(list);
+  } catch (e) { out.classList.add("bad"); out.textContent = "Verification failed: " + e.message; }
+}
+
 async function start() {
   await whoami();
   if (role === "admin") await loadOperations();
@@ -313,6 +341,7 @@ $("next").addEventListener("click", () => { if (nextCursor) { cursors.push(nextC
 $("first").addEventListener("click", reset);
 $("export").addEventListener("click", () => exportAs("json"));
 $("export-csv").addEventListener("click", () => exportAs("csv"));
+$("verify").addEventListener("click", verifyLog);
 $("signout").addEventListener("click", () => { token = ""; signIn(); });
 $("signin-form").addEventListener("submit", (e) => {
   // Closed here rather than by the form's method="dialog", so that no form submission is left

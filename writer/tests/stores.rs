@@ -356,3 +356,49 @@ async fn operation_prefixes_are_byte_ranges_under_a_linguistic_database_collatio
         "the path's id is linked"
     );
 }
+
+/// A chained batch large enough to be committed in two halves: each record stored once, the
+/// redelivered ones skipped without a link, a complete record replacing its received one as a
+/// new link (the received one keeping its own), and the whole chain verifying.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_chained_postgres_batch_keeps_one_unbroken_chain() {
+    let pg = PostgresServer::start();
+    let store = PostgresStore::connect(&pg.url()).await.unwrap();
+    store.chain_as("w1").await.unwrap();
+    let mut first: Vec<Incoming> = (0..3000)
+        .map(|i| {
+            let mut r = record(i);
+            if i % 500 == 3 {
+                r.outcome = auditgate_rules::Outcome::Unknown;
+                r.stage = Some(auditgate_rules::Stage::Received);
+            }
+            Incoming::from_record(r).unwrap()
+        })
+        .collect();
+    assert_eq!(store.insert(&first).await.unwrap(), 3000);
+    // The complete records of the six received ones, 1000 redeliveries, 1500 new.
+    let completes: Vec<Incoming> = first
+        .iter()
+        .filter(|r| r.record.stage.is_some())
+        .map(|r| {
+            let mut done = r.record.clone();
+            done.stage = None;
+            done.outcome = auditgate_rules::Outcome::Success;
+            Incoming::from_record(done).unwrap()
+        })
+        .collect();
+    assert_eq!(completes.len(), 6);
+    first.truncate(1000);
+    first.extend(completes);
+    first.extend((3000..4500).map(|i| Incoming::from_record(record(i)).unwrap()));
+    assert_eq!(store.insert(&first).await.unwrap(), 1506);
+    assert_eq!(store.count().await.unwrap(), 4500);
+    let heads = store.chain_heads().await.unwrap();
+    assert_eq!((heads[0].uid.as_str(), heads[0].seq), ("w1", 4506));
+    let report = auditgate_writer::verify::verify_store(&store, &[], None)
+        .await
+        .unwrap();
+    assert!(report.intact, "{:?}", report.problems);
+    assert_eq!(report.records, 4506, "4500 live, 6 superseded");
+    assert_eq!(report.chains[0].links, 4506);
+}

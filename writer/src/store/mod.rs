@@ -388,14 +388,18 @@ pub(crate) struct Chained {
 }
 
 impl Chained {
-    /// Each record's canonical JSON; a record whose JSON does not read is refused whole.
+    /// Each record's canonical JSON (made ahead, or now); a record whose JSON does not read
+    /// is refused whole.
     pub(crate) fn all(records: &[Incoming]) -> Result<Vec<Chained>, StoreError> {
         records
             .iter()
-            .map(|r| {
-                crate::chain::Canonical::of(&r.json)
+            .map(|r| match &r.canonical {
+                Some(canonical) => Ok(Chained {
+                    canonical: canonical.clone(),
+                }),
+                None => crate::chain::Canonical::of(&r.json)
                     .map(|canonical| Chained { canonical })
-                    .map_err(|e| StoreError::Other(e.to_string()))
+                    .map_err(|e| StoreError::Other(e.to_string())),
             })
             .collect()
     }
@@ -452,6 +456,11 @@ pub trait Store: Send + Sync + 'static {
     /// the chain where the store left it. Returns its head.
     async fn chain_as(&self, uid: &str) -> Result<ChainHead, StoreError>;
 
+    /// Whether `insert` chains (so that the writer makes canonical JSON as it reads).
+    fn chains(&self) -> bool {
+        false
+    }
+
     /// Every chain's head, as stored.
     async fn chain_heads(&self) -> Result<Vec<ChainHead>, StoreError>;
 
@@ -505,20 +514,34 @@ pub async fn open(url: &str) -> Result<Box<dyn Store>, StoreError> {
 pub struct Incoming {
     /// The parsed record: where the indexed columns come from.
     pub record: AuditRecord,
-    /// Its JSON, stored and served unchanged.
+    /// Its JSON, stored and served unchanged (with its chain link added, when chained).
     pub json: String,
+    /// Its canonical JSON, when made ahead ([`Incoming::canonicalized`]): a chaining store
+    /// makes it otherwise, on its commit's path.
+    pub canonical: Option<crate::chain::Canonical>,
 }
 
 impl Incoming {
     /// A record and its JSON as queued.
     pub fn new(record: AuditRecord, json: String) -> Incoming {
-        Incoming { record, json }
+        Incoming {
+            record,
+            json,
+            canonical: None,
+        }
     }
 
     /// A record, serialised here.
     pub fn from_record(record: AuditRecord) -> Result<Incoming, StoreError> {
         let json = serde_json::to_string(&record).map_err(|e| StoreError::Other(e.to_string()))?;
-        Ok(Incoming { record, json })
+        Ok(Incoming::new(record, json))
+    }
+
+    /// With its canonical JSON made now: the writer does it as it reads, beside the commit
+    /// in flight, not on the commit's path.
+    pub fn canonicalized(mut self) -> Incoming {
+        self.canonical = crate::chain::Canonical::of(&self.json).ok();
+        self
     }
 }
 
@@ -550,7 +573,7 @@ pub(crate) struct Row {
 
 impl Row {
     pub(crate) fn of(incoming: &Incoming) -> Row {
-        let Incoming { record, json } = incoming;
+        let Incoming { record, json, .. } = incoming;
         let json = json.clone();
         let mut keys: Vec<String> = Vec::new();
         let mut links: Vec<(String, String)> = Vec::new();

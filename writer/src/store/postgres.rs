@@ -9,8 +9,8 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, GenericClient, NoTls, Transaction};
 
 use super::{
-    ChainHead, Columns, Cursor, Dialect, GAPS_SQL, Gap, Incoming, LINKED_SQL, OPERATIONS_SQL, Page,
-    Param, Query, Row, ScannedRow, Store, StoreError, page_sql,
+    ChainHead, Chained, Columns, Cursor, Dialect, GAPS_SQL, Gap, Incoming, LINKED_SQL,
+    OPERATIONS_SQL, Page, Param, Query, Row, ScannedRow, Store, StoreError, page_sql,
 };
 
 /// The tables, partitioned by month of `time_us` (docs/operators.md, "PostgreSQL"):
@@ -545,24 +545,76 @@ async fn insert_part(client: &Mutex<Client>, records: &[Incoming]) -> Result<usi
     Ok(new.len())
 }
 
-/// Inserts a batch in one transaction, each new record the next link of the chain after
-/// `head` (see the SQLite store's `insert_chained`). One transaction, not two halves: a chain
-/// cannot have its links committed out of order. Another writer storing one of the same
-/// records meanwhile makes the commit fail, and the batch is read again.
+/// A record of a chained batch, ready to commit: its row, its JSON with its link, the link's
+/// place, and whether it replaces a stored received record (whose old JSON keeps its link).
+struct Planned<'a> {
+    row: &'a Row,
+    json: String,
+    chain_seq: i64,
+    hash: [u8; 32],
+    supersedes: Option<(String, i64, String)>,
+}
+
+/// Inserts a batch, each new record the next link of the chain after `head` (see the SQLite
+/// store's `insert_chained`). A large batch is committed as two halves on two connections side
+/// by side, as unchained batches are; the links stay in order because each half moves the
+/// chain's head only from where the half before it left it: the second half's update of
+/// `chain_heads` waits on the first's row lock, and fails (rolling its half back) unless the
+/// first committed. Another writer storing one of the same records meanwhile fails the commit,
+/// and the batch is read again; the head is then read back from the store.
 async fn insert_chained(
-    client: &Mutex<Client>,
+    store: &PostgresStore,
+    records: &[Incoming],
+    head: ChainHead,
+) -> Result<(usize, ChainHead), StoreError> {
+    let result = insert_chained_once(store, records, head.clone()).await;
+    if result.is_err() {
+        // One half may have committed: the head is what the store says.
+        let row = store
+            .reader
+            .query_opt(
+                "SELECT uid, seq, hash FROM chain_heads WHERE uid = $1",
+                &[&head.uid],
+            )
+            .await?;
+        let stored = match row {
+            Some(r) => ChainHead::read(r.get(0), r.get(1), &r.get::<_, String>(2))?,
+            None => ChainHead::empty(&head.uid),
+        };
+        *store.chain.lock().unwrap_or_else(|p| p.into_inner()) = Some(stored);
+    }
+    result
+}
+
+async fn insert_chained_once(
+    store: &PostgresStore,
     records: &[Incoming],
     mut head: ChainHead,
 ) -> Result<(usize, ChainHead), StoreError> {
-    let rows = Row::one_per_id(Row::all(records));
-    let mut client = client.lock().await;
-    let tx = client.transaction().await?;
-    let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
-    let mut stored: std::collections::HashMap<
-        String,
-        (String, String, Option<String>, Option<i64>),
-    > = std::collections::HashMap::new();
-    for row in tx
+    // One per id (a batch may hold a record twice, or a received record and its complete one),
+    // each with its canonical JSON.
+    let rows = Row::all(records);
+    let canonicals = Chained::all(records)?;
+    let mut kept: Vec<(&Row, &crate::chain::Canonical)> = Vec::with_capacity(rows.len());
+    let mut at: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for (row, c) in rows.iter().zip(&canonicals) {
+        match at.get(row.id.as_str()) {
+            Some(&i) => {
+                if kept[i].0.outcome == "unknown" && row.outcome != "unknown" {
+                    kept[i] = (row, &c.canonical);
+                }
+            }
+            None => {
+                at.insert(&row.id, kept.len());
+                kept.push((row, &c.canonical));
+            }
+        }
+    }
+    let ids: Vec<&str> = kept.iter().map(|(r, _)| r.id.as_str()).collect();
+    type Found = (String, String, Option<String>, Option<i64>);
+    let mut stored: std::collections::HashMap<String, Found> = std::collections::HashMap::new();
+    for row in store
+        .reader
         .query(
             "SELECT id, outcome, record, chain_uid, chain_seq FROM records WHERE id = ANY($1)",
             &[&ids],
@@ -572,45 +624,113 @@ async fn insert_chained(
         stored.insert(row.get(0), (row.get(1), row.get(2), row.get(3), row.get(4)));
     }
     let before = head.seq as i64;
-    let (mut new, mut replaced, mut superseded) = (Vec::new(), Vec::new(), Vec::new());
-    for r in &rows {
-        let replaces = match stored.get(&r.id) {
-            None => false,
-            Some((outcome, ..)) if outcome == "unknown" && r.outcome != "unknown" => true,
+    let mut planned = Vec::with_capacity(kept.len());
+    for (row, canonical) in kept {
+        let supersedes = match stored.get(&row.id) {
+            None => None,
+            Some((outcome, old, uid, at)) if outcome == "unknown" && row.outcome != "unknown" => {
+                Some((uid.clone(), *at, old.clone()))
+            }
             Some(_) => continue, // already stored: exactly once
         };
-        let canonical =
-            crate::chain::Canonical::of(&r.json).map_err(|e| StoreError::Other(e.to_string()))?;
         let link = head.next(canonical.text().as_bytes());
         let json = canonical.chained(&link);
         head.advance(&link);
-        if replaces {
-            if let Some((_, old, Some(uid), Some(at))) = stored.get(&r.id) {
-                superseded.push((uid.clone(), *at, old.clone()));
-            }
-            replaced.push((r, json, link.seq as i64));
-        } else {
-            new.push((r, json, link.seq as i64));
-        }
+        planned.push(Planned {
+            row,
+            json,
+            chain_seq: link.seq as i64,
+            hash: link.hash,
+            supersedes: supersedes
+                .map(|(uid, at, old)| (uid.unwrap_or_default(), at.unwrap_or(-1), old)),
+        });
     }
+    // Links and crashes are keyed by value, so two halves could each wait on the other's
+    // row: the first half writes them all.
+    let shared: Vec<&Row> = rows.iter().collect();
+    if planned.len() < SPLIT_AT {
+        let n = commit_part(
+            &store.writer,
+            &planned,
+            Some(&shared),
+            &head,
+            before,
+            head.seq as i64,
+            None,
+        )
+        .await?;
+        return Ok((n, head));
+    }
+    let (first, second) = planned.split_at(planned.len() / 2);
+    let middle = first.last().map_or(before, |p| p.chain_seq);
+    let middle_hash = first.last().map_or(crate::chain::GENESIS, |p| p.hash);
+    let first_head = ChainHead {
+        uid: head.uid.clone(),
+        seq: middle as u64,
+        hash: middle_hash,
+    };
+    // The second half moves the head only once the first has committed.
+    let (committed, first_done) = tokio::sync::oneshot::channel();
+    let (a, b) = tokio::join!(
+        async {
+            let n = commit_part(
+                &store.writer,
+                first,
+                Some(&shared),
+                &first_head,
+                before,
+                middle,
+                None,
+            )
+            .await?;
+            let _ = committed.send(());
+            Ok::<_, StoreError>(n)
+        },
+        commit_part(
+            &store.second_writer,
+            second,
+            None,
+            &head,
+            middle,
+            head.seq as i64,
+            Some(first_done)
+        )
+    );
+    Ok((a? + b?, head))
+}
+
+/// Commits one part of a chained batch in one transaction, moving the chain's head from
+/// `from` to `to` (`head`); returns how many records it stored.
+async fn commit_part(
+    client: &Mutex<Client>,
+    part: &[Planned<'_>],
+    shared: Option<&[&Row]>,
+    head: &ChainHead,
+    from: i64,
+    to: i64,
+    after: Option<tokio::sync::oneshot::Receiver<()>>,
+) -> Result<usize, StoreError> {
+    let mut client = client.lock().await;
+    let tx = client.transaction().await?;
+    let new: Vec<&Planned<'_>> = part.iter().filter(|p| p.supersedes.is_none()).collect();
     let mut record_seqs: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
     if !new.is_empty() {
         let col = |f: &dyn Fn(&Row) -> Option<String>| -> Vec<Option<String>> {
-            new.iter().map(|(r, ..)| f(r)).collect()
+            new.iter().map(|p| f(p.row)).collect()
         };
         let ids = col(&|r| Some(r.id.clone()));
-        let times: Vec<i64> = new.iter().map(|(r, ..)| r.time_us).collect();
-        let jsons: Vec<&str> = new.iter().map(|(_, j, _)| j.as_str()).collect();
+        let times: Vec<i64> = new.iter().map(|p| p.row.time_us).collect();
+        let jsons: Vec<&str> = new.iter().map(|p| p.json.as_str()).collect();
         let operations = col(&|r| Some(r.operation.clone()));
         let actors = col(&|r| r.actor.clone());
         let request_ids = col(&|r| Some(r.request_id.clone()));
         let outcomes = col(&|r| Some(r.outcome.to_owned()));
-        let statuses: Vec<Option<i32>> = new.iter().map(|(r, ..)| r.status).collect();
+        let statuses: Vec<Option<i32>> = new.iter().map(|p| p.row.status).collect();
         let instances = col(&|r| r.instance.clone());
-        let seqs: Vec<Option<i64>> = new.iter().map(|(r, ..)| r.origin_seq).collect();
+        let seqs: Vec<Option<i64>> = new.iter().map(|p| p.row.origin_seq).collect();
         let tenants = col(&|r| r.tenant.clone());
         let chain_uids: Vec<&str> = new.iter().map(|_| head.uid.as_str()).collect();
-        let chain_seqs: Vec<i64> = new.iter().map(|(.., s)| *s).collect();
+        let chain_seqs: Vec<i64> = new.iter().map(|p| p.chain_seq).collect();
         let inserted = tx
             .query(
                 "INSERT INTO records (id, time_us, record, operation, actor, request_id, outcome, status, origin_instance, origin_seq, tenant, chain_uid, chain_seq)
@@ -628,14 +748,15 @@ async fn insert_chained(
         }
         record_seqs.extend(inserted.iter().map(|row| (row.get(1), row.get(0))));
     }
-    for (r, json, chain_seq) in &replaced {
+    for p in part.iter().filter(|p| p.supersedes.is_some()) {
+        let r = p.row;
         let updated = tx
             .query(
                 "UPDATE records SET record = $1, tenant = $2, operation = $3, actor = $4,
                      request_id = $5, outcome = $6, status = $7, chain_uid = $8, chain_seq = $9
                  WHERE id = $10 AND time_us = $11 AND outcome = 'unknown' RETURNING seq",
                 &[
-                    json,
+                    &p.json,
                     &r.tenant,
                     &r.operation,
                     &r.actor,
@@ -643,7 +764,7 @@ async fn insert_chained(
                     &r.outcome,
                     &r.status,
                     &head.uid,
-                    chain_seq,
+                    &p.chain_seq,
                     &r.id,
                     &r.time_us,
                 ],
@@ -656,50 +777,25 @@ async fn insert_chained(
             ));
         };
         record_seqs.insert(r.id.clone(), row.get(0));
-    }
-    for (uid, at, old) in &superseded {
-        tx.execute(
-            "INSERT INTO chain_superseded (chain_uid, chain_seq, record) VALUES ($1, $2, $3)",
-            &[uid, at, old],
-        )
-        .await?;
+        if let Some((uid, at, old)) = &p.supersedes
+            && *at >= 0
+        {
+            tx.execute(
+                "INSERT INTO chain_superseded (chain_uid, chain_seq, record) VALUES ($1, $2, $3)",
+                &[uid, at, old],
+            )
+            .await?;
+        }
     }
     let (mut keys, mut key_times, mut key_seqs) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut link_a, mut link_b) = (Vec::new(), Vec::new());
-    let (mut crash_instances, mut crash_from, mut crash_to) = (Vec::new(), Vec::new(), Vec::new());
-    for r in &rows {
-        if let Some(seq) = record_seqs.get(&r.id) {
-            for key in &r.keys {
+    for p in part {
+        if let Some(seq) = record_seqs.get(&p.row.id) {
+            for key in &p.row.keys {
                 keys.push(key.clone());
-                key_times.push(r.time_us);
+                key_times.push(p.row.time_us);
                 key_seqs.push(*seq);
             }
         }
-        for (a, b) in &r.links {
-            link_a.push(a.clone());
-            link_b.push(b.clone());
-        }
-        if let (Some(instance), Some((from, to))) = (&r.instance, r.after_crash) {
-            crash_instances.push(instance.clone());
-            crash_from.push(from);
-            crash_to.push(to);
-        }
-    }
-    if !link_a.is_empty() {
-        tx.execute(
-            "INSERT INTO resource_links (a, b)
-             SELECT * FROM UNNEST($1::text[], $2::text[]) ON CONFLICT DO NOTHING",
-            &[&link_a, &link_b],
-        )
-        .await?;
-    }
-    if !crash_instances.is_empty() {
-        tx.execute(
-            "INSERT INTO origin_crashes (instance, from_seq, to_seq)
-             SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[]) ON CONFLICT DO NOTHING",
-            &[&crash_instances, &crash_from, &crash_to],
-        )
-        .await?;
     }
     if !keys.is_empty() {
         tx.execute(
@@ -709,29 +805,64 @@ async fn insert_chained(
         )
         .await?;
     }
-    // The head moves only from where this writer saw it: a second writer using the same
-    // chain uid fails here instead of forking the chain.
+    if let Some(rows) = shared {
+        let (mut link_a, mut link_b) = (Vec::new(), Vec::new());
+        let (mut crash_instances, mut crash_from, mut crash_to) =
+            (Vec::new(), Vec::new(), Vec::new());
+        for r in rows {
+            for (a, b) in &r.links {
+                link_a.push(a.clone());
+                link_b.push(b.clone());
+            }
+            if let (Some(instance), Some((from, to))) = (&r.instance, r.after_crash) {
+                crash_instances.push(instance.clone());
+                crash_from.push(from);
+                crash_to.push(to);
+            }
+        }
+        if !link_a.is_empty() {
+            tx.execute(
+                "INSERT INTO resource_links (a, b)
+                 SELECT * FROM UNNEST($1::text[], $2::text[]) ON CONFLICT DO NOTHING",
+                &[&link_a, &link_b],
+            )
+            .await?;
+        }
+        if !crash_instances.is_empty() {
+            tx.execute(
+                "INSERT INTO origin_crashes (instance, from_seq, to_seq)
+                 SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[]) ON CONFLICT DO NOTHING",
+                &[&crash_instances, &crash_from, &crash_to],
+            )
+            .await?;
+        }
+    }
+    // The head moves only from where this part found it: the second half waits here for the
+    // first's commit (and is rolled back if that fails), and a second writer using the same
+    // chain uid fails instead of forking it.
+    if let Some(after) = after
+        && after.await.is_err()
+    {
+        return Err(StoreError::Other(
+            "the first half of this batch failed; the batch is read again".into(),
+        ));
+    }
     let moved = tx
         .execute(
             "INSERT INTO chain_heads (uid, seq, hash) VALUES ($1, $2, $3)
              ON CONFLICT (uid) DO UPDATE SET seq = excluded.seq, hash = excluded.hash
              WHERE chain_heads.seq = $4",
-            &[
-                &head.uid,
-                &(head.seq as i64),
-                &crate::chain::hex(&head.hash),
-                &before,
-            ],
+            &[&head.uid, &to, &crate::chain::hex(&head.hash), &from],
         )
         .await?;
     if moved != 1 {
         return Err(StoreError::Other(format!(
-            "chain {}: another writer extends the same chain; give each writer its own chain_uid",
+            "chain {}: the head moved under this commit (the batch's first half failed, or another writer extends the same chain: give each writer its own chain_uid)",
             head.uid
         )));
     }
     tx.commit().await?;
-    Ok((record_seqs.len(), head))
+    Ok(record_seqs.len())
 }
 
 /// Chain heads (or floors) from rows of `(uid, seq, hash)`.
@@ -762,6 +893,13 @@ impl Store for PostgresStore {
         };
         *self.chain.lock().unwrap_or_else(|p| p.into_inner()) = Some(head.clone());
         Ok(head)
+    }
+
+    fn chains(&self) -> bool {
+        self.chain
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
     }
 
     async fn chain_heads(&self) -> Result<Vec<ChainHead>, StoreError> {
@@ -888,7 +1026,7 @@ impl Store for PostgresStore {
         let head = self.chain.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if let Some(head) = head {
             self.ensure_partitions(records).await?;
-            let (inserted, head) = insert_chained(&self.writer, records, head).await?;
+            let (inserted, head) = insert_chained(self, records, head).await?;
             *self.chain.lock().unwrap_or_else(|p| p.into_inner()) = Some(head);
             return Ok(inserted);
         }

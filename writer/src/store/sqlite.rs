@@ -545,6 +545,13 @@ impl Store for SqliteStore {
         Ok(head)
     }
 
+    fn chains(&self) -> bool {
+        self.chain
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
     async fn chain_heads(&self) -> Result<Vec<ChainHead>, StoreError> {
         Self::with(&self.reader, |conn| {
             heads(conn, "SELECT uid, seq, hash FROM chain_heads ORDER BY uid")
