@@ -14,8 +14,15 @@ pub const DEFAULT_GROUP: &str = "auditgate-writers";
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host:port[/db]`. Required.
+    /// `redis://[user:password@]host:port[/db]` (`rediss://` for TLS). Required unless
+    /// `cluster` is given.
+    #[serde(default)]
     pub url: String,
+    /// A Redis Cluster's nodes (any of them; the rest are found): `["redis://10.0.0.1:6379",
+    /// …]`. With it, `url` is not used; spread records over several `shards`, so that each
+    /// master holds some.
+    #[serde(default)]
+    pub cluster: Vec<String>,
     /// The stream key. Default `auditgate:records`.
     #[serde(default = "default_stream")]
     pub stream: String,
@@ -23,6 +30,12 @@ pub struct RedisConfig {
     /// Cluster). Default 1: the single key `STREAM`. Producers and writers must agree.
     #[serde(default = "one")]
     pub shards: u32,
+    /// How many replicas must hold a record before Redis's acknowledgement counts (`WAIT N`
+    /// after each pipeline). Redis replicates asynchronously, so a record a master
+    /// acknowledged can be lost when that master dies before its replica has it; with this,
+    /// a record not yet on N replicas is sent again. Default 0 (the master's word is enough).
+    #[serde(default)]
+    pub min_replicas_acked: u32,
     /// The consumer group; used by writers only. Default `auditgate-writers`.
     #[serde(default = "default_group")]
     pub group: String,
@@ -79,9 +92,28 @@ impl RedisConfig {
     pub fn new(url: impl Into<String>) -> RedisConfig {
         RedisConfig {
             url: url.into(),
+            cluster: Vec::new(),
+            min_replicas_acked: 0,
             stream: default_stream(),
             shards: 1,
             group: default_group(),
+        }
+    }
+
+    /// The same settings for a Redis Cluster reached through any of `nodes`.
+    pub fn cluster(nodes: impl IntoIterator<Item = impl Into<String>>) -> RedisConfig {
+        RedisConfig {
+            cluster: nodes.into_iter().map(Into::into).collect(),
+            ..RedisConfig::new("")
+        }
+    }
+
+    /// Where Redis is, for messages: the URL, or the cluster's nodes.
+    pub fn describe(&self) -> String {
+        if self.cluster.is_empty() {
+            self.url.clone()
+        } else {
+            format!("cluster {}", self.cluster.join(", "))
         }
     }
 

@@ -27,8 +27,7 @@
 use std::time::{Duration, Instant};
 
 use auditgate_rules::{AuditRecord, SCHEMA_VERSION};
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Value};
+use redis::Value;
 
 use crate::config::RedisConfig;
 use crate::error::QueueError;
@@ -63,11 +62,15 @@ pub struct Delivery {
     pub json: String,
 }
 
+/// How long a read of a sharded stream on a cluster waits, when every shard was empty, before
+/// it answers empty (a cluster cannot block on several shards at once).
+const CLUSTER_POLL: Duration = Duration::from_millis(100);
+
 /// A consumer in the group, on its own connection.
 #[derive(Debug)]
 pub struct Consumer {
-    client: redis::Client,
-    conn: Option<MultiplexedConnection>,
+    target: crate::link::Target,
+    conn: Option<crate::link::Link>,
     config: ConsumerConfig,
     keys: Vec<String>,
     dead_key: String,
@@ -126,15 +129,10 @@ impl Consumer {
     /// any failure: a writer can start, and serve what it has stored, while Redis is away.
     /// Only a URL that cannot be a Redis URL is an error here.
     pub fn new(config: ConsumerConfig) -> Result<Consumer, QueueError> {
-        let client = redis::Client::open(config.redis.url.as_str()).map_err(|source| {
-            QueueError::InvalidUrl {
-                url: config.redis.url.clone(),
-                source,
-            }
-        })?;
+        let target = crate::link::Target::open(&config.redis)?;
         let keys = config.redis.keys();
         Ok(Consumer {
-            client,
+            target,
             conn: None,
             claim_cursors: vec!["0-0".to_owned(); keys.len()],
             dead_key: config.redis.dead_letter_key(),
@@ -218,7 +216,7 @@ impl Consumer {
             pipe.cmd("XDEL").arg(key).arg(&ids).ignore();
         }
         let conn = self.connection().await?;
-        let result = pipe.query_async::<()>(conn).await;
+        let result = conn.run_all(&pipe).await;
         if result.is_err() {
             self.conn = None;
         }
@@ -245,12 +243,37 @@ impl Consumer {
         self.sort(entries).await
     }
 
-    /// `XREADGROUP GROUP g me COUNT n [BLOCK ms] STREAMS keys... ids...`
+    /// `XREADGROUP GROUP g me COUNT n [BLOCK ms] STREAMS keys... ids...`. A cluster takes a
+    /// command on one slot only: there, each shard is read on its own without blocking, and
+    /// when none had anything the read waits a little before answering empty.
     async fn read_group(
         &mut self,
         from: &str,
         block: Option<Duration>,
     ) -> Result<Vec<RawEntry>, QueueError> {
+        if self.target.is_cluster() && self.keys.len() > 1 {
+            let mut entries = Vec::new();
+            for key in self.keys.clone() {
+                let mut cmd = redis::cmd("XREADGROUP");
+                cmd.arg("GROUP")
+                    .arg(&self.config.redis.group)
+                    .arg(&self.config.name)
+                    .arg("COUNT")
+                    .arg(self.config.batch)
+                    .arg("STREAMS")
+                    .arg(&key)
+                    .arg(from);
+                let conn = self.connection().await?;
+                let reply: Value = cmd.query_async(conn).await?;
+                entries.extend(parse_read_reply(reply));
+            }
+            if entries.is_empty()
+                && let Some(block) = block
+            {
+                tokio::time::sleep(block.min(CLUSTER_POLL)).await;
+            }
+            return Ok(entries);
+        }
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
             .arg(&self.config.redis.group)
@@ -405,21 +428,21 @@ impl Consumer {
                 .ignore();
         }
         let conn = self.connection().await?;
-        pipe.query_async::<()>(conn).await?;
+        conn.run_all(&pipe).await?;
         self.dead_lettered += letters.len() as u64;
         Ok(())
     }
 
     /// The connection, made (and the group ensured) when there is none.
-    async fn connection(&mut self) -> Result<&mut MultiplexedConnection, QueueError> {
+    async fn connection(&mut self) -> Result<&mut crate::link::Link, QueueError> {
         if self.conn.is_none() {
             // The response timeout must outlast a blocking read.
-            let config = AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(Duration::from_secs(2)))
-                .set_response_timeout(Some(self.config.block + Duration::from_secs(10)));
             let mut conn = self
-                .client
-                .get_multiplexed_async_connection_with_config(&config)
+                .target
+                .connect(
+                    Duration::from_secs(2),
+                    self.config.block + Duration::from_secs(10),
+                )
                 .await?;
             for key in &self.keys {
                 let created: redis::RedisResult<()> = redis::cmd("XGROUP")

@@ -33,6 +33,7 @@
 mod config;
 mod consumer;
 mod error;
+mod link;
 mod metrics;
 mod origin_file;
 pub mod producer;
@@ -43,6 +44,7 @@ mod throttle;
 pub use config::{DEFAULT_GROUP, DEFAULT_STREAM, QueueConfig, RedisConfig, SpoolConfig};
 pub use consumer::{Consumer, ConsumerConfig, Delivery, read_record};
 pub use error::QueueError;
+pub use link::{Link, Target};
 pub use metrics::{QueueStats, names as metric_names};
 pub use producer::{Flusher, RedisQueue};
 pub use sink::{Accepted, Dropped, Durable, MemorySink, NotDurable, RecordSink, hostname};

@@ -463,9 +463,10 @@ impl ProxyProcess {
         } else {
             "client_ip: full\n"
         };
+        let redis = redis_block(redis_url);
         let config = format!(
             "listen: 127.0.0.1:0\nupstream: {upstream}\nrules: [{rules}]\n\
-             redis: {{ url: \"{redis_url}\" }}\n{spool}\
+             redis: {redis}\n{spool}\
              metrics_listen: 127.0.0.1:0\n{client_ip}{extra}"
         );
         std::fs::write(dir.path().join("proxy.yaml"), config).expect("write config");
@@ -534,6 +535,193 @@ pub const ACME_TOKEN: &str = "test-acme-token";
 /// An admin token of every test writer that sees tenant `globex` only.
 pub const GLOBEX_TOKEN: &str = "test-globex-token";
 
+/// A Redis Cluster on loopback: six `redis-server --cluster-enabled yes` (three masters, each
+/// with a replica), made one cluster with `redis-cli --cluster create`, a node timeout of one
+/// second so that a killed master's replica takes over within seconds. Killed when dropped.
+#[derive(Debug)]
+pub struct RedisCluster {
+    /// Every node's port, in the order they were created (masters first).
+    pub ports: Vec<u16>,
+    nodes: Vec<Option<Child>>,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisCluster {
+    /// Starts the six nodes, joins them, and waits until every node says the cluster is ok.
+    pub fn start() -> RedisCluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
+        let nodes = ports
+            .iter()
+            .map(|port| {
+                let data = dir.path().join(port.to_string());
+                std::fs::create_dir_all(&data).expect("node dir");
+                Some(
+                    Command::new("redis-server")
+                        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                        .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
+                        // A replica may take over however long ago it last heard from its
+                        // master: the test kills masters seconds after the cluster formed.
+                        .args(["--cluster-replica-validity-factor", "0"])
+                        .args(["--cluster-config-file", "nodes.conf"])
+                        .args(["--appendonly", "no", "--save", ""])
+                        .arg("--dir")
+                        .arg(&data)
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .spawn()
+                        .expect("start redis-server (scripts/test installs it)"),
+                )
+            })
+            .collect();
+        let cluster = RedisCluster {
+            ports,
+            nodes,
+            _dir: dir,
+        };
+        for port in &cluster.ports {
+            assert!(
+                wait_until(Duration::from_secs(10), || cluster.cli(*port, &["PING"])
+                    == "PONG"),
+                "node {port} did not start"
+            );
+        }
+        let addrs: Vec<String> = cluster
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(
+            wait_until(Duration::from_secs(30), || cluster.ports.iter().all(|p| {
+                cluster
+                    .cli(*p, &["CLUSTER", "INFO"])
+                    .contains("cluster_state:ok")
+            })),
+            "the cluster did not come up"
+        );
+        // Every replica has its master's data before a test kills anything.
+        assert!(
+            wait_until(Duration::from_secs(30), || cluster.ports[3..].iter().all(
+                |p| cluster
+                    .cli(*p, &["INFO", "replication"])
+                    .contains("master_link_status:up")
+            )),
+            "the replicas did not sync"
+        );
+        cluster
+    }
+
+    /// `redis-cli -p PORT ARGS…`'s output, trimmed ("" when the node is gone).
+    pub fn cli(&self, port: u16, args: &[&str]) -> String {
+        Command::new("redis-cli")
+            .args(["-p", &port.to_string()])
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default()
+    }
+
+    /// The `redis:` block of a config with every node listed, and `extra` fields.
+    pub fn yaml(&self, extra: &str) -> String {
+        let nodes: Vec<String> = self
+            .ports
+            .iter()
+            .map(|p| format!("\"redis://127.0.0.1:{p}\""))
+            .collect();
+        format!("{{ cluster: [{}], {extra} }}", nodes.join(", "))
+    }
+
+    /// The port of the master serving `key` now, as a live node sees it (`None` while no
+    /// master does: between a master's failure and its replica's promotion).
+    pub fn master_of(&self, key: &str) -> Option<u16> {
+        let alive = self.alive();
+        let slot: u16 = self
+            .cli(alive, &["CLUSTER", "KEYSLOT", key])
+            .parse()
+            .expect("a slot");
+        for line in self.cli(alive, &["CLUSTER", "NODES"]).lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
+                continue;
+            }
+            for range in &fields[8..] {
+                let (from, to) = range.split_once('-').unwrap_or((range, range));
+                if let (Ok(from), Ok(to)) = (from.parse::<u16>(), to.parse::<u16>())
+                    && (from..=to).contains(&slot)
+                {
+                    return fields[1]
+                        .split(['@', ':'])
+                        .nth(1)
+                        .and_then(|p| p.parse().ok());
+                }
+            }
+        }
+        None
+    }
+
+    /// A node still running.
+    fn alive(&self) -> u16 {
+        self.ports
+            .iter()
+            .zip(&self.nodes)
+            .find(|(_, n)| n.is_some())
+            .map(|(p, _)| *p)
+            .expect("a live node")
+    }
+
+    /// SIGKILL the node on `port`: gone at once, as in a crash.
+    pub fn kill(&mut self, port: u16) {
+        if let Some(i) = self.ports.iter().position(|p| *p == port)
+            && let Some(mut child) = self.nodes[i].take()
+        {
+            child.kill().ok();
+            child.wait().ok();
+        }
+    }
+
+    /// Whether every live node says the cluster is ok.
+    pub fn is_ok(&self) -> bool {
+        self.ports
+            .iter()
+            .zip(&self.nodes)
+            .filter(|(_, n)| n.is_some())
+            .all(|(p, _)| {
+                self.cli(*p, &["CLUSTER", "INFO"])
+                    .contains("cluster_state:ok")
+            })
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for child in self.nodes.iter_mut().flatten() {
+            child.kill().ok();
+            child.wait().ok();
+        }
+    }
+}
+
+/// The `redis:` value of a test config: `{ url: "URL" }` for a URL, or `redis_url` itself when
+/// it is already a flow mapping (`{ cluster: ["redis://…", …], shards: 6 }`).
+fn redis_block(redis_url: &str) -> String {
+    if redis_url.trim_start().starts_with('{') {
+        redis_url.to_owned()
+    } else {
+        format!("{{ url: \"{redis_url}\" }}")
+    }
+}
+
 /// `auditgate writer` as a process, with its config in a temp dir.
 #[derive(Debug)]
 pub struct WriterProcess {
@@ -566,11 +754,18 @@ impl WriterProcess {
                 .map(|b| format!("{b:02x}"))
                 .collect::<String>()
         };
+        // Writers sharing a store name themselves (`consumer:` in `extra`).
+        let consumer = if extra.contains("consumer:") {
+            ""
+        } else {
+            "consumer: test-writer\n"
+        };
         let config = format!(
-            "redis: {{ url: \"{redis_url}\" }}\nstore: {store}\nlisten: 127.0.0.1:0\nconsumer: test-writer\n\
+            "redis: {}\nstore: {store}\nlisten: 127.0.0.1:0\n{consumer}\
              tokens:\n  - {{ sha256: \"{}\", role: admin }}\n  - {{ sha256: \"{}\", role: viewer }}\n\
              \x20 - {{ sha256: \"{}\", role: admin, tenant: acme }}\n\
              \x20 - {{ sha256: \"{}\", role: admin, tenant: globex }}\n{extra}",
+            redis_block(redis_url),
             hex(ADMIN_TOKEN),
             hex(VIEWER_TOKEN),
             hex(ACME_TOKEN),

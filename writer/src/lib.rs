@@ -278,11 +278,14 @@ async fn retention(
 
 /// Pending entries and consumer lag of the group, every 5 s, for `/metrics`.
 async fn redis_gauges(redis: auditgate_queue::RedisConfig, mut stop: watch::Receiver<bool>) {
-    let Ok(client) = redis::Client::open(redis.url.as_str()) else {
+    let Ok(target) = auditgate_queue::Target::open(&redis) else {
         return;
     };
     loop {
-        if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
+        if let Ok(mut conn) = target
+            .connect(Duration::from_secs(2), Duration::from_secs(5))
+            .await
+        {
             let (mut pending, mut lag) = (0i64, 0i64);
             for key in redis.keys() {
                 let groups: redis::RedisResult<

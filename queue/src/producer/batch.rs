@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use redis::aio::MultiplexedConnection;
+use crate::link::Link;
 use redis::{RedisError, RedisResult, Value};
 
 use super::connection::Connection;
@@ -34,7 +34,7 @@ impl Flusher {
     /// command's answer made of its record.
     pub(super) async fn send(
         &mut self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Link,
         payloads: Vec<Vec<u8>>,
     ) -> Result<Delivered, (RedisError, Vec<Vec<u8>>)> {
         if payloads.is_empty() {
@@ -43,7 +43,7 @@ impl Flusher {
         }
         let started = Instant::now();
         let pipe = self.pipeline(&payloads);
-        let result = pipe.query_async::<Replies>(conn).await;
+        let result = conn.run(&pipe).await;
         self.shared.counters.batch_seconds(started.elapsed());
         match result {
             Ok(replies) => Ok(self.sort_replies(payloads, replies)),
@@ -79,13 +79,13 @@ impl Flusher {
 
     /// Sends a batch without waiting for Redis: the reply is collected by [`Self::settle_oldest`].
     /// Records queued meanwhile are serialised while Redis works on this batch.
-    pub(super) fn start_send(&mut self, conn: &MultiplexedConnection, payloads: Vec<Vec<u8>>) {
+    pub(super) fn start_send(&mut self, conn: &Link, payloads: Vec<Vec<u8>>) {
         if payloads.is_empty() {
             return;
         }
         let pipe = self.pipeline(&payloads);
         let mut conn = conn.clone();
-        let task = tokio::spawn(async move { pipe.query_async::<Replies>(&mut conn).await });
+        let task = tokio::spawn(async move { conn.run(&pipe).await });
         self.in_flight.push_back(InFlight {
             task,
             payloads,

@@ -4,8 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use redis::AsyncConnectionConfig;
-use redis::aio::MultiplexedConnection;
+use crate::link::Link;
 
 use super::Flusher;
 
@@ -14,7 +13,7 @@ pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Whether the flusher can send, and when it tries to connect again when it cannot.
 pub(super) enum Connection {
-    Up(MultiplexedConnection),
+    Up(Link),
     Down {
         retry_at: Instant,
         backoff: Duration,
@@ -38,12 +37,9 @@ impl Flusher {
         if Instant::now() < retry_at {
             return;
         }
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(self.response_timeout));
         match self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
+            .target
+            .connect(Duration::from_secs(1), self.response_timeout)
             .await
         {
             Ok(c) => {

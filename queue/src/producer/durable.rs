@@ -9,11 +9,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::AsyncConnectionConfig;
-use redis::aio::MultiplexedConnection;
+use crate::link::{Link, Target};
 use tokio::sync::{mpsc, oneshot};
 
-use super::batch::Replies;
 use super::{Shared, lock};
 use crate::spool::AppendError;
 
@@ -30,13 +28,13 @@ const SKIP_REDIS_FOR: Duration = Duration::from_secs(1);
 /// Runs until the queue shuts down.
 pub(crate) async fn run(
     shared: Arc<Shared>,
-    client: redis::Client,
+    target: Target,
     keys: Vec<String>,
     redis_wait: Duration,
     mut rx: mpsc::Receiver<Waiting>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut conn: Option<MultiplexedConnection> = None;
+    let mut conn: Option<Link> = None;
     let mut next_key = 0;
     // After Redis failed to answer in time, rounds go straight to the spool for a while:
     // calls that queued behind a slow round must not wait for Redis a second time.
@@ -59,14 +57,7 @@ pub(crate) async fn run(
         }
         let added = tokio::time::timeout(redis_wait, async {
             if conn.is_none() {
-                let config = AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(redis_wait))
-                    .set_response_timeout(Some(redis_wait));
-                conn = Some(
-                    client
-                        .get_multiplexed_async_connection_with_config(&config)
-                        .await?,
-                );
+                conn = Some(target.connect(redis_wait, redis_wait).await?);
             }
             let mut pipe = redis::pipe();
             pipe.ignore_errors();
@@ -79,7 +70,7 @@ pub(crate) async fn run(
                 next_key = (next_key + 1) % keys.len();
             }
             match conn.as_mut() {
-                Some(c) => pipe.query_async::<Replies>(c).await,
+                Some(c) => c.run(&pipe).await,
                 None => unreachable!("connected above"),
             }
         })

@@ -36,7 +36,7 @@ impl Flusher {
         if let Some(rx) = self.durable_rx.take() {
             tokio::spawn(super::durable::run(
                 self.shared.clone(),
-                self.client.clone(),
+                self.target.clone(),
                 self.keys.clone(),
                 self.durable_wait,
                 rx,

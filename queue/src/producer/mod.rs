@@ -83,7 +83,7 @@ pub struct Flusher {
     shared: Arc<Shared>,
     /// Records as JSON, serialised by the thread that enqueued them.
     rx: mpsc::Receiver<Vec<u8>>,
-    client: redis::Client,
+    target: crate::link::Target,
     keys: Vec<String>,
     next_key: usize,
     batch: usize,
@@ -142,12 +142,7 @@ impl RedisQueue {
                 "buffer and batch must be at least 1".to_owned(),
             ));
         }
-        let client = redis::Client::open(config.redis.url.as_str()).map_err(|source| {
-            QueueError::InvalidUrl {
-                url: config.redis.url.clone(),
-                source,
-            }
-        })?;
+        let target = crate::link::Target::open(&config.redis)?;
         let spool = match &config.spool {
             Some(s) => Some(Mutex::new(Spool::open(&s.dir, s.max_bytes)?)),
             None => None,
@@ -202,7 +197,7 @@ impl RedisQueue {
         let flusher = Flusher {
             shared: shared.clone(),
             rx,
-            client,
+            target,
             keys: config.redis.keys(),
             next_key: 0,
             batch: config.batch,

@@ -2,7 +2,7 @@
 //! disk (in order, behind what is there already), and the spool is replayed oldest segment
 //! first once Redis is back.
 
-use redis::aio::MultiplexedConnection;
+use crate::link::Link;
 
 use super::connection::MAX_BACKOFF;
 use super::{Flusher, TYPICAL_RECORD, lock};
@@ -12,10 +12,7 @@ use crate::spool::AppendError;
 impl Flusher {
     /// Replays the next batch of the oldest spool segment; deletes the segment once all of
     /// it is confirmed.
-    pub(super) async fn replay_batch(
-        &mut self,
-        conn: &mut MultiplexedConnection,
-    ) -> redis::RedisResult<()> {
+    pub(super) async fn replay_batch(&mut self, conn: &mut Link) -> redis::RedisResult<()> {
         if self.replaying.is_none() {
             let Some(spool) = &self.shared.spool else {
                 return Ok(());
