@@ -134,6 +134,18 @@ fn run(args: &VerifyArgs) -> anyhow::Result<Report> {
         } else {
             Verifier::bundle()
         };
+        for record in bundle
+            .get("superseded")
+            .and_then(|s| s.as_array())
+            .into_iter()
+            .flatten()
+        {
+            let json = record.to_string();
+            let chain = chain::Stored::parse(&json)
+                .ok()
+                .map(|s| (s.link.uid, s.link.seq as i64));
+            verifier.feed_superseded(&json, chain);
+        }
         for record in records {
             verifier.feed_json(&record.to_string());
         }
@@ -150,6 +162,14 @@ fn run(args: &VerifyArgs) -> anyhow::Result<Report> {
         return Ok(verifier.finish(&[], &notes, &key));
     }
     let url = args.store.as_deref().unwrap_or_default();
+    // Opening a store creates it: a mistyped path must not verify an empty new file.
+    if let Some(rest) = url.strip_prefix("sqlite://") {
+        let path = rest.split_once('?').map_or(rest, |(p, _)| p);
+        anyhow::ensure!(
+            std::path::Path::new(path).is_file(),
+            "there is no SQLite store at {path}"
+        );
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -203,18 +203,23 @@ async fn evidence_holds_and_tampering_is_named(stores: &dyn Stores) {
         serde_json::to_string(&served).unwrap(),
     )
     .unwrap();
-    // The API reports the same as the command.
-    let report = writer.get("/api/v1/verify").json();
-    assert_eq!(report["intact"], true, "{report}");
-    assert_eq!(report["records"], 30);
-    // An export bundle verifies offline with the public key alone; one changed byte of a
-    // record in it does not. (Once the head is signed, so the bundle carries its checkpoint.)
+    // Until its first checkpoint, a chain is one nothing vouches for.
+    let early = writer.get("/api/v1/verify").json();
+    if early["checkpoints_verified"] == 0 {
+        assert_eq!(early["intact"], false, "{early}");
+    }
     assert!(wait_until(Duration::from_secs(10), || {
         shipped
             .path()
             .join("test-writer.000000000030.checkpoint")
             .exists()
     }));
+    // The API reports the same as the command.
+    let report = writer.get("/api/v1/verify").json();
+    assert_eq!(report["intact"], true, "{report}");
+    assert_eq!(report["records"], 30);
+    // An export bundle verifies offline with the public key alone; one changed byte of a
+    // record in it does not.
     let bundle = writer.get("/api/v1/export?format=bundle");
     assert_eq!(bundle.status, 200);
     let file = keys.path().join("bundle.json");
@@ -329,11 +334,29 @@ async fn evidence_holds_and_tampering_is_named(stores: &dyn Stores) {
         out.contains("covers link 30, but the chain ends at link 25"),
         "{out}"
     );
+    // Without the shipped checkpoints the cut itself is not seen, but a chain no signature
+    // covers any more is.
     let (code, out) = verify(&cut, None, &public);
-    assert_eq!(
-        code, 0,
-        "without a checkpoint kept elsewhere a clean tail cut is not seen: {out}"
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("no signed checkpoint covers this chain"),
+        "{out}"
     );
+
+    // A record hidden by moving it among the replaced received records.
+    let hidden = stores.copy(&writer, "hidden");
+    let victim = id_at(&writer, 9);
+    stores.sql(
+        &hidden,
+        &format!(
+            "INSERT INTO chain_superseded (chain_uid, chain_seq, record)
+             SELECT chain_uid, chain_seq, record FROM records WHERE id = '{victim}';
+             DELETE FROM records WHERE id = '{victim}';"
+        ),
+    );
+    let (code, out) = verify(&hidden, Some(shipped.path()), &public);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("hidden from every reader"), "{out}");
 
     // Another key's public half does not vouch for these checkpoints.
     let other = tempfile::tempdir().unwrap();

@@ -582,10 +582,26 @@ async fn export(
         };
         let filtered = format!("{query:?}") != format!("{unfiltered:?}");
         let checkpoints = state.store.checkpoints().await?;
+        // The received records complete ones replaced keep their links: an unfiltered
+        // bundle holds them, so that its chain has no hole where they are.
+        let mut superseded: Vec<serde_json::Value> = Vec::new();
+        if !filtered {
+            let mut after = i64::MIN;
+            loop {
+                let rows = state.store.scan(true, after, 5000).await?;
+                let Some(last) = rows.last() else { break };
+                after = last.store_seq;
+                superseded.extend(
+                    rows.iter()
+                        .filter_map(|r| serde_json::from_str(&r.json).ok()),
+                );
+            }
+        }
         (
             bytes::Bytes::from(format!("{{\"filtered\":{filtered},\"records\":[\n")),
             bytes::Bytes::from(format!(
-                "\n],\"checkpoints\":{}}}\n",
+                "\n],\"superseded\":{},\"checkpoints\":{}}}\n",
+                serde_json::Value::from(superseded),
                 serde_json::Value::from(checkpoints)
             )),
         )

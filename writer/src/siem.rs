@@ -225,7 +225,7 @@ fn cef_header(value: &str) -> String {
         match c {
             '\\' => out.push_str("\\\\"),
             '|' => out.push_str("\\|"),
-            '\r' | '\n' => out.push(' '),
+            c if breaks_or_controls(c) => out.push(' '),
             c => out.push(c),
         }
     }
@@ -239,12 +239,20 @@ fn cef_value(value: &str) -> String {
         match c {
             '\\' => out.push_str("\\\\"),
             '=' => out.push_str("\\="),
-            '\n' => out.push_str("\\n"),
+            '\n' | '\u{85}' | '\u{2028}' | '\u{2029}' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
+            // No CEF escape exists for the other control characters; a collector may split
+            // lines on some of them (VT, FF, NUL), so none reaches the line as it is.
+            c if breaks_or_controls(c) => out.push(' '),
             c => out.push(c),
         }
     }
     out
+}
+
+/// A control character, or one some line splitters end a line at (U+0085, U+2028, U+2029).
+fn breaks_or_controls(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')
 }
 
 /// The record as one CEF line (no line break at its end).

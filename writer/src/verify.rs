@@ -113,6 +113,12 @@ pub struct Verifier {
     chains: BTreeMap<String, BTreeMap<u64, Entry>>,
     problems: Vec<Problem>,
     next_store_seq: i64,
+    /// Received records a complete one replaced: `(id, chain, link)`, fed first.
+    superseded: Vec<(String, String, u64)>,
+    /// For the ids of `superseded`: the live record's chain, link and outcome.
+    replacing: HashMap<String, (String, u64, String)>,
+    /// The heads read after the scan (links up to them are new, not inserted).
+    heads_after: Option<Vec<ChainHead>>,
 }
 
 impl Verifier {
@@ -141,6 +147,9 @@ impl Verifier {
             chains: BTreeMap::new(),
             problems: Vec::new(),
             next_store_seq: 0,
+            superseded: Vec::new(),
+            replacing: HashMap::new(),
+            heads_after: None,
         }
     }
 
@@ -158,6 +167,54 @@ impl Verifier {
         });
     }
 
+    /// A received record a complete one replaced (`chain_superseded`, or a bundle's
+    /// `superseded`): feed these before the live records. It keeps its link, and holds only as
+    /// the received record (`stage: received`, outcome `unknown`) of a live complete record
+    /// chained after it; any other row there is a record hidden from every reader.
+    pub fn feed_superseded(&mut self, json: &str, chain: Option<(String, i64)>) {
+        let stored = Stored::parse(json);
+        let (id, stage, outcome) = match &stored {
+            Ok(s) => (
+                s.record
+                    .get("id")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+                    .to_owned(),
+                s.record
+                    .get("stage")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+                    .to_owned(),
+                s.record
+                    .get("outcome")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+                    .to_owned(),
+            ),
+            Err(_) => Default::default(),
+        };
+        if stage != "received" || outcome != "unknown" {
+            self.problem("altered", chain.as_ref().map(|c| &c.0), chain.as_ref().map(|c| c.1.max(0) as u64), None, Some(id.clone()),
+                "a record set aside as replaced is not a received record: it was hidden from every reader".into());
+        }
+        if let Some((uid, seq)) = &chain {
+            self.superseded
+                .push((id, uid.clone(), (*seq).max(0) as u64));
+        }
+        self.feed(&ScannedRow {
+            store_seq: i64::MIN,
+            json: json.to_owned(),
+            chain,
+            columns: None,
+        });
+    }
+
+    /// The chains' heads as read after the records: links past the heads read before are
+    /// commits made while verifying, up to these.
+    pub fn heads_moved_to(&mut self, heads: Vec<ChainHead>) {
+        self.heads_after = Some(heads);
+    }
+
     /// One stored row.
     pub fn feed(&mut self, row: &ScannedRow) {
         self.records += 1;
@@ -173,6 +230,21 @@ impl Verifier {
                 .and_then(|v| v.get("id")?.as_str().map(str::to_owned)),
         }
         .or_else(|| row.columns.as_ref().map(|c| c.id.clone()));
+        if row.store_seq != i64::MIN
+            && let Some(id) = &id
+            && self.superseded.iter().any(|(s, _, _)| s == id)
+            && let (Some((uid, seq)), Ok(s)) = (&row.chain, &stored)
+        {
+            let outcome = s
+                .record
+                .get("outcome")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default();
+            self.replacing.insert(
+                id.clone(),
+                (uid.clone(), (*seq).max(0) as u64, outcome.to_owned()),
+            );
+        }
         let Some((uid, seq)) = &row.chain else {
             if stored.is_ok() {
                 self.problem(
@@ -185,9 +257,7 @@ impl Verifier {
                 );
             } else {
                 self.unchained_count += 1;
-                if self.unchained.len() < 100 {
-                    self.unchained.push((row.store_seq, id.unwrap_or_default()));
-                }
+                self.unchained.push((row.store_seq, id.unwrap_or_default()));
             }
             return;
         };
@@ -312,6 +382,7 @@ impl Verifier {
         key: Option<&VerifierKey>,
     ) -> Report {
         let notes = if key.is_some() { notes } else { &[] };
+        let key_given = key.is_some();
         let mut checkpoints: HashMap<String, Vec<chain::Checkpoint>> = HashMap::new();
         let mut verified = 0;
         let mut seen = std::collections::HashSet::new();
@@ -356,50 +427,64 @@ impl Verifier {
             let (floor_seq, floor_hash) = floor.unwrap_or((0, GENESIS));
             let last = entries.keys().next_back().copied();
             let mut found = Vec::new();
-            // Every link after the floor, each chained after the one before.
-            let mut expected: Option<(u64, [u8; 32])> = Some((floor_seq, floor_hash));
-            let mut missing_from: Option<u64> = None;
-            let upper = last.unwrap_or(0);
-            for seq in floor_seq + 1..=upper {
-                match entries.get(&seq) {
-                    None => {
-                        if missing_from.is_none() {
-                            missing_from = Some(seq);
-                        }
-                        expected = None;
+            // Every link after the floor, each chained after the one before. The links
+            // present are walked, and a gap is found by subtraction: a forged link numbered
+            // near 2^63 costs nothing.
+            let mut expected: (u64, [u8; 32]) = (floor_seq, floor_hash);
+            let mut known = true;
+            let upper = last.unwrap_or(0).max(floor_seq);
+            for (&seq, entry) in entries.range(floor_seq + 1..) {
+                let (at, hash) = expected;
+                if seq > at + 1 {
+                    if !self.partial {
+                        found.push(removed(uid, at + 1, seq - 1, floor_seq));
                     }
-                    Some(entry) => {
-                        if let Some(from) = missing_from.take()
-                            && !self.partial
-                        {
-                            found.push(removed(uid, from, seq - 1, floor_seq));
-                        }
-                        if let Some((at, hash)) = expected
-                            && entry.prev != hash
-                        {
-                            let before = entries.get(&at).map(|e| e.id.clone());
-                            found.push(Problem {
-                                kind: "altered",
-                                uid: Some(uid.clone()),
-                                seq: Some(at),
-                                to_seq: Some(seq),
-                                id: before.clone(),
-                                message: if at == 0 {
-                                    format!("link {seq} ({}) is not the chain's first: it was chained after another record", entry.id)
-                                } else if at == floor_seq && before.is_none() {
-                                    format!("link {seq} ({}) was not chained after the signed retention cut at link {at}", entry.id)
-                                } else {
-                                    format!(
-                                        "link {at} ({}) is not the record link {seq} ({}) was chained after: it was replaced or rewritten",
-                                        before.unwrap_or_default(),
-                                        entry.id
-                                    )
-                                },
-                            });
-                        }
-                        expected = Some((seq, entry.hash));
-                    }
+                    known = false;
                 }
+                if known && entry.prev != hash {
+                    let before = entries.get(&at).map(|e| e.id.clone());
+                    found.push(Problem {
+                        kind: "altered",
+                        uid: Some(uid.clone()),
+                        seq: Some(at),
+                        to_seq: Some(seq),
+                        id: before.clone(),
+                        message: if at == 0 {
+                            format!("link {seq} ({}) is not the chain's first: it was chained after another record", entry.id)
+                        } else if at == floor_seq && before.is_none() {
+                            format!("link {seq} ({}) was not chained after the signed retention cut at link {at}", entry.id)
+                        } else {
+                            format!(
+                                "link {at} ({}) is not the record link {seq} ({}) was chained after: it was replaced or rewritten",
+                                before.unwrap_or_default(),
+                                entry.id
+                            )
+                        },
+                    });
+                }
+                expected = (seq, entry.hash);
+                known = true;
+            }
+            if let Some(entry) = entries.get(&0) {
+                found.push(Problem {
+                    kind: "inserted",
+                    uid: Some(uid.clone()),
+                    seq: Some(0),
+                    to_seq: None,
+                    id: Some(entry.id.clone()),
+                    message: "a record claims link 0, which no chain has".into(),
+                });
+            }
+            // A chain no signature covers could have been made by anyone with the table.
+            if key_given && !entries.is_empty() && signed.is_empty() && !self.partial {
+                found.push(Problem {
+                    kind: "inserted",
+                    uid: Some(uid.clone()),
+                    seq: entries.keys().next().copied(),
+                    to_seq: last,
+                    id: None,
+                    message: "no signed checkpoint covers this chain (yet): its records cannot be told from forged ones; a writer signs its chain within checkpoint_seconds of storing".into(),
+                });
             }
             let head = heads.iter().find(|h| &h.uid == uid);
             if !self.partial
@@ -417,7 +502,13 @@ impl Verifier {
                             upper + 1, head.seq, head.seq
                         ),
                     });
-                } else if head.seq < upper {
+                } else if head.seq < upper
+                    && self
+                        .heads_after
+                        .as_ref()
+                        .and_then(|after| after.iter().find(|h| &h.uid == uid))
+                        .is_none_or(|after| after.seq < upper)
+                {
                     found.push(Problem {
                         kind: "inserted",
                         uid: Some(uid.clone()),
@@ -490,6 +581,24 @@ impl Verifier {
                 newest_checkpoint: newest.map(|c| (c.size, c.time.to_rfc3339())),
             });
             self.problems.extend(found);
+        }
+        for (id, uid, seq) in std::mem::take(&mut self.superseded) {
+            let holds = self
+                .replacing
+                .get(&id)
+                .is_some_and(|(live_uid, live_seq, outcome)| {
+                    (live_uid != &uid || *live_seq > seq) && outcome != "unknown"
+                });
+            if !holds {
+                self.problems.push(Problem {
+                    kind: "removed",
+                    uid: Some(uid),
+                    seq: Some(seq),
+                    to_seq: None,
+                    id: Some(id.clone()),
+                    message: format!("record {id} was set aside as replaced, but no complete record replaces it: it was hidden from every reader"),
+                });
+            }
         }
         if let Some(first) = self.first_chained_at {
             for (store_seq, id) in self.unchained.iter().filter(|(s, _)| *s > first) {
@@ -574,28 +683,28 @@ pub async fn verify_store(
     extra: &[String],
     key: Option<&VerifierKey>,
 ) -> Result<Report, StoreError> {
+    // What the store said before the scan: commits made while it runs are neither missing
+    // nor inserted.
+    let heads = store.chain_heads().await?;
+    let mut notes = store.checkpoints().await?;
+    notes.extend(extra.iter().cloned());
     let mut verifier = Verifier::store();
-    for superseded in [false, true] {
-        let mut after = 0;
+    for superseded in [true, false] {
+        let mut after = i64::MIN;
         loop {
             let rows = store.scan(superseded, after, 5000).await?;
             let Some(last) = rows.last() else { break };
             after = last.store_seq;
             for row in &rows {
                 if superseded {
-                    // A superseded record keeps its link; its row order is its own table's.
-                    let mut row = row.clone();
-                    row.store_seq = i64::MIN;
-                    verifier.feed(&row);
+                    verifier.feed_superseded(&row.json, row.chain.clone());
                 } else {
                     verifier.feed(row);
                 }
             }
         }
     }
-    let heads = store.chain_heads().await?;
-    let mut notes = store.checkpoints().await?;
-    notes.extend(extra.iter().cloned());
+    verifier.heads_moved_to(store.chain_heads().await?);
     Ok(verifier.finish_with(&heads, &notes, key))
 }
 

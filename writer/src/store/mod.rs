@@ -145,6 +145,10 @@ pub enum StoreError {
     /// Anything else (a worker thread gone, a bad value).
     #[error("{0}")]
     Other(String),
+    /// A record the store cannot take whatever it tries (its JSON cannot be made canonical
+    /// for the chain): set aside in the dead letters, not retried.
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl StoreError {
@@ -167,6 +171,7 @@ impl StoreError {
                     | rusqlite::ErrorCode::TypeMismatch
             ),
             StoreError::Sqlite(rusqlite::Error::ToSqlConversionFailure(_)) => true,
+            StoreError::Refused(_) => true,
             _ => false,
         }
     }
@@ -333,6 +338,37 @@ impl ChainHead {
     }
 }
 
+/// The hash retention may sign at a cut, when the cut's link holds up: the record's own hash,
+/// its own `time` (the JSON's, not the indexed column a database writer could change) older
+/// than `before`, and the next link, if any, chained after it and not older. Otherwise
+/// `None`, and nothing is cut.
+pub(crate) fn checked_cut(
+    cut: &str,
+    next: Option<&str>,
+    before: DateTime<Utc>,
+) -> Option<[u8; 32]> {
+    let time = |s: &crate::chain::Stored| {
+        s.record
+            .get("time")
+            .and_then(|t| t.as_str())
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&Utc))
+    };
+    let stored = crate::chain::Stored::parse(cut).ok()?;
+    if stored.recomputed != stored.link.hash || time(&stored)? >= before {
+        tracing::warn!(chain = %stored.link.uid, link = stored.link.seq, "retention: the link at the cut does not hold; nothing cut");
+        return None;
+    }
+    if let Some(next) = next {
+        let after = crate::chain::Stored::parse(next).ok()?;
+        if after.link.prev != stored.link.hash || after.recomputed != after.link.hash {
+            tracing::warn!(chain = %stored.link.uid, link = after.link.seq, "retention: the link after the cut does not hold; nothing cut");
+            return None;
+        }
+    }
+    Some(stored.link.hash)
+}
+
 /// A stored row as `verify` reads it, in store order.
 #[derive(Debug, Clone)]
 pub struct ScannedRow {
@@ -399,7 +435,7 @@ impl Chained {
                 }),
                 None => crate::chain::Canonical::of(&r.json)
                     .map(|canonical| Chained { canonical })
-                    .map_err(|e| StoreError::Other(e.to_string())),
+                    .map_err(|e| StoreError::Refused(e.to_string())),
             })
             .collect()
     }

@@ -919,6 +919,7 @@ impl Store for PostgresStore {
     }
 
     async fn retention_cuts(&self, before: DateTime<Utc>) -> Result<Vec<ChainHead>, StoreError> {
+        let before_time = before;
         let before = before.timestamp_micros();
         let mut cuts = Vec::new();
         for head in self.chain_heads().await? {
@@ -934,21 +935,27 @@ impl Store for PostgresStore {
             if cut < 1 {
                 continue;
             }
-            let row = self
-                .reader
-                .query_opt(
-                    "SELECT record FROM records WHERE chain_uid = $1 AND chain_seq = $2
-                     UNION ALL SELECT record FROM chain_superseded WHERE chain_uid = $1 AND chain_seq = $2
-                     LIMIT 1",
-                    &[&head.uid, &cut],
-                )
-                .await?;
-            let stored = row.and_then(|r| crate::chain::Stored::parse(&r.get::<_, String>(0)).ok());
-            if let Some(stored) = stored {
+            let mut at = Vec::new();
+            for seq in [cut, cut + 1] {
+                let row = self
+                    .reader
+                    .query_opt(
+                        "SELECT record FROM records WHERE chain_uid = $1 AND chain_seq = $2
+                         UNION ALL SELECT record FROM chain_superseded WHERE chain_uid = $1 AND chain_seq = $2
+                         LIMIT 1",
+                        &[&head.uid, &seq],
+                    )
+                    .await?;
+                at.push(row.map(|r| r.get::<_, String>(0)));
+            }
+            if let Some(hash) = at[0]
+                .as_deref()
+                .and_then(|j| super::checked_cut(j, at[1].as_deref(), before_time))
+            {
                 cuts.push(ChainHead {
                     uid: head.uid,
                     seq: cut as u64,
-                    hash: stored.link.hash,
+                    hash,
                 });
             }
         }
@@ -1173,6 +1180,10 @@ impl Store for PostgresStore {
 
         if !held && partition_months(&*client).await?.iter().any(|m| *m < cut) {
             let tx = client.transaction().await?;
+            // A chained batch's second half holds `records` while it waits for its first
+            // half, which waits for this connection: give up rather than wait in that circle
+            // (PostgreSQL cannot see its in-process edge); the next hour tries again.
+            tx.batch_execute("SET LOCAL lock_timeout = '5s'").await?;
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PARTITION_LOCK])
                 .await?;
             let whole: Vec<Month> = partition_months(&tx)

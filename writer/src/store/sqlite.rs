@@ -389,6 +389,7 @@ fn insert_chained(
     chained: Vec<Chained>,
     mut head: ChainHead,
 ) -> Result<(usize, ChainHead), StoreError> {
+    let from = (head.seq, head.hash);
     let tx = conn.transaction()?;
     let mut inserted = 0;
     {
@@ -492,11 +493,27 @@ fn insert_chained(
         for bucket in buckets {
             bucket_row.execute([bucket])?;
         }
-        tx.execute(
+        // The head moves only from where this commit found it: a second writer on the same
+        // chain uid, or a head changed under the writer, fails the commit instead of forking
+        // or adopting it.
+        let moved = tx.execute(
             "INSERT INTO chain_heads (uid, seq, hash) VALUES (?, ?, ?)
-             ON CONFLICT (uid) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
-            params![head.uid, head.seq as i64, crate::chain::hex(&head.hash)],
+             ON CONFLICT (uid) DO UPDATE SET seq = excluded.seq, hash = excluded.hash
+             WHERE chain_heads.seq = ? AND chain_heads.hash = ?",
+            params![
+                head.uid,
+                head.seq as i64,
+                crate::chain::hex(&head.hash),
+                from.0 as i64,
+                crate::chain::hex(&from.1)
+            ],
         )?;
+        if moved != 1 {
+            return Err(StoreError::Other(format!(
+                "chain {}: its head in the store is not where this writer left it (another writer uses the same chain_uid, or it was changed); stopping rather than forking the chain",
+                head.uid
+            )));
+        }
     }
     tx.commit()?;
     Ok((inserted, head))
@@ -567,6 +584,7 @@ impl Store for SqliteStore {
     }
 
     async fn retention_cuts(&self, before: DateTime<Utc>) -> Result<Vec<ChainHead>, StoreError> {
+        let before_time = before;
         let before = before.timestamp_micros();
         Self::with(&self.reader, move |conn| {
             // The first link of each chain that is not old enough; the cut is the link before
@@ -582,19 +600,25 @@ impl Store for SqliteStore {
                 if cut < 1 {
                     continue;
                 }
-                let json: Option<String> = conn
-                    .query_row(
-                        "SELECT record FROM records WHERE chain_uid = ? AND chain_seq = ?
-                         UNION ALL SELECT record FROM chain_superseded WHERE chain_uid = ? AND chain_seq = ?",
-                        params![head.uid, cut, head.uid, cut],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
-                if let Some(stored) = json.and_then(|j| crate::chain::Stored::parse(&j).ok()) {
+                let at = |seq: i64| -> Result<Option<String>, StoreError> {
+                    Ok(conn
+                        .query_row(
+                            "SELECT record FROM records WHERE chain_uid = ? AND chain_seq = ?
+                             UNION ALL SELECT record FROM chain_superseded WHERE chain_uid = ? AND chain_seq = ?",
+                            params![head.uid, seq, head.uid, seq],
+                            |r| r.get(0),
+                        )
+                        .optional()?)
+                };
+                let (json, next) = (at(cut)?, at(cut + 1)?);
+                if let Some(hash) = json
+                    .as_deref()
+                    .and_then(|j| super::checked_cut(j, next.as_deref(), before_time))
+                {
                     cuts.push(ChainHead {
                         uid: head.uid,
                         seq: cut as u64,
-                        hash: stored.link.hash,
+                        hash,
                     });
                 }
             }
