@@ -6,6 +6,9 @@
 //! redis-server --port 6390 --save '' &
 //! cargo run --release -p auditgate-queue --example throughput -- redis://127.0.0.1:6390 200000
 //! ```
+//!
+//! With `cluster:URL,URL,…` instead of a URL it sends to a Redis Cluster, spread over
+//! `SHARDS` (default 6) shard keys.
 
 use std::time::{Duration, Instant};
 
@@ -33,14 +36,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for batch in [1usize, 16, 64, 256] {
         // One round trip per record is slow: a tenth of the records tells its rate as well.
         let count = if batch == 1 { count / 10 } else { count };
-        let queue = RedisQueue::start(
-            QueueConfig::new(url)
-                .stream(format!("bench:batch{batch}"))
-                .spool(spool.join(batch.to_string()), 1 << 30)
-                .buffer(count as usize)
-                .batch(batch)
-                .origin_kind("bench"),
-        )?;
+        let mut config = QueueConfig::new(url)
+            .stream(format!("bench:batch{batch}"))
+            .spool(spool.join(batch.to_string()), 1 << 30)
+            .buffer(count as usize)
+            .batch(batch)
+            .origin_kind("bench");
+        if let Some(nodes) = url.strip_prefix("cluster:") {
+            let shards = std::env::var("SHARDS").map_or(Ok(6), |s| s.parse())?;
+            config.redis = auditgate_queue::RedisConfig {
+                stream: config.redis.stream.clone(),
+                shards,
+                ..auditgate_queue::RedisConfig::cluster(nodes.split(','))
+            };
+        }
+        let queue = RedisQueue::start(config)?;
         // Connected before the clock starts.
         while !queue.stats().redis_up {
             tokio::time::sleep(Duration::from_millis(5)).await;

@@ -30,6 +30,10 @@ pub struct RedisConfig {
     /// Cluster). Default 1: the single key `STREAM`. Producers and writers must agree.
     #[serde(default = "one")]
     pub shards: u32,
+    /// The PEM file of the certificate authority that signed the Redis servers' certificates,
+    /// for `rediss://` URLs (TLS); default: the system's trusted roots.
+    #[serde(default)]
+    pub tls_ca_file: Option<std::path::PathBuf>,
     /// How many replicas must hold a record before Redis's acknowledgement counts (`WAIT N`
     /// after each pipeline). Redis replicates asynchronously, so a record a master
     /// acknowledged can be lost when that master dies before its replica has it; with this,
@@ -94,6 +98,7 @@ impl RedisConfig {
             url: url.into(),
             cluster: Vec::new(),
             min_replicas_acked: 0,
+            tls_ca_file: None,
             stream: default_stream(),
             shards: 1,
             group: default_group(),

@@ -26,7 +26,7 @@ pub struct Target {
 
 #[derive(Clone)]
 enum Client {
-    Node(redis::Client),
+    Node(Box<redis::Client>),
     Cluster(Box<redis::cluster::ClusterClient>),
 }
 
@@ -43,28 +43,32 @@ impl std::fmt::Debug for Target {
 const WAIT_MS: u64 = 1000;
 
 impl Target {
-    /// The client the config names: `cluster` when it lists nodes, else `url`.
+    /// The client the config names: `cluster` when it lists nodes, else `url`. `rediss://`
+    /// URLs use TLS, trusting `tls_ca_file` (or the system's roots).
     pub fn open(config: &RedisConfig) -> Result<Target, QueueError> {
+        let certs = tls_certificates(config)?;
+        let invalid = |url: String| move |source| QueueError::InvalidUrl { url, source };
         let client = if config.cluster.is_empty() {
             if config.url.is_empty() {
                 return Err(QueueError::Config(
                     "redis: give `url` (one node) or `cluster` (a Redis Cluster's nodes)".into(),
                 ));
             }
-            redis::Client::open(config.url.as_str())
-                .map(Client::Node)
-                .map_err(|source| QueueError::InvalidUrl {
-                    url: config.url.clone(),
-                    source,
-                })?
+            match certs {
+                Some(certs) => redis::Client::build_with_tls(config.url.as_str(), certs),
+                None => redis::Client::open(config.url.as_str()),
+            }
+            .map(|c| Client::Node(Box::new(c)))
+            .map_err(invalid(config.url.clone()))?
         } else {
-            redis::cluster::ClusterClientBuilder::new(config.cluster.clone())
+            let mut builder = redis::cluster::ClusterClientBuilder::new(config.cluster.clone());
+            if let Some(certs) = certs {
+                builder = builder.certs(certs);
+            }
+            builder
                 .build()
                 .map(|c| Client::Cluster(Box::new(c)))
-                .map_err(|source| QueueError::InvalidUrl {
-                    url: config.cluster.join(", "),
-                    source,
-                })?
+                .map_err(invalid(config.cluster.join(", ")))?
         };
         Ok(Target {
             client,
@@ -104,6 +108,29 @@ impl Target {
     pub fn is_cluster(&self) -> bool {
         matches!(self.client, Client::Cluster(_))
     }
+}
+
+/// The CA to trust for `rediss://`, read from `tls_ca_file`; `None` without one. TLS needs a
+/// process-wide crypto provider: ring's, installed here unless one is already.
+fn tls_certificates(config: &RedisConfig) -> Result<Option<redis::TlsCertificates>, QueueError> {
+    let tls = config.url.starts_with("rediss://")
+        || config.cluster.iter().any(|u| u.starts_with("rediss://"));
+    if tls {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    let Some(path) = &config.tls_ca_file else {
+        return Ok(None);
+    };
+    let pem = std::fs::read(path).map_err(|e| {
+        QueueError::Config(format!(
+            "redis.tls_ca_file: cannot read {}: {e}",
+            path.display()
+        ))
+    })?;
+    Ok(Some(redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem),
+    }))
 }
 
 /// A live connection: to one node, or to a cluster (a connection to each master).
