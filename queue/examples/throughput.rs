@@ -8,7 +8,7 @@
 //! ```
 //!
 //! With `cluster:URL,URL,…` instead of a URL it sends to a Redis Cluster, spread over
-//! `SHARDS` (default 6) shard keys.
+//! `SHARDS` (default 6) shard keys; `MIN_REPLICAS=N` sets `redis.min_replicas_acked`.
 
 use std::time::{Duration, Instant};
 
@@ -49,6 +49,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 shards,
                 ..auditgate_queue::RedisConfig::cluster(nodes.split(','))
             };
+        }
+        // MIN_REPLICAS=1: what waiting for a replica (`WAIT 1`) costs.
+        if let Ok(n) = std::env::var("MIN_REPLICAS") {
+            config.redis.min_replicas_acked = n.parse()?;
         }
         let queue = RedisQueue::start(config)?;
         // Connected before the clock starts.
