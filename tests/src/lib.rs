@@ -550,7 +550,7 @@ impl RedisCluster {
     /// Starts the six nodes, joins them, and waits until every node says the cluster is ok.
     pub fn start() -> RedisCluster {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
+        let ports = cluster_ports(6);
         let nodes = ports
             .iter()
             .map(|port| {
@@ -710,6 +710,23 @@ impl Drop for RedisCluster {
             child.wait().ok();
         }
     }
+}
+
+/// `n` ports a cluster node can use: free, and with the cluster bus port (`port + 10000`)
+/// free too, so at most 55535. The system's ephemeral ports go above that.
+fn cluster_ports(n: usize) -> Vec<u16> {
+    let mut ports = Vec::new();
+    let start = 20_000 + (std::process::id() % 20_000) as u16;
+    let mut port = start;
+    while ports.len() < n {
+        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(port) && free(port + 10_000) {
+            ports.push(port);
+        }
+        port = if port >= 45_000 { 20_000 } else { port + 1 };
+        assert_ne!(port, start, "no free ports for a cluster");
+    }
+    ports
 }
 
 /// The `redis:` value of a test config: `{ url: "URL" }` for a URL, or `redis_url` itself when
