@@ -166,8 +166,15 @@ impl Link {
     /// error, so that their records are sent again (a duplicate the writer ignores, never a
     /// loss on failover).
     pub async fn run(&mut self, pipe: &Pipeline) -> RedisResult<Vec<RedisResult<Value>>> {
-        let cmds: Vec<&Cmd> = pipe.cmd_iter().collect();
         let replicas = self.replicas;
+        // The usual case, one node and no replicas to wait for: the pipeline as it is (each
+        // command answered on its own), without copying a command.
+        if let (Conn::Node(conn), 0) = (&mut self.conn, replicas) {
+            let mut answers = pipe.query_async::<Vec<RedisResult<Value>>>(conn).await?;
+            answers.resize_with(pipe.len(), || Ok(Value::Nil));
+            return Ok(answers);
+        }
+        let cmds: Vec<&Cmd> = pipe.cmd_iter().collect();
         match &mut self.conn {
             Conn::Node(conn) => one_pipeline(conn, &cmds, replicas).await,
             Conn::Cluster(conn) => {

@@ -442,6 +442,61 @@ async fn page(client: &Client, query: &Query) -> Result<Page, StoreError> {
     })
 }
 
+/// The rows beside the records: the resource keys of the records `stored` (with the store's
+/// seq for each), and the resource links and crashes that `named` rows announce.
+async fn insert_beside(
+    tx: &Transaction<'_>,
+    stored: &[(&Row, i64)],
+    named: &[&Row],
+) -> Result<(), StoreError> {
+    let (mut keys, mut key_times, mut key_seqs) = (Vec::new(), Vec::new(), Vec::new());
+    for (r, seq) in stored {
+        for key in &r.keys {
+            keys.push(key.clone());
+            key_times.push(r.time_us);
+            key_seqs.push(*seq);
+        }
+    }
+    let (mut link_a, mut link_b) = (Vec::new(), Vec::new());
+    let (mut crash_instances, mut crash_from, mut crash_to) = (Vec::new(), Vec::new(), Vec::new());
+    for r in named {
+        for (a, b) in &r.links {
+            link_a.push(a.clone());
+            link_b.push(b.clone());
+        }
+        if let (Some(instance), Some((from, to))) = (&r.instance, r.after_crash) {
+            crash_instances.push(instance.clone());
+            crash_from.push(from);
+            crash_to.push(to);
+        }
+    }
+    if !link_a.is_empty() {
+        tx.execute(
+            "INSERT INTO resource_links (a, b)
+             SELECT * FROM UNNEST($1::text[], $2::text[]) ON CONFLICT DO NOTHING",
+            &[&link_a, &link_b],
+        )
+        .await?;
+    }
+    if !crash_instances.is_empty() {
+        tx.execute(
+            "INSERT INTO origin_crashes (instance, from_seq, to_seq)
+             SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[]) ON CONFLICT DO NOTHING",
+            &[&crash_instances, &crash_from, &crash_to],
+        )
+        .await?;
+    }
+    if !keys.is_empty() {
+        tx.execute(
+            "INSERT INTO resources (key, time_us, record_seq)
+             SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[]) ON CONFLICT DO NOTHING",
+            &[&keys, &key_times, &key_seqs],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 /// Inserts one part of a batch in one transaction; returns how many records were new.
 async fn insert_part(client: &Mutex<Client>, records: &[Incoming]) -> Result<usize, StoreError> {
     // One row per `id`: `ON CONFLICT DO UPDATE` refuses a command that would touch one row
@@ -492,55 +547,12 @@ async fn insert_part(client: &Mutex<Client>, records: &[Incoming]) -> Result<usi
         .iter()
         .map(|row| (row.get::<_, String>(1), row.get::<_, i64>(0)))
         .collect();
-    let (mut keys, mut key_times, mut key_seqs) = (Vec::new(), Vec::new(), Vec::new());
-    for r in &rows {
-        if let Some(seq) = new.get(&r.id) {
-            for key in &r.keys {
-                keys.push(key.clone());
-                key_times.push(r.time_us);
-                key_seqs.push(*seq);
-            }
-        }
-    }
-    let (mut link_a, mut link_b) = (Vec::new(), Vec::new());
-    for r in &rows {
-        for (a, b) in &r.links {
-            link_a.push(a.clone());
-            link_b.push(b.clone());
-        }
-    }
-    if !link_a.is_empty() {
-        tx.execute(
-            "INSERT INTO resource_links (a, b)
-             SELECT * FROM UNNEST($1::text[], $2::text[]) ON CONFLICT DO NOTHING",
-            &[&link_a, &link_b],
-        )
-        .await?;
-    }
-    let (mut crash_instances, mut crash_from, mut crash_to) = (Vec::new(), Vec::new(), Vec::new());
-    for r in &rows {
-        if let (Some(instance), Some((from, to))) = (&r.instance, r.after_crash) {
-            crash_instances.push(instance.clone());
-            crash_from.push(from);
-            crash_to.push(to);
-        }
-    }
-    if !crash_instances.is_empty() {
-        tx.execute(
-            "INSERT INTO origin_crashes (instance, from_seq, to_seq)
-             SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[]) ON CONFLICT DO NOTHING",
-            &[&crash_instances, &crash_from, &crash_to],
-        )
-        .await?;
-    }
-    if !keys.is_empty() {
-        tx.execute(
-            "INSERT INTO resources (key, time_us, record_seq)
-             SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[]) ON CONFLICT DO NOTHING",
-            &[&keys, &key_times, &key_seqs],
-        )
-        .await?;
-    }
+    let stored: Vec<(&Row, i64)> = rows
+        .iter()
+        .filter_map(|r| new.get(&r.id).map(|seq| (r, *seq)))
+        .collect();
+    let named: Vec<&Row> = rows.iter().collect();
+    insert_beside(&tx, &stored, &named).await?;
     tx.commit().await?;
     Ok(new.len())
 }
@@ -787,56 +799,11 @@ async fn commit_part(
             .await?;
         }
     }
-    let (mut keys, mut key_times, mut key_seqs) = (Vec::new(), Vec::new(), Vec::new());
-    for p in part {
-        if let Some(seq) = record_seqs.get(&p.row.id) {
-            for key in &p.row.keys {
-                keys.push(key.clone());
-                key_times.push(p.row.time_us);
-                key_seqs.push(*seq);
-            }
-        }
-    }
-    if !keys.is_empty() {
-        tx.execute(
-            "INSERT INTO resources (key, time_us, record_seq)
-             SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[]) ON CONFLICT DO NOTHING",
-            &[&keys, &key_times, &key_seqs],
-        )
-        .await?;
-    }
-    if let Some(rows) = shared {
-        let (mut link_a, mut link_b) = (Vec::new(), Vec::new());
-        let (mut crash_instances, mut crash_from, mut crash_to) =
-            (Vec::new(), Vec::new(), Vec::new());
-        for r in rows {
-            for (a, b) in &r.links {
-                link_a.push(a.clone());
-                link_b.push(b.clone());
-            }
-            if let (Some(instance), Some((from, to))) = (&r.instance, r.after_crash) {
-                crash_instances.push(instance.clone());
-                crash_from.push(from);
-                crash_to.push(to);
-            }
-        }
-        if !link_a.is_empty() {
-            tx.execute(
-                "INSERT INTO resource_links (a, b)
-                 SELECT * FROM UNNEST($1::text[], $2::text[]) ON CONFLICT DO NOTHING",
-                &[&link_a, &link_b],
-            )
-            .await?;
-        }
-        if !crash_instances.is_empty() {
-            tx.execute(
-                "INSERT INTO origin_crashes (instance, from_seq, to_seq)
-                 SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[]) ON CONFLICT DO NOTHING",
-                &[&crash_instances, &crash_from, &crash_to],
-            )
-            .await?;
-        }
-    }
+    let stored: Vec<(&Row, i64)> = part
+        .iter()
+        .filter_map(|p| record_seqs.get(&p.row.id).map(|seq| (p.row, *seq)))
+        .collect();
+    insert_beside(&tx, &stored, shared.unwrap_or_default()).await?;
     // The head moves only from where this part found it: the second half waits here for the
     // first's commit (and is rolled back if that fails), and a second writer using the same
     // chain uid fails instead of forking it.
