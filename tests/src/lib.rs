@@ -729,6 +729,26 @@ fn cluster_ports(n: usize) -> Vec<u16> {
     ports
 }
 
+/// Sends `records` through a real producer (`RedisQueue`, with a spool of its own) to the
+/// Redis `redis` names, as producer instance `instance`, and waits until it has flushed.
+pub async fn enqueue_all(
+    redis: auditgate_queue::RedisConfig,
+    instance: &str,
+    records: impl IntoIterator<Item = AuditRecord>,
+) {
+    use auditgate_queue::RecordSink as _;
+    let spool = tempfile::tempdir().expect("tempdir");
+    let mut config = auditgate_queue::QueueConfig::new("")
+        .spool(spool.path(), 1 << 24)
+        .instance(instance);
+    config.redis = redis;
+    let queue = auditgate_queue::RedisQueue::start(config).expect("start the queue");
+    for r in records {
+        queue.enqueue(r).expect("enqueue");
+    }
+    queue.shutdown().await;
+}
+
 /// The `redis:` value of a test config: `{ url: "URL" }` for a URL, or `redis_url` itself when
 /// it is already a flow mapping (`{ cluster: ["redis://…", …], shards: 6 }`).
 fn redis_block(redis_url: &str) -> String {

@@ -124,17 +124,8 @@ fn redis_server(args: &[&str]) -> Server {
 /// Sends `n` records through a real producer and reads them back through a consumer in the
 /// group, both on `redis`; the records read.
 async fn round_trip(redis: auditgate_queue::RedisConfig, n: u64) -> usize {
-    use auditgate_queue::{Consumer, ConsumerConfig, QueueConfig, RecordSink, RedisQueue};
-    let spool = tempfile::tempdir().unwrap();
-    let mut config = QueueConfig::new("")
-        .spool(spool.path(), 1 << 20)
-        .instance("t");
-    config.redis = redis.clone();
-    let queue = RedisQueue::start(config).unwrap();
-    for i in 0..n {
-        queue.enqueue(auditgate_tests::record(i)).unwrap();
-    }
-    queue.shutdown().await;
+    use auditgate_queue::{Consumer, ConsumerConfig};
+    auditgate_tests::enqueue_all(redis.clone(), "t", (0..n).map(auditgate_tests::record)).await;
     let mut consumer = Consumer::connect(ConsumerConfig::new(redis, "reader"))
         .await
         .unwrap();

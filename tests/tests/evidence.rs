@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use auditgate_queue::{QueueConfig, RecordSink, RedisQueue};
+use auditgate_queue::RedisConfig;
 use auditgate_rules::AuditRecord;
 use auditgate_tests::{
-    PostgresServer, RedisServer, WriterProcess, record, wait_until, workspace_bin,
+    PostgresServer, RedisServer, WriterProcess, enqueue_all, record, wait_until, workspace_bin,
 };
 use chrono::Utc;
 
@@ -78,17 +78,7 @@ fn keygen(dir: &Path) -> (PathBuf, PathBuf) {
 }
 
 async fn enqueue(redis: &RedisServer, records: Vec<AuditRecord>) {
-    let spool = tempfile::tempdir().unwrap();
-    let queue = RedisQueue::start(
-        QueueConfig::new(redis.url())
-            .spool(spool.path(), 1 << 24)
-            .instance("evidence"),
-    )
-    .unwrap();
-    for r in records {
-        queue.enqueue(r).unwrap();
-    }
-    queue.shutdown().await;
+    enqueue_all(RedisConfig::new(redis.url()), "evidence", records).await;
 }
 
 /// How to reach a store, and how to make a copy of it to tamper with.

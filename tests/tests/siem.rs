@@ -10,10 +10,11 @@ use std::io::BufRead as _;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use auditgate_queue::{QueueConfig, RecordSink, RedisQueue};
+use auditgate_queue::RedisConfig;
 use auditgate_rules::{AuditRecord, Location};
 use auditgate_tests::{
-    ADMIN_TOKEN, ChildGuard, RedisServer, WriterProcess, record, wait_until, workspace_bin,
+    ADMIN_TOKEN, ChildGuard, RedisServer, WriterProcess, enqueue_all, record, wait_until,
+    workspace_bin,
 };
 use serde_json::Value;
 
@@ -63,17 +64,7 @@ fn hostile_record(n: u64) -> AuditRecord {
 }
 
 async fn enqueue(redis: &RedisServer, records: &[AuditRecord]) {
-    let spool = tempfile::tempdir().unwrap();
-    let queue = RedisQueue::start(
-        QueueConfig::new(redis.url())
-            .spool(spool.path(), 1 << 24)
-            .instance("siem"),
-    )
-    .unwrap();
-    for r in records {
-        queue.enqueue(r.clone()).unwrap();
-    }
-    queue.shutdown().await;
+    enqueue_all(RedisConfig::new(redis.url()), "siem", records.to_vec()).await;
 }
 
 /// A CEF line split by the ArcSight CEF standard: seven `|`-separated header fields (`\|`

@@ -380,6 +380,39 @@ fn page(conn: &Connection, query: &Query) -> Result<Page, StoreError> {
     })
 }
 
+/// The resource buckets a transaction writes into (see `BUCKET_BITS`), in the order met.
+#[derive(Default)]
+struct Buckets(Vec<i64>);
+
+impl Buckets {
+    /// Files a stored record's resource keys in its bucket.
+    fn file(
+        &mut self,
+        resource: &mut rusqlite::CachedStatement<'_>,
+        row: &Row,
+        record_seq: i64,
+    ) -> Result<(), StoreError> {
+        let bucket = record_seq >> BUCKET_BITS;
+        if self.0.last() != Some(&bucket) {
+            self.0.push(bucket);
+        }
+        for key in &row.keys {
+            resource.execute(params![bucket, key, record_seq])?;
+        }
+        Ok(())
+    }
+
+    /// Lists the buckets written in `resource_buckets`, which lookups probe.
+    fn list(self, tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
+        let mut bucket_row =
+            tx.prepare_cached("INSERT OR IGNORE INTO resource_buckets (bucket) VALUES (?)")?;
+        for bucket in self.0 {
+            bucket_row.execute([bucket])?;
+        }
+        Ok(())
+    }
+}
+
 /// Inserts `rows` in one transaction, each new record the next link of the chain after
 /// `head`; a complete record replacing its received one is a new link too, and the received
 /// record keeps its link in `chain_superseded`. Returns the records stored and the new head.
@@ -415,7 +448,7 @@ fn insert_chained(
         let mut crash = tx.prepare_cached(
             "INSERT OR IGNORE INTO origin_crashes (instance, from_seq, to_seq) VALUES (?, ?, ?)",
         )?;
-        let mut buckets = Vec::new();
+        let mut buckets = Buckets::default();
         for (r, c) in rows.iter().zip(chained) {
             type Found = (i64, String, String, Option<String>, Option<i64>);
             let found: Option<Found> = existing
@@ -480,19 +513,9 @@ fn insert_chained(
             };
             head.advance(&next);
             inserted += 1;
-            let bucket = record_seq >> BUCKET_BITS;
-            if buckets.last() != Some(&bucket) {
-                buckets.push(bucket);
-            }
-            for key in &r.keys {
-                resource.execute(params![bucket, key, record_seq])?;
-            }
+            buckets.file(&mut resource, r, record_seq)?;
         }
-        let mut bucket_row =
-            tx.prepare_cached("INSERT OR IGNORE INTO resource_buckets (bucket) VALUES (?)")?;
-        for bucket in buckets {
-            bucket_row.execute([bucket])?;
-        }
+        buckets.list(&tx)?;
         // The head moves only from where this commit found it: a second writer on the same
         // chain uid, or a head changed under the writer, fails the commit instead of forking
         // or adopting it.
@@ -741,7 +764,7 @@ impl Store for SqliteStore {
                 let mut crash = tx.prepare_cached(
                     "INSERT OR IGNORE INTO origin_crashes (instance, from_seq, to_seq) VALUES (?, ?, ?)",
                 )?;
-                let mut buckets = Vec::new();
+                let mut buckets = Buckets::default();
                 for r in &rows {
                     let stored: Option<i64> = insert
                         .query_row(
@@ -762,19 +785,9 @@ impl Store for SqliteStore {
                         continue; // already stored: exactly once
                     };
                     inserted += 1;
-                    let bucket = record_seq >> BUCKET_BITS;
-                    if buckets.last() != Some(&bucket) {
-                        buckets.push(bucket);
-                    }
-                    for key in &r.keys {
-                        resource.execute(params![bucket, key, record_seq])?;
-                    }
+                    buckets.file(&mut resource, r, record_seq)?;
                 }
-                let mut bucket_row =
-                    tx.prepare_cached("INSERT OR IGNORE INTO resource_buckets (bucket) VALUES (?)")?;
-                for bucket in buckets {
-                    bucket_row.execute([bucket])?;
-                }
+                buckets.list(&tx)?;
             }
             tx.commit()?;
             Ok(inserted)
